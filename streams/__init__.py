@@ -1,0 +1,4 @@
+"""The orchestration: the Faust app, the coordinator, run state, retries, approvals, the CLI.
+
+Imports flow one way: ``streams`` -> ``processors`` -> ``topics``.
+"""

@@ -1,0 +1,118 @@
+"""Configuration, read in one place.
+
+Every setting comes from the environment (``BATON_<FIELD>``) or from a YAML file named by
+``BATON_CONFIG`` (environment wins). Values are validated when they are read; a bad value
+fails at start with an error naming the field and where it came from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from topics import ConfigurationError, TopicCatalog
+
+__all__ = ["Settings", "load_settings"]
+
+_ENV_PREFIX = "BATON_"
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "baton"
+
+
+class Settings(BaseModel):
+    """Settings for every baton command and worker.
+
+    Attributes:
+        bootstrap: Kafka bootstrap servers (``host:port,...``). ``None`` means the local
+            development broker started by ``baton kafka up``.
+        topic_prefix: Prefix of every topic name (``<prefix>.tasks``, ...).
+        partitions: Partition count shared by every co-partitioned topic (all topics keyed by
+            run id). Fixed once the topics exist: it decides which worker owns a run.
+        replication_factor: Replicas per topic. ``None`` means ``min(3, brokers in the cluster)``.
+        home: Directory for local state: the development broker's data and pid, worker stores.
+        kafka_version: Apache Kafka version the local development broker runs.
+        kafka_heap: Maximum JVM heap of each local development broker node (``512m``, ``1g``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bootstrap: str | None = None
+    topic_prefix: str = Field(default="baton", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+    partitions: int = Field(default=12, ge=1, le=1024)
+    replication_factor: int | None = Field(default=None, ge=1, le=7)
+    home: Path = Field(default_factory=_default_home)
+    kafka_version: Literal["3.9.1"] = "3.9.1"
+    kafka_heap: str | None = Field(default=None, pattern=r"^[1-9][0-9]*[kKmMgG]$")
+
+    def catalog(self) -> TopicCatalog:
+        """The topic catalog these settings describe."""
+        return TopicCatalog(prefix=self.topic_prefix, partitions=self.partitions)
+
+
+def _from_environment(environ: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """Map field name -> (raw value, source) for every ``BATON_<FIELD>`` variable."""
+    found: dict[str, tuple[str, str]] = {}
+    for field in Settings.model_fields:
+        name = _ENV_PREFIX + field.upper()
+        if name in environ and environ[name] != "":
+            found[field] = (environ[name], f"environment variable {name}")
+    return found
+
+
+def _from_file(path: Path) -> dict[str, tuple[Any, str]]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read configuration file {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigurationError(f"configuration file {path} is not valid YAML: {exc}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigurationError(f"configuration file {path} must hold a mapping of settings")
+    return {str(key): (value, f"{path}") for key, value in loaded.items()}
+
+
+def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Read and validate the settings.
+
+    Args:
+        environ: The environment to read (defaults to ``os.environ``).
+        **overrides: Values that win over both the environment and the file (e.g. CLI flags).
+
+    Raises:
+        ConfigurationError: A value is invalid; the message names the field and its source.
+    """
+    env = dict(os.environ if environ is None else environ)
+    values: dict[str, tuple[Any, str]] = {}
+    config_file = env.get(_ENV_PREFIX + "CONFIG")
+    if config_file:
+        values.update(_from_file(Path(config_file)))
+    values.update(_from_environment(env))
+    values.update({k: (v, "command-line option") for k, v in overrides.items() if v is not None})
+    try:
+        return Settings.model_validate({k: _coerce(v) for k, (v, _) in values.items()})
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            source = values.get(field, (None, "defaults"))[1]
+            problems.append(f"{field} ({source}): {error['msg']}")
+        raise ConfigurationError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def _coerce(value: Any) -> Any:
+    """Environment values are strings; JSON-looking ones (lists, objects) are parsed."""
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value

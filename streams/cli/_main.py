@@ -1,0 +1,49 @@
+"""The root ``baton`` group and the plumbing every command shares."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from streams._config import Settings, load_settings
+from topics import BatonError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class _Group(click.Group):
+    """A click group that turns baton's own errors into a clean message and exit status 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BatonError as exc:
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="baton")
+def main() -> None:
+    """baton: Kafka-native orchestration for AI workflows."""
+
+
+def settings() -> Settings:
+    """The validated settings for this command (environment and ``BATON_CONFIG`` file)."""
+    return load_settings()
+
+
+def _register() -> None:
+    # Imported here so that each group module can import ``main`` helpers from this one.
+    from streams.cli import _kafka, _topics
+
+    main.add_command(_kafka.kafka)
+    main.add_command(_topics.topics_group)
+
+
+_register()
