@@ -1,0 +1,279 @@
+"""The topic catalog: the one place where topic names, keys, value types and configs live.
+
+Everything else refers to catalog entries (``catalog.tasks``, ``catalog.steps("llm")``), so a
+typo is an ``AttributeError`` at import rather than a silently empty stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Literal
+
+from topics._errors import ConfigurationError
+from topics._events import (
+    ApprovalDecision,
+    ApprovalRequested,
+    ControlCommand,
+    DeadLetter,
+    Event,
+    RunEvent,
+    RunResult,
+    StepKind,
+    StepRequested,
+    StepResult,
+    TaskSubmitted,
+    TimerFired,
+    WorkflowDefinition,
+)
+
+__all__ = ["DEFAULT_RETRY_TIERS", "RetryTier", "Topic", "TopicCatalog"]
+
+_HOUR_MS = 3_600_000
+_DAY_MS = 24 * _HOUR_MS
+
+
+@dataclass(frozen=True, slots=True)
+class RetryTier:
+    """A delayed-retry topic: requests wait ``delay_s`` seconds there before they run again.
+
+    Attributes:
+        name: The tier's name, used in the topic name (``5s``, ``1m``, ``10m``).
+        delay_s: The delay in seconds.
+    """
+
+    name: str
+    delay_s: float
+
+
+DEFAULT_RETRY_TIERS = (RetryTier("5s", 5.0), RetryTier("1m", 60.0), RetryTier("10m", 600.0))
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """One topic of the catalog.
+
+    Attributes:
+        name: The full topic name, prefix included.
+        key: What the record key is.
+        value_types: The event types a record value may hold.
+        partitions: Partition count.
+        copartitioned: Keyed by run id and sharing the catalog's partition count, so all
+            events of one run land on the same partition number everywhere.
+        cleanup_policy: ``delete`` (time retention) or ``compact`` (last value per key).
+        retention_ms: Retention in milliseconds; ``None`` keeps the broker's default and
+            ``-1`` keeps records forever.
+        accepts_json: Whether JSON values are accepted besides Avro (upstream producers).
+        description: What flows through it, producer -> consumer.
+    """
+
+    name: str
+    key: str
+    value_types: tuple[type[Event], ...]
+    partitions: int
+    copartitioned: bool
+    cleanup_policy: Literal["delete", "compact"]
+    retention_ms: int | None
+    description: str
+    accepts_json: bool = False
+
+    def configs(self) -> dict[str, str]:
+        """Topic-level configs to create the topic with."""
+        configs: dict[str, str] = {"cleanup.policy": self.cleanup_policy}
+        if self.retention_ms is not None:
+            configs["retention.ms"] = str(self.retention_ms)
+        return configs
+
+
+@dataclass(frozen=True)
+class TopicCatalog:
+    """Every topic baton uses, named under one prefix.
+
+    Args:
+        prefix: The name prefix (``baton`` gives ``baton.tasks``, ...).
+        partitions: The partition count shared by every co-partitioned topic.
+        retry_tiers: The delayed-retry tiers, shortest first.
+    """
+
+    prefix: str = "baton"
+    partitions: int = 12
+    retry_tiers: tuple[RetryTier, ...] = DEFAULT_RETRY_TIERS
+    _steps: dict[StepKind, Topic] = field(init=False, repr=False, compare=False)
+    _retries: dict[str, Topic] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.partitions < 1:
+            raise ConfigurationError(f"partitions must be at least 1, not {self.partitions}")
+        tier_names = [tier.name for tier in self.retry_tiers]
+        if len(set(tier_names)) != len(tier_names):
+            raise ConfigurationError(f"retry tier names must be unique: {tier_names}")
+        steps = {
+            kind: self._run_topic(
+                f"steps.{kind.value}",
+                (StepRequested,),
+                _DAY_MS,
+                f"coordinator / retry relay -> the {kind.value} processor",
+            )
+            for kind in StepKind
+        }
+        retries = {
+            tier.name: self._run_topic(
+                f"retry.{tier.name}",
+                (StepRequested,),
+                _DAY_MS,
+                f"coordinator -> retry relay, which re-emits each request after {tier.delay_s:g}s",
+            )
+            for tier in self.retry_tiers
+        }
+        object.__setattr__(self, "_steps", steps)
+        object.__setattr__(self, "_retries", retries)
+
+    def _name(self, suffix: str) -> str:
+        return f"{self.prefix}.{suffix}"
+
+    def _run_topic(
+        self,
+        suffix: str,
+        value_types: tuple[type[Event], ...],
+        retention_ms: int | None,
+        description: str,
+        *,
+        cleanup_policy: Literal["delete", "compact"] = "delete",
+        accepts_json: bool = False,
+    ) -> Topic:
+        return Topic(
+            name=self._name(suffix),
+            key="run id",
+            value_types=value_types,
+            partitions=self.partitions,
+            copartitioned=True,
+            cleanup_policy=cleanup_policy,
+            retention_ms=retention_ms,
+            description=description,
+            accepts_json=accepts_json,
+        )
+
+    @cached_property
+    def tasks(self) -> Topic:
+        """Task submissions from upstream systems (Avro or JSON)."""
+        return self._run_topic(
+            "tasks",
+            (TaskSubmitted,),
+            7 * _DAY_MS,
+            "upstream -> coordinator",
+            accepts_json=True,
+        )
+
+    @cached_property
+    def step_results(self) -> Topic:
+        """Step outcomes from processors."""
+        return self._run_topic("step-results", (StepResult,), _DAY_MS, "processors -> coordinator")
+
+    @cached_property
+    def dead_letter(self) -> Topic:
+        """Events that could not be processed, with their bytes and the reason."""
+        return self._run_topic(
+            "dead-letter", (DeadLetter,), 30 * _DAY_MS, "any agent -> ops (key: run id or null)"
+        )
+
+    @cached_property
+    def approvals_requested(self) -> Topic:
+        """Requests for a human decision."""
+        return self._run_topic(
+            "approvals.requested",
+            (ApprovalRequested,),
+            30 * _DAY_MS,
+            "coordinator -> reviewers / integrations",
+        )
+
+    @cached_property
+    def approvals_decided(self) -> Topic:
+        """Signed decisions from reviewers."""
+        return self._run_topic(
+            "approvals.decided",
+            (ApprovalDecision,),
+            30 * _DAY_MS,
+            "reviewers (API, CLI, any system) -> coordinator",
+        )
+
+    @cached_property
+    def results(self) -> Topic:
+        """One result per run."""
+        return self._run_topic("results", (RunResult,), 30 * _DAY_MS, "coordinator -> downstream")
+
+    @cached_property
+    def run_events(self) -> Topic:
+        """Every state transition of every run, with cost and timing."""
+        return self._run_topic(
+            "run-events", (RunEvent,), 30 * _DAY_MS, "coordinator -> audit, UI, ops"
+        )
+
+    @cached_property
+    def control(self) -> Topic:
+        """Operator commands (cancel a run, ...), compacted by scope."""
+        return self._run_topic(
+            "control",
+            (ControlCommand,),
+            None,
+            "ops -> coordinator (key: run id for run commands)",
+            cleanup_policy="compact",
+        )
+
+    @cached_property
+    def timers(self) -> Topic:
+        """Wake-ups the coordinator sends itself when a run has a deadline due."""
+        return self._run_topic(
+            "timers", (TimerFired,), _HOUR_MS, "coordinator timer -> coordinator"
+        )
+
+    @cached_property
+    def workflows(self) -> Topic:
+        """Deployed workflow definitions, compacted; every worker reads all of it."""
+        return Topic(
+            name=self._name("workflows"),
+            key="workflow name@content hash",
+            value_types=(WorkflowDefinition,),
+            partitions=1,
+            copartitioned=False,
+            cleanup_policy="compact",
+            retention_ms=-1,
+            description="`baton workflows deploy` -> every worker",
+        )
+
+    def steps(self, kind: StepKind | str) -> Topic:
+        """The request topic of one step kind."""
+        try:
+            return self._steps[StepKind(kind)]
+        except ValueError:
+            raise ConfigurationError(f"unknown step kind {kind!r}") from None
+
+    def retry(self, tier: str) -> Topic:
+        """The delayed-retry topic of one tier."""
+        try:
+            return self._retries[tier]
+        except KeyError:
+            known = ", ".join(self._retries)
+            raise ConfigurationError(f"unknown retry tier {tier!r} (known: {known})") from None
+
+    def __iter__(self) -> Iterator[Topic]:
+        """Every topic of the catalog, in a stable order."""
+        yield self.tasks
+        yield from self._steps.values()
+        yield self.step_results
+        yield from self._retries.values()
+        yield self.dead_letter
+        yield self.approvals_requested
+        yield self.approvals_decided
+        yield self.results
+        yield self.run_events
+        yield self.workflows
+        yield self.control
+        yield self.timers
+
+    def by_name(self, name: str) -> Topic:
+        """Look a topic up by its full name."""
+        for topic in self:
+            if topic.name == name:
+                return topic
+        raise ConfigurationError(f"{name!r} is not a baton topic under prefix {self.prefix!r}")

@@ -1,0 +1,250 @@
+"""The codec: events to bytes in the Confluent wire format, and back.
+
+A record value is one magic byte (0), the schema id (4 bytes, big-endian) and the Avro binary
+body, so any Confluent-compatible consumer that knows baton's schema ids can read it. On
+topics that accept JSON (``baton.tasks``) a value that starts with ``{`` is read as JSON.
+
+Decoding never crashes deep in fastavro: every way bytes can be wrong ends in a
+``DecodeError`` that says why and keeps the bytes, ready for the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from decimal import Decimal
+from typing import Any, TypeVar, overload
+
+import fastavro
+import orjson
+from pydantic import ValidationError
+
+from topics._avro import JSON_LOGICAL_TYPE, full_name
+from topics._catalog import Topic
+from topics._errors import DecodeError
+from topics._events import Event, TaskSubmitted
+from topics._registry import EVENT_TYPES, SchemaRegistry
+
+__all__ = ["Codec", "describe_validation_error"]
+
+E = TypeVar("E", bound=Event)
+
+_MAGIC = 0
+_HEADER = struct.Struct(">bI")
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line naming each invalid field: ``input.refund_usd: Input should be a number``."""
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(value)"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+class Codec:
+    """Encodes and decodes baton events.
+
+    Args:
+        registry: The released schemas (defaults to the ones shipped in ``topics/schemas``).
+    """
+
+    def __init__(self, registry: SchemaRegistry | None = None) -> None:
+        self._registry = registry or SchemaRegistry.load()
+        self._writers: dict[type[Event], tuple[bytes, Any]] = {}
+        self._readers: dict[int, tuple[type[Event], Any, Any]] = {}
+        self._older: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+        types_by_name = {full_name(t): t for t in EVENT_TYPES}
+        for event_type in EVENT_TYPES:
+            latest = self._registry.latest(full_name(event_type))
+            self._writers[event_type] = (_HEADER.pack(_MAGIC, latest.id), latest.parsed)
+        for entry in self._registry.entries:
+            known = types_by_name.get(entry.name)
+            if known is None:
+                continue
+            latest = self._registry.latest(entry.name)
+            reader = None if latest.id == entry.id else latest.parsed
+            self._readers[entry.id] = (known, entry.parsed, reader)
+            if reader is not None:
+                self._older[entry.id] = (latest.schema, entry.schema)
+
+    def schema_id(self, event_type: type[Event]) -> int:
+        """The id this codec writes events of a type with."""
+        header, _ = self._writers[event_type]
+        return int(_HEADER.unpack(header)[1])
+
+    def encode(self, event: Event) -> bytes:
+        """The wire bytes of an event."""
+        header, schema = self._writers[type(event)]
+        buffer = io.BytesIO()
+        buffer.write(header)
+        fastavro.schemaless_writer(buffer, schema, event.model_dump())
+        return buffer.getvalue()
+
+    @overload
+    def decode(self, data: bytes | None, expected: type[E]) -> E: ...
+
+    @overload
+    def decode(self, data: bytes | None, expected: tuple[type[Event], ...]) -> Event: ...
+
+    def decode(self, data: bytes | None, expected: type[Event] | tuple[type[Event], ...]) -> Event:
+        """Decode Avro wire bytes into one of the expected event types.
+
+        Raises:
+            DecodeError: The bytes are not a valid event of an expected type; says why.
+        """
+        allowed = expected if isinstance(expected, tuple) else (expected,)
+        if not data:
+            raise DecodeError("empty record value", data)
+        if len(data) < _HEADER.size or data[0] != _MAGIC:
+            raise DecodeError(
+                f"not baton Avro: starts with byte 0x{data[0]:02x}, expected magic byte 0", data
+            )
+        _, schema_id = _HEADER.unpack_from(data)
+        reader = self._readers.get(schema_id)
+        if reader is None:
+            raise DecodeError(f"unknown schema id {schema_id}", data)
+        event_type, writer_schema, reader_schema = reader
+        if event_type not in allowed:
+            names = ", ".join(t.__name__ for t in allowed)
+            raise DecodeError(
+                f"schema id {schema_id} is a {event_type.__name__}; expected {names}", data
+            )
+        buffer = io.BytesIO(data)
+        buffer.seek(_HEADER.size)
+        try:
+            record = fastavro.schemaless_reader(buffer, writer_schema, reader_schema)
+        except Exception as exc:  # truncated or garbled bodies raise many different types
+            raise DecodeError(
+                f"{event_type.__name__} body does not match schema id {schema_id}: "
+                f"{type(exc).__name__}: {exc}",
+                data,
+            ) from exc
+        if buffer.tell() != len(data):
+            raise DecodeError(
+                f"{len(data) - buffer.tell()} unexpected bytes after the "
+                f"{event_type.__name__} body (schema id {schema_id})",
+                data,
+            )
+        if schema_id in self._older:
+            reader_raw, writer_raw = self._older[schema_id]
+            record = _with_defaults_converted(record, reader_raw, writer_raw, {}, {})
+        return _validate(event_type, record, data)
+
+    def decode_for(self, topic: Topic, data: bytes | None, key: bytes | None = None) -> Event:
+        """Decode a record value from a catalog topic (JSON too, where the topic accepts it).
+
+        Raises:
+            DecodeError: The value is not a valid event for this topic; says why.
+        """
+        if topic.accepts_json and data and data.lstrip()[:1] == b"{":
+            return self.decode_task_json(data, key)
+        return self.decode(data, topic.value_types)
+
+    def decode_task_json(self, data: bytes, key: bytes | None = None) -> TaskSubmitted:
+        """Read a JSON task; a missing ``task_id`` is taken from the record key.
+
+        Raises:
+            DecodeError: Not JSON, not an object, or not a valid task; says why.
+        """
+        try:
+            value = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DecodeError(f"invalid JSON: {exc}", data) from exc
+        if not isinstance(value, dict):
+            raise DecodeError("a JSON task must be an object", data)
+        if "task_id" not in value and key:
+            try:
+                value["task_id"] = key.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DecodeError("task_id missing and the record key is not UTF-8", data) from None
+        return _validate(TaskSubmitted, value, data)
+
+
+def _validate(event_type: type[E], value: Any, data: bytes) -> E:
+    try:
+        return event_type.model_validate(value)
+    except ValidationError as exc:
+        raise DecodeError(
+            f"invalid {event_type.__name__}: {describe_validation_error(exc)}", data
+        ) from None
+
+
+def _named(schema: Any, names: dict[str, Any]) -> Any:
+    """Resolve a reference to a named type, recording named types as they are defined."""
+    if isinstance(schema, str):
+        return names.get(schema, names.get(f"baton.events.{schema}", schema))
+    if isinstance(schema, dict) and schema.get("type") in ("record", "enum"):
+        namespace = schema.get("namespace", "baton.events")
+        names[f"{namespace}.{schema['name']}"] = schema
+    return schema
+
+
+def _with_defaults_converted(
+    value: Any, reader: Any, writer: Any, reader_names: dict[str, Any], writer_names: dict[str, Any]
+) -> Any:
+    """Fix the defaults Avro resolution filled in for fields the writer did not have.
+
+    fastavro fills a missing field with its default as written in the schema (JSON text, a
+    decimal's bytes as a string) without its logical-type conversion; this applies it.
+    """
+    reader = _named(reader, reader_names)
+    writer = _named(writer, writer_names)
+    if value is None:
+        return None
+    if isinstance(reader, list):
+        reader = next(b for b in reader if b != "null")
+        writer = next(b for b in writer if b != "null") if isinstance(writer, list) else writer
+        return _with_defaults_converted(value, reader, writer, reader_names, writer_names)
+    if not isinstance(reader, dict):
+        return value
+    kind = reader.get("type")
+    if kind == "record":
+        writer_fields = {f["name"]: f["type"] for f in writer.get("fields", [])}
+        for field in reader["fields"]:
+            name = field["name"]
+            if name in writer_fields:
+                value[name] = _with_defaults_converted(
+                    value[name], field["type"], writer_fields[name], reader_names, writer_names
+                )
+            else:
+                value[name] = _convert_default(value[name], field["type"], reader_names)
+    elif kind == "array":
+        return [
+            _with_defaults_converted(
+                v, reader["items"], writer["items"], reader_names, writer_names
+            )
+            for v in value
+        ]
+    elif kind == "map":
+        return {
+            k: _with_defaults_converted(
+                v, reader["values"], writer["values"], reader_names, writer_names
+            )
+            for k, v in value.items()
+        }
+    return value
+
+
+def _convert_default(raw: Any, schema: Any, names: dict[str, Any]) -> Any:
+    schema = _named(schema, names)
+    if raw is None:
+        return None
+    if isinstance(schema, list):
+        return _convert_default(raw, next(b for b in schema if b != "null"), names)
+    if not isinstance(schema, dict):
+        return raw
+    logical = schema.get("logicalType")
+    if logical == JSON_LOGICAL_TYPE:
+        return orjson.loads(raw)
+    if logical == "decimal":
+        return Decimal(int.from_bytes(raw.encode("latin-1"), "big", signed=True)).scaleb(
+            -int(schema.get("scale", 0))
+        )
+    if schema.get("type") == "record":
+        return {
+            f["name"]: _convert_default(raw.get(f["name"]), f["type"], names)
+            for f in schema["fields"]
+        }
+    return raw

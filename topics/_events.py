@@ -1,0 +1,360 @@
+"""The events baton exchanges over Kafka.
+
+Each event is a frozen, closed pydantic model mirrored by an Avro schema in
+``topics/schemas/`` (a unit test checks that the two agree field by field). Free-form JSON
+(task input, step output) travels as an Avro string with ``logicalType: json``; money is an
+Avro decimal; times are ``timestamp-millis``.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_EVEN, Decimal
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
+
+__all__ = [
+    "ApprovalDecision",
+    "ApprovalRequested",
+    "ApprovalVerdict",
+    "AttemptRecord",
+    "Budget",
+    "ControlAction",
+    "ControlCommand",
+    "DeadLetter",
+    "Event",
+    "MONEY_SCALE",
+    "Money",
+    "Record",
+    "RunEvent",
+    "RunResult",
+    "RunStatus",
+    "StepError",
+    "StepKind",
+    "StepOutcome",
+    "StepRequested",
+    "StepResult",
+    "StepStatus",
+    "StepSummary",
+    "TaskSubmitted",
+    "TimerFired",
+    "Timestamp",
+    "Usage",
+    "WorkflowDefinition",
+]
+
+MONEY_SCALE = 12
+_MONEY_QUANTUM = Decimal(1).scaleb(-MONEY_SCALE)
+_MONEY_LIMIT = Decimal(10) ** (24 - MONEY_SCALE)
+
+
+def _to_money(value: Decimal) -> Decimal:
+    quantized = value.quantize(_MONEY_QUANTUM, rounding=ROUND_HALF_EVEN)
+    if abs(quantized) >= _MONEY_LIMIT:
+        raise ValueError(f"{value} is out of range for money")
+    return quantized
+
+
+#: US dollars, exact, rounded half-even to 12 decimal places. Avro: bytes/decimal(24, 12).
+Money = Annotated[Decimal, AfterValidator(_to_money)]
+
+#: A point in time with its time zone. Avro: long/timestamp-micros.
+Timestamp = AwareDatetime
+
+
+class Record(BaseModel):
+    """A frozen, closed record: the base of every event and of the records inside them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+
+
+class Event(Record):
+    """A top-level event: the value of one Kafka record."""
+
+
+class StepKind(StrEnum):
+    """What a step does; each kind has its own request topic and processor."""
+
+    llm = "llm"
+    tool = "tool"
+    retrieve = "retrieve"
+    validate = "validate"
+    transform = "transform"
+    agent = "agent"
+
+
+class StepStatus(StrEnum):
+    """How one attempt at a step ended."""
+
+    ok = "ok"
+    failed = "failed"
+
+
+class StepOutcome(StrEnum):
+    """How a step ended within its run."""
+
+    succeeded = "succeeded"
+    failed = "failed"
+    skipped = "skipped"
+    cancelled = "cancelled"
+    pending = "pending"
+
+
+class RunStatus(StrEnum):
+    """How a run ended."""
+
+    completed = "completed"
+    failed = "failed"
+    rejected = "rejected"
+    budget_exceeded = "budget_exceeded"
+    cancelled = "cancelled"
+
+
+class ApprovalVerdict(StrEnum):
+    """A reviewer's decision."""
+
+    approve = "approve"
+    reject = "reject"
+
+
+class ControlAction(StrEnum):
+    """An operator command."""
+
+    cancel = "cancel"
+
+
+class Usage(Record):
+    """Tokens and money one step (or a whole run) used."""
+
+    input_tokens: int = Field(default=0, ge=0, description="Prompt tokens billed.")
+    output_tokens: int = Field(default=0, ge=0, description="Completion tokens billed.")
+    cost_usd: Money = Field(default=Decimal(0), description="Cost in US dollars.")
+    route: str | None = Field(default=None, description="Model route name from the catalog.")
+    provider: str | None = Field(default=None, description="Provider that served the call.")
+    model: str | None = Field(default=None, description="Provider's model id.")
+    cached: bool = Field(default=False, description="Served from the response cache.")
+    saved_usd: Money = Field(default=Decimal(0), description="Cost the cache saved.")
+
+
+class StepError(Record):
+    """Why an attempt failed, classified."""
+
+    error_class: str = Field(description="Error class name, e.g. ProviderTimeout.")
+    message: str = Field(description="Human-readable message (never contains secrets).")
+    retryable: bool = Field(description="Whether trying again may succeed.")
+    retry_after_s: float | None = Field(
+        default=None, description="Seconds the far side asked us to wait, if it said."
+    )
+
+
+class Budget(Record):
+    """Caps on one run; ``None`` means no cap."""
+
+    max_steps: int | None = Field(default=None, ge=1, description="Step attempts dispatched.")
+    max_tokens: int | None = Field(default=None, ge=1, description="Input + output tokens.")
+    max_cost_usd: Money | None = Field(default=None, ge=0, description="Money spent.")
+    max_seconds: float | None = Field(default=None, gt=0, description="Wall time of the run.")
+
+
+class TaskSubmitted(Event):
+    """A request to run a workflow. Key: the task id, which is also the run id."""
+
+    task_id: str = Field(min_length=1, max_length=200, description="Task id = run id.")
+    workflow: str = Field(min_length=1, description="Workflow name.")
+    workflow_version: str | None = Field(
+        default=None,
+        description="Content hash (or a unique prefix) to pin; null runs the latest deployed.",
+    )
+    input: JsonValue = Field(description="Workflow input, checked against its input schema.")
+    tenant: str = Field(default="default", min_length=1, description="Who pays for the run.")
+    budget: Budget | None = Field(
+        default=None, description="Caps tighter than the workflow's defaults."
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Free-form metadata copied to the result."
+    )
+    submitted_at: Timestamp | None = Field(default=None, description="When it was submitted.")
+
+
+class StepRequested(Event):
+    """A request for a processor to run one attempt of one step. Key: run id."""
+
+    run_id: str = Field(description="The run.")
+    step: str = Field(description="Step name within the workflow.")
+    kind: StepKind = Field(description="Which processor runs it.")
+    attempt: int = Field(ge=1, description="Attempt number, 1 for the first dispatch.")
+    idempotency_key: str = Field(
+        description="Stable across attempts of this step: outside calls send it, so a "
+        "repeated call has one effect."
+    )
+    workflow: str = Field(description="Workflow name.")
+    workflow_version: str = Field(description="Content hash of the workflow version.")
+    tenant: str = Field(default="default", description="Tenant of the run.")
+    params: JsonValue = Field(description="The step's parameters, templates rendered.")
+    context: JsonValue = Field(
+        default=None, description="Run context the processor computes over (input, outputs)."
+    )
+    dispatched_at: Timestamp = Field(description="When the coordinator dispatched it.")
+    deadline_at: Timestamp = Field(
+        description="When the coordinator gives up waiting and dispatches the next attempt."
+    )
+    not_before: Timestamp | None = Field(
+        default=None, description="Delayed retries: do not run before this time."
+    )
+
+
+class StepResult(Event):
+    """How one attempt at one step ended. Key: run id."""
+
+    run_id: str = Field(description="The run.")
+    step: str = Field(description="Step name within the workflow.")
+    attempt: int = Field(ge=1, description="The attempt this answers.")
+    status: StepStatus = Field(description="ok or failed.")
+    output: JsonValue = Field(default=None, description="The step's output when ok.")
+    error: StepError | None = Field(default=None, description="Why it failed.")
+    usage: Usage | None = Field(default=None, description="Tokens and money used.")
+    started_at: Timestamp = Field(description="When the processor started the attempt.")
+    finished_at: Timestamp = Field(description="When the processor finished it.")
+    worker: str = Field(default="", description="Which worker ran it.")
+
+
+class StepSummary(Record):
+    """One step's line in a run result."""
+
+    step: str = Field(description="Step name.")
+    kind: str = Field(description="Step kind (llm, tool, ..., approval).")
+    outcome: StepOutcome = Field(description="How the step ended.")
+    attempts: int = Field(default=0, ge=0, description="Attempts dispatched.")
+    duration_ms: float | None = Field(default=None, description="Latency of the last attempt.")
+    usage: Usage = Field(default_factory=Usage, description="Tokens and money, all attempts.")
+
+
+class RunResult(Event):
+    """The one result of a run. Key: run id."""
+
+    run_id: str = Field(description="The run (= task id).")
+    workflow: str = Field(description="Workflow name.")
+    workflow_version: str = Field(
+        default="", description="Content hash of the version the run pinned."
+    )
+    tenant: str = Field(default="default", description="Tenant of the run.")
+    status: RunStatus = Field(description="How the run ended.")
+    output: JsonValue = Field(default=None, description="The workflow's output when completed.")
+    reason: str | None = Field(default=None, description="Why it did not complete.")
+    steps: list[StepSummary] = Field(default_factory=list, description="Every step's outcome.")
+    usage: Usage = Field(default_factory=Usage, description="Tokens and money of the whole run.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels of the task.")
+    started_at: Timestamp = Field(description="When the run started.")
+    finished_at: Timestamp = Field(description="When it ended.")
+
+
+class RunEvent(Event):
+    """One state transition of a run, for audit, UIs and ops. Key: run id."""
+
+    run_id: str = Field(description="The run.")
+    seq: int = Field(ge=0, description="Position in the run's event sequence, from 0.")
+    type: str = Field(description="What happened: run_started, step_dispatched, ...")
+    at: Timestamp = Field(description="When it happened.")
+    workflow: str = Field(default="", description="Workflow name.")
+    tenant: str = Field(default="default", description="Tenant of the run.")
+    step: str | None = Field(default=None, description="The step concerned, if any.")
+    attempt: int | None = Field(default=None, description="The attempt concerned, if any.")
+    duration_ms: float | None = Field(default=None, description="Latency, for step endings.")
+    usage: Usage | None = Field(default=None, description="What this transition spent.")
+    total_cost_usd: Money = Field(default=Decimal(0), description="Run cost so far.")
+    total_tokens: int = Field(default=0, ge=0, description="Run tokens so far.")
+    detail: JsonValue = Field(default=None, description="Type-specific detail.")
+
+
+class AttemptRecord(Record):
+    """One failed attempt, kept in a dead letter's history."""
+
+    attempt: int = Field(ge=0, description="Attempt number.")
+    at: Timestamp = Field(description="When it failed.")
+    error_class: str = Field(description="Error class name.")
+    message: str = Field(description="Error message.")
+
+
+class DeadLetter(Event):
+    """Something baton could not process, kept whole for ops. Key: run id, or null."""
+
+    dead_letter_id: str = Field(description="Unique id of this dead letter.")
+    origin_topic: str = Field(description="Topic the failed event came from.")
+    origin_partition: int | None = Field(default=None, description="Its partition.")
+    origin_offset: int | None = Field(default=None, description="Its offset.")
+    key: bytes | None = Field(default=None, description="The original record key.")
+    payload: bytes = Field(description="The original record value, byte for byte.")
+    payload_type: str | None = Field(
+        default=None, description="Event type of the payload; null when it did not decode."
+    )
+    error_class: str = Field(description="Error class name.")
+    error: str = Field(description="Why it failed.")
+    run_id: str | None = Field(default=None, description="The run, when known.")
+    workflow: str | None = Field(default=None, description="The workflow, when known.")
+    step: str | None = Field(default=None, description="The step, when known.")
+    attempts: list[AttemptRecord] = Field(
+        default_factory=list, description="Every failed attempt, oldest first."
+    )
+    cost_usd: Money = Field(default=Decimal(0), description="Money the run spent so far.")
+    at: Timestamp = Field(description="When it was dead-lettered.")
+
+
+class ApprovalRequested(Event):
+    """A run is parked until people decide. Key: run id."""
+
+    approval_id: str = Field(description="Unique id of this request.")
+    run_id: str = Field(description="The run.")
+    step: str = Field(description="The step that asked (or the step a policy stopped).")
+    workflow: str = Field(description="Workflow name.")
+    tenant: str = Field(default="default", description="Tenant of the run.")
+    reason: str = Field(description="Why approval is needed.")
+    approvers: list[str] = Field(description="Who may decide: user:<id> or group:<name>.")
+    quorum: int = Field(default=1, ge=1, description="Distinct approvals needed.")
+    level: int = Field(default=0, ge=0, description="Escalation level, 0 for the first ask.")
+    deadline: Timestamp = Field(description="When it escalates or ends if undecided.")
+    context: JsonValue = Field(default=None, description="Input and outputs so far.")
+    cost_usd: Money = Field(default=Decimal(0), description="Run cost so far.")
+    requested_at: Timestamp = Field(description="When it was asked.")
+
+
+class ApprovalDecision(Event):
+    """A reviewer's signed decision. Key: run id."""
+
+    approval_id: str = Field(description="The request decided.")
+    run_id: str = Field(description="The run.")
+    verdict: ApprovalVerdict = Field(description="approve or reject.")
+    approver: str = Field(description="Identity of the reviewer: user:<id>.")
+    reason: str | None = Field(default=None, description="Why, in the reviewer's words.")
+    decided_at: Timestamp = Field(description="When it was decided.")
+    key_id: str = Field(default="default", description="Which signing key signed it.")
+    signature: str = Field(description="HMAC-SHA256 over the fields above, hex.")
+
+
+class WorkflowDefinition(Event):
+    """A deployed workflow version. Key: name@content hash."""
+
+    name: str = Field(description="Workflow name.")
+    version: int = Field(ge=1, description="The author's version number.")
+    content_hash: str = Field(description="sha256 of the canonical spec: what a run pins.")
+    source: str = Field(description="The YAML as deployed.")
+    deployed_at: Timestamp = Field(description="When it was deployed.")
+    deployed_by: str = Field(default="", description="Who deployed it.")
+
+
+class ControlCommand(Event):
+    """An operator command. Key: run id for run-scoped commands."""
+
+    command_id: str = Field(description="Unique id of the command.")
+    action: ControlAction = Field(description="What to do.")
+    run_id: str | None = Field(default=None, description="The run, for run commands.")
+    reason: str | None = Field(default=None, description="Why.")
+    issued_by: str = Field(default="", description="Who issued it.")
+    issued_at: Timestamp = Field(description="When.")
+
+
+class TimerFired(Event):
+    """A wake-up the coordinator sends itself when a run's deadline is due. Key: run id."""
+
+    run_id: str = Field(description="The run to look at.")
+    fired_at: Timestamp = Field(description="When the timer fired.")
