@@ -123,26 +123,29 @@ async def _configs(client: AIOKafkaAdminClient, topics: list[Topic]) -> dict[str
     return result
 
 
-def _disagreements(catalog: TopicCatalog, found: dict[str, dict[str, Any]]) -> list[str]:
-    lines = []
+def _refuse_disagreements(catalog: TopicCatalog, found: dict[str, dict[str, Any]]) -> None:
+    by_count: dict[int, list[str]] = {}
     for topic in catalog:
         meta = found.get(topic.name)
         if meta is not None and topic.copartitioned:
-            count = len(meta["partitions"])
-            if count != catalog.partitions:
-                lines.append(f"{topic.name} has {count}")
-    return lines
-
-
-def _refuse_disagreements(catalog: TopicCatalog, found: dict[str, dict[str, Any]]) -> None:
-    wrong = _disagreements(catalog, found)
-    if wrong:
+            by_count.setdefault(len(meta["partitions"]), []).append(topic.name)
+    if set(by_count) <= {catalog.partitions}:
+        return
+    if len(by_count) == 1:
+        (count,) = by_count
         raise ConfigurationError(
-            f"co-partitioned topics must all have {catalog.partitions} partitions, but "
-            + ", ".join(wrong)
-            + ". Refusing to continue: runs would be split across partitions. Set "
-            "BATON_PARTITIONS to the existing count, or recreate these topics."
+            f"the existing topics have {count} partitions but BATON_PARTITIONS is "
+            f"{catalog.partitions}: set BATON_PARTITIONS={count} (the partition count of "
+            "co-partitioned topics cannot change once they exist)"
         )
+    groups = "; ".join(
+        f"{count} partitions: {', '.join(names)}" for count, names in sorted(by_count.items())
+    )
+    raise ConfigurationError(
+        f"co-partitioned topics disagree on their partition count ({groups}). Refusing to "
+        "continue: one run's events would land on different partitions. Recreate the topics "
+        f"that do not have {catalog.partitions}."
+    )
 
 
 async def create_topics(

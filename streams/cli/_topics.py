@@ -49,7 +49,8 @@ def describe() -> None:
     bootstrap = resolve_bootstrap(config)
     states = asyncio.run(describe_topics(bootstrap, config.catalog()))
     table = Table(title=f"baton topics on {bootstrap}", title_justify="left")
-    for column in ("topic", "partitions", "replicas", "cleanup", "retention", "key", "status"):
+    table.add_column("topic", no_wrap=True)
+    for column in ("partitions", "replicas", "cleanup", "retention", "key", "status"):
         table.add_column(column)
     problems = 0
     for state in states:

@@ -117,6 +117,17 @@ async def test_create_topics_is_idempotent(kafka_bootstrap: str, topic_prefix: s
     assert by_name[catalog.tasks.name].partitions == 2
 
 
+async def test_create_names_the_partition_count_to_use(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    await create_topics(kafka_bootstrap, TopicCatalog(prefix=topic_prefix, partitions=3))
+    with pytest.raises(ConfigurationError) as caught:
+        await create_topics(kafka_bootstrap, TopicCatalog(prefix=topic_prefix, partitions=5))
+    assert str(caught.value).startswith(
+        "the existing topics have 3 partitions but BATON_PARTITIONS is 5: set BATON_PARTITIONS=3"
+    )
+
+
 async def test_create_refuses_disagreeing_copartitioned_topics(
     kafka_bootstrap: str, topic_prefix: str
 ) -> None:
@@ -134,9 +145,9 @@ async def test_create_refuses_disagreeing_copartitioned_topics(
     with pytest.raises(ConfigurationError) as caught:
         await create_topics(kafka_bootstrap, catalog)
     message = str(caught.value)
-    assert f"{catalog.results.name} has 2" in message
-    assert f"{catalog.step_results.name} has 3" in message
-    assert "must all have 4 partitions" in message
+    assert "disagree on their partition count" in message
+    assert f"2 partitions: {catalog.results.name}" in message
+    assert f"3 partitions: {catalog.step_results.name}" in message
     # Nothing was created: the cluster is left as it was.
     states = await describe_topics(kafka_bootstrap, catalog)
     assert [s.topic.name for s in states if s.exists] == sorted(
