@@ -1,0 +1,360 @@
+"""Loading a workflow: parse, validate, check the graph, pin the version by content hash.
+
+Every problem is reported at once, each naming the file, the step and the field::
+
+    triage.yaml: steps.draft.after: unknown step 'polcy' (steps: classify, policy, draft)
+    triage.yaml: steps.draft.prompt: reads steps.check, which does not run before draft
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+from pydantic import ValidationError
+
+from processors import TemplateError, compile_expression, compile_template, is_template
+from processors import references as template_references
+from streams.workflow._spec import (
+    DEFAULT_TIMEOUTS,
+    LlmStep,
+    StepSpec,
+    TransformStep,
+    ValidateStep,
+    WorkflowSpec,
+)
+from topics import ConfigurationError
+
+__all__ = ["Workflow", "WorkflowError", "load_workflow", "parse_workflow"]
+
+_CONTEXT_NAMES = frozenset({"input", "steps", "run"})
+_JINJA_GLOBALS = frozenset({"range", "dict", "lipsum", "cycler", "joiner", "namespace"})
+
+
+class WorkflowError(ConfigurationError):
+    """A workflow that cannot be used; ``problems`` lists every reason, one per line."""
+
+    def __init__(self, origin: str, problems: list[str]) -> None:
+        self.origin = origin
+        self.problems = problems
+        super().__init__("\n".join(f"{origin}: {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """A checked workflow, ready to run.
+
+    Attributes:
+        spec: The parsed definition.
+        content_hash: sha256 of the canonical definition: the version a run pins.
+        source: The YAML text it was loaded from.
+        order: Step names in a topological order (declaration order among equals).
+        upstream: For each step, every step that runs before it (transitively).
+    """
+
+    spec: WorkflowSpec
+    content_hash: str
+    source: str
+    order: tuple[str, ...]
+    upstream: Mapping[str, frozenset[str]] = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        """The workflow's name."""
+        return self.spec.workflow
+
+    @property
+    def short_hash(self) -> str:
+        """The first 12 hex digits of the content hash."""
+        return self.content_hash[:12]
+
+    def step(self, name: str) -> StepSpec:
+        """One step's definition."""
+        return self.spec.steps[name]
+
+    def timeout(self, name: str) -> float:
+        """Seconds an attempt of a step may take."""
+        step = self.spec.steps[name]
+        return step.timeout if step.timeout is not None else DEFAULT_TIMEOUTS[step.kind]
+
+    @cached_property
+    def sinks(self) -> tuple[str, ...]:
+        """Steps nothing runs after."""
+        used = {dep for step in self.spec.steps.values() for dep in step.after}
+        return tuple(name for name in self.order if name not in used)
+
+    def downstream(self, name: str) -> frozenset[str]:
+        """Every step that runs after ``name`` (transitively)."""
+        return frozenset(s for s, before in self.upstream.items() if name in before)
+
+    @cached_property
+    def input_validator(self) -> jsonschema.protocols.Validator:
+        """A validator for task inputs."""
+        cls = jsonschema.validators.validator_for(self.spec.input)
+        validator: jsonschema.protocols.Validator = cls(self.spec.input)
+        return validator
+
+
+def load_workflow(path: str | Path) -> Workflow:
+    """Load and check a workflow file.
+
+    Raises:
+        WorkflowError: The file is unreadable or the workflow is invalid (every problem).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise WorkflowError(str(path), [f"cannot read: {exc.strerror}"]) from exc
+    return parse_workflow(text, str(path))
+
+
+def parse_workflow(text: str, origin: str = "<workflow>") -> Workflow:
+    """Parse and check a workflow from YAML text.
+
+    Args:
+        text: The YAML.
+        origin: Where it came from, for error messages (a file name).
+
+    Raises:
+        WorkflowError: The workflow is invalid; lists every problem.
+    """
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise WorkflowError(origin, [f"not valid YAML: {_yaml_problem(exc)}"]) from exc
+    if not isinstance(raw, dict):
+        raise WorkflowError(origin, ["a workflow is a mapping with workflow, version and steps"])
+    try:
+        spec = WorkflowSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise WorkflowError(origin, [_describe(error) for error in exc.errors()]) from None
+    problems: list[str] = []
+    order = _topological_order(spec, problems)
+    if problems:
+        raise WorkflowError(origin, problems)
+    upstream = _upstream(spec, order)
+    _check_schemas(spec, problems)
+    _check_templates(spec, upstream, problems)
+    _check_on_fail(spec, upstream, problems)
+    _check_reachable(spec, problems)
+    if problems:
+        raise WorkflowError(origin, problems)
+    canonical = json.dumps(
+        spec.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":")
+    )
+    return Workflow(
+        spec=spec,
+        content_hash=hashlib.sha256(canonical.encode()).hexdigest(),
+        source=text,
+        order=order,
+        upstream=upstream,
+    )
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return f"{error.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(error).split())
+
+
+def _describe(error: Any) -> str:
+    loc = list(error["loc"])
+    # A discriminated union puts the step's kind in the location: steps.draft.llm.model.
+    if len(loc) >= 3 and loc[0] == "steps" and loc[2] in DEFAULT_TIMEOUTS:
+        del loc[2]
+    where = ".".join(str(part) for part in loc) or "(workflow)"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "union_tag_invalid":
+        message = f"unknown kind; use one of: {', '.join(DEFAULT_TIMEOUTS)}"
+    elif error["type"] == "union_tag_not_found":
+        message = f"missing `kind`; use one of: {', '.join(DEFAULT_TIMEOUTS)}"
+    return f"{where}: {message}"
+
+
+def _topological_order(spec: WorkflowSpec, problems: list[str]) -> tuple[str, ...]:
+    names = list(spec.steps)
+    for name, step in spec.steps.items():
+        for dep in step.after:
+            if dep == name:
+                problems.append(f"steps.{name}.after: a step cannot run after itself")
+            elif dep not in spec.steps:
+                problems.append(
+                    f"steps.{name}.after: unknown step {dep!r} (steps: {', '.join(names)})"
+                )
+    if problems:
+        return ()
+    remaining = {name: set(step.after) for name, step in spec.steps.items()}
+    order: list[str] = []
+    while remaining:
+        ready = [n for n in names if n in remaining and not remaining[n]]
+        if not ready:
+            problems.append(f"steps form a cycle: {' -> '.join(_a_cycle(remaining))}")
+            return ()
+        for name in ready:
+            order.append(name)
+            del remaining[name]
+        for deps in remaining.values():
+            deps.difference_update(ready)
+    return tuple(order)
+
+
+def _a_cycle(remaining: dict[str, set[str]]) -> list[str]:
+    start = next(iter(remaining))
+    path = [start]
+    while True:
+        nxt = sorted(remaining[path[-1]])[0]
+        if nxt in path:
+            cycle = path[path.index(nxt) :]
+            return [*cycle, nxt]
+        path.append(nxt)
+
+
+def _upstream(spec: WorkflowSpec, order: tuple[str, ...]) -> dict[str, frozenset[str]]:
+    result: dict[str, frozenset[str]] = {}
+    for name in order:
+        deps: set[str] = set()
+        for dep in spec.steps[name].after:
+            deps.add(dep)
+            deps.update(result[dep])
+        result[name] = frozenset(deps)
+    return result
+
+
+def _check_schemas(spec: WorkflowSpec, problems: list[str]) -> None:
+    schemas: list[tuple[str, dict[str, Any]]] = [("input", spec.input)]
+    for name, step in spec.steps.items():
+        if isinstance(step, LlmStep) and step.output_schema is not None:
+            schemas.append((f"steps.{name}.output_schema", step.output_schema))
+        if isinstance(step, ValidateStep) and step.schema_ is not None:
+            schemas.append((f"steps.{name}.schema", step.schema_))
+    for where, schema in schemas:
+        try:
+            jsonschema.validators.validator_for(schema).check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            problems.append(f"{where}: not a valid JSON Schema: {exc.message}")
+
+
+def _strings(value: Any, where: str) -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        yield where, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _strings(item, f"{where}[{index}]")
+
+
+def _templates_of(name: str, step: StepSpec) -> Iterator[tuple[str, str, bool, frozenset[str]]]:
+    """(where, source, is_expression, extra names allowed) for every template of a step."""
+    base = f"steps.{name}"
+    if isinstance(step.when, str):
+        yield f"{base}.when", step.when, True, frozenset()
+    if isinstance(step, LlmStep):
+        yield f"{base}.model", step.model, False, frozenset()
+        if step.prompt is not None:
+            yield f"{base}.prompt", step.prompt, False, frozenset()
+        if step.system is not None:
+            yield f"{base}.system", step.system, False, frozenset()
+        for index, message in enumerate(step.messages or []):
+            yield f"{base}.messages[{index}].content", message.content, False, frozenset()
+    elif isinstance(step, TransformStep):
+        for where, text in _strings(step.output, f"{base}.output"):
+            yield where, text, False, frozenset()
+    elif isinstance(step, ValidateStep):
+        for where, text in _strings(step.value, f"{base}.value"):
+            yield where, text, False, frozenset()
+        for index, rule in enumerate(step.rules):
+            yield f"{base}.rules[{index}].check", rule.check, True, frozenset({"value"})
+
+
+def _check_templates(
+    spec: WorkflowSpec, upstream: Mapping[str, frozenset[str]], problems: list[str]
+) -> None:
+    for name, step in spec.steps.items():
+        for where, source, expression, extra in _templates_of(name, step):
+            if not expression and not is_template(source):
+                continue
+            reads = _reads(where, source, expression, extra, problems)
+            for other in sorted(reads):
+                if other not in spec.steps:
+                    problems.append(f"{where}: reads steps.{other}, which is not a step")
+                elif other not in upstream[name]:
+                    problems.append(
+                        f"{where}: reads steps.{other}, which does not run before {name} "
+                        f"(add it to {name}.after)"
+                    )
+    for where, source in _strings(spec.output, "output"):
+        if is_template(source):
+            for other in sorted(_reads(where, source, False, frozenset(), problems)):
+                if other not in spec.steps:
+                    problems.append(f"{where}: reads steps.{other}, which is not a step")
+
+
+def _reads(
+    where: str, source: str, expression: bool, extra: frozenset[str], problems: list[str]
+) -> set[str]:
+    try:
+        if expression:
+            compile_expression(source)
+        else:
+            compile_template(source)
+        names, steps = template_references(source, expression=expression)
+    except TemplateError as exc:
+        problems.append(f"{where}: {exc}")
+        return set()
+    allowed = _CONTEXT_NAMES | _JINJA_GLOBALS | extra
+    for unknown in sorted(names - allowed):
+        choices = ", ".join(sorted(_CONTEXT_NAMES | extra))
+        problems.append(f"{where}: unknown variable {unknown!r} (available: {choices})")
+    return steps
+
+
+def _check_on_fail(
+    spec: WorkflowSpec, upstream: Mapping[str, frozenset[str]], problems: list[str]
+) -> None:
+    for name, step in spec.steps.items():
+        if isinstance(step, ValidateStep) and step.on_fail is not None:
+            target = step.on_fail.retry_step
+            if target not in spec.steps:
+                problems.append(f"steps.{name}.on_fail.retry_step: unknown step {target!r}")
+            elif target not in upstream[name]:
+                problems.append(
+                    f"steps.{name}.on_fail.retry_step: {target} does not run before {name}"
+                )
+
+
+def _check_reachable(spec: WorkflowSpec, problems: list[str]) -> None:
+    """With an explicit output, every step must feed it or a step that has an effect."""
+    if spec.output is None:
+        return
+    feeds: dict[str, set[str]] = {name: set(step.after) for name, step in spec.steps.items()}
+    for name, step in spec.steps.items():
+        for where, source, expression, extra in _templates_of(name, step):
+            if expression or is_template(source):
+                feeds[name] |= _reads(where, source, expression, extra, []) & set(spec.steps)
+    useful: set[str] = set()
+    frontier = [n for n, s in spec.steps.items() if isinstance(s, ValidateStep)]
+    for where, source in _strings(spec.output, "output"):
+        if is_template(source):
+            frontier += _reads(where, source, False, frozenset(), []) & set(spec.steps)
+    while frontier:
+        name = frontier.pop()
+        if name not in useful:
+            useful.add(name)
+            frontier.extend(feeds[name])
+    for name in spec.steps:
+        if name not in useful:
+            problems.append(
+                f"steps.{name}: unreachable: nothing reads its output (not the workflow "
+                "output, no step reads it or runs after it)"
+            )
