@@ -1,0 +1,225 @@
+"""The model catalog (``models.yaml``): route names mapped to a provider, a model and prices.
+
+Workflows name routes (``fast``, ``strong``), never vendor models, so a model is swapped in
+one place. Secrets never live in the file: a route names the environment variable that holds
+its API key. See ``docs/models.md`` for the format.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from processors._errors import UnknownRoute
+from processors._templates import TemplateError, compile_template, is_template
+from topics import ConfigurationError
+
+__all__ = ["ModelCatalog", "RouteSpec", "ScriptRule", "load_model_catalog"]
+
+_ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_PER_MTOK = -6  # prices are per million tokens: scale by 10**-6, exactly
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ScriptRule(_Config):
+    """One rule of a ``scripted`` route: when it matches, what the model answers."""
+
+    match: str | None = Field(
+        default=None,
+        description="Regular expression searched in the last user message; null matches all.",
+    )
+    reply: str | dict[str, JsonValue] = Field(
+        description="The answer. A string is a template; a JSON object has its string values "
+        "rendered and is answered as JSON text. Templates see `prompt` (the last user "
+        "message), `messages`, `match` (the match, then its groups) and `input_text` (every "
+        "message's content, one per line).",
+    )
+
+    @field_validator("match")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+    @field_validator("reply")
+    @classmethod
+    def _templates_compile(cls, value: str | dict[str, JsonValue]) -> str | dict[str, JsonValue]:
+        try:
+            _compile_all(value)
+        except TemplateError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+
+def _compile_all(value: JsonValue) -> None:
+    if isinstance(value, str):
+        if is_template(value):
+            compile_template(value)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _compile_all(item)
+    elif isinstance(value, list):
+        for item in value:
+            _compile_all(item)
+
+
+class RouteSpec(_Config):
+    """Where one route's calls go and what they cost."""
+
+    provider: Literal["openai", "scripted"] = Field(
+        description="`openai`: any OpenAI-compatible chat-completions API (OpenAI, vLLM, "
+        "Ollama, LM Studio). `scripted`: a deterministic built-in model for demos and tests."
+    )
+    model: str = Field(min_length=1, description="The provider's model id, e.g. gpt-4o-mini.")
+    base_url: str | None = Field(
+        default=None,
+        description="API root the provider's paths hang off, e.g. https://api.openai.com/v1 "
+        "(required for openai).",
+    )
+    api_key_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name of the environment variable holding the API key (never the key). "
+        "Null sends no Authorization header (local servers).",
+    )
+    input_usd_per_mtok: Decimal = Field(
+        default=Decimal(0), ge=0, description="US dollars per million prompt tokens."
+    )
+    output_usd_per_mtok: Decimal = Field(
+        default=Decimal(0), ge=0, description="US dollars per million completion tokens."
+    )
+    context_window: int | None = Field(
+        default=None, ge=1, description="Tokens the model accepts in total; null if unknown."
+    )
+    timeout_s: float = Field(
+        default=60.0, gt=0, description="Seconds one HTTP call may take before it times out."
+    )
+    retries: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="In-process retries of retryable errors, after the first try.",
+    )
+    script: list[ScriptRule] = Field(
+        default_factory=list,
+        description="scripted only: the rules, tried in order; the first match answers.",
+    )
+    latency_ms: float = Field(
+        default=0.0, ge=0, description="scripted only: median simulated latency, milliseconds."
+    )
+    latency_sigma: float = Field(
+        default=0.0,
+        ge=0,
+        le=5,
+        description="scripted only: sigma of the log-normal latency tail; 0 is a fixed latency.",
+    )
+
+    @model_validator(mode="after")
+    def _fits_provider(self) -> RouteSpec:
+        if self.provider == "openai":
+            if not self.base_url:
+                raise ValueError("an openai route needs `base_url`")
+            if not self.base_url.startswith(("http://", "https://")):
+                raise ValueError("`base_url` must start with http:// or https://")
+            if self.script or self.latency_ms or self.latency_sigma:
+                raise ValueError("`script`, `latency_ms` and `latency_sigma` are for scripted")
+        elif not self.script:
+            raise ValueError("a scripted route needs at least one `script` rule")
+        return self
+
+    def cost(self, input_tokens: int, output_tokens: int) -> Decimal:
+        """What a call with these token counts costs, in US dollars, exactly."""
+        per_mtok = input_tokens * self.input_usd_per_mtok + output_tokens * self.output_usd_per_mtok
+        return per_mtok.scaleb(_PER_MTOK)
+
+
+class ModelCatalog(_Config):
+    """Every route workflows may name."""
+
+    routes: dict[str, RouteSpec] = Field(
+        description="Route name (what workflows say) to its route; may be empty for workers "
+        "that run no llm steps."
+    )
+
+    @field_validator("routes")
+    @classmethod
+    def _names(cls, value: dict[str, RouteSpec]) -> dict[str, RouteSpec]:
+        for name in value:
+            if not _ROUTE_NAME.match(name):
+                raise ValueError(
+                    f"route name {name!r} must be letters, digits, '.', '_' or '-' (at most 64)"
+                )
+        return value
+
+    def route(self, name: str) -> RouteSpec:
+        """The route called ``name``.
+
+        Raises:
+            UnknownRoute: The catalog has no such route (the message lists the known ones).
+        """
+        try:
+            return self.routes[name]
+        except KeyError:
+            known = ", ".join(sorted(self.routes)) or "none"
+            raise UnknownRoute(
+                f"model route {name!r} is not in the model catalog (known: {known})"
+            ) from None
+
+    def cost(self, route: str, input_tokens: int, output_tokens: int) -> Decimal:
+        """What a call on ``route`` with these token counts costs, in US dollars, exactly.
+
+        Raises:
+            UnknownRoute: The catalog has no such route.
+        """
+        return self.route(route).cost(input_tokens, output_tokens)
+
+
+def load_model_catalog(path: str | Path) -> ModelCatalog:
+    """Read and check a model catalog file.
+
+    Raises:
+        ConfigurationError: The file cannot be read, is not YAML, or breaks the format; the
+            message names the file and every bad field (``models.yaml: routes.fast.model: ...``).
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read model catalog {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigurationError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"{path}: must hold a mapping with `routes`")
+    try:
+        return ModelCatalog.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigurationError(f"{path}: {_describe(exc)}") from None
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(file)"
+        parts.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)

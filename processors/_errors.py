@@ -1,0 +1,102 @@
+"""The errors processors raise, each placed in baton's one exception tree.
+
+The branch decides what happens next: the processor retries retryable errors in-process
+(tenacity, a few times), then reports the failure; the coordinator decides about the rest::
+
+    BatonError                       (topics)
+     ├── RetryableError              (topics) try again
+     │    ├── ProviderTimeout        the model call did not answer within the route's timeout
+     │    ├── ProviderUnavailable    connection errors, HTTP 408/409/5xx, unparseable bodies
+     │    └── ProviderRateLimited    HTTP 429; ``retry_after`` from ``Retry-After``
+     ├── PermanentError              (topics) trying again cannot help
+     │    ├── ProviderRejected       any other 4xx: the provider refused the request
+     │    ├── OutputSchemaViolation  the model's answer is not JSON or misses the output schema
+     │    ├── ValidationFailed       a validate step found problems ("; "-joined)
+     │    └── InvalidParams          a step request whose params break the processor contract
+     └── ConfigurationError          (topics) a mistake in config: fix it, never retried
+          └── UnknownRoute           a route name the model catalog does not have
+
+A step result names the error by its class name (``StepError.error_class``). An exception that
+is none of these is a bug: ``execute`` reports it as ``InternalError``, not retryable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from topics import ConfigurationError, PermanentError, RetryableError, Usage
+
+__all__ = [
+    "InvalidParams",
+    "OutputSchemaViolation",
+    "ProviderRateLimited",
+    "ProviderRejected",
+    "ProviderTimeout",
+    "ProviderUnavailable",
+    "UnknownRoute",
+    "ValidationFailed",
+]
+
+
+class ProviderTimeout(RetryableError):
+    """The model provider did not answer within the route's ``timeout_s``."""
+
+
+class ProviderUnavailable(RetryableError):
+    """The provider could not be reached or answered with something unusable.
+
+    Connection errors, HTTP 408, 409 and 5xx, and bodies that are not the wire format.
+    """
+
+
+class ProviderRateLimited(RetryableError):
+    """The provider answered HTTP 429; ``retry_after`` is what its ``Retry-After`` asked for."""
+
+
+class ProviderRejected(PermanentError):
+    """The provider refused the request (a 4xx other than 408/409/429).
+
+    Args:
+        message: What was refused and the provider's own explanation (never the API key).
+        status: The HTTP status, or ``None`` when no HTTP exchange was involved.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class OutputSchemaViolation(PermanentError):
+    """The model's answer is not JSON, or does not match the step's ``output_schema``.
+
+    Args:
+        message: Why, and where in the answer.
+        usage: What the call that produced the answer cost: it was billed all the same.
+    """
+
+    def __init__(self, message: str, *, usage: Usage | None = None) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+class ValidationFailed(PermanentError):
+    """A validate step found problems.
+
+    The message is the problems joined by ``"; "``: the coordinator splits it again to feed
+    the problems back to an earlier step, so a problem never contains ``"; "`` itself.
+
+    Args:
+        problems: Every problem found, in the order found.
+    """
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems = tuple(p.replace("; ", ", ") for p in problems)
+        super().__init__("; ".join(self.problems))
+
+
+class InvalidParams(PermanentError):
+    """A step request whose ``params`` or ``context`` do not have the shape its kind needs."""
+
+
+class UnknownRoute(ConfigurationError):
+    """A model route the catalog does not define."""

@@ -1,0 +1,220 @@
+"""The ``llm`` processor: one chat completion through a route of the model catalog.
+
+The one retry layer of a model call lives here: retryable errors are tried again in-process
+(tenacity) a few times, waiting what ``Retry-After`` asked for or backing off exponentially
+with jitter; permanent errors never are. When the far side asks for a longer wait than this
+processor will sit out, or the step's deadline would pass, the failure is reported at once
+with its ``retry_after`` so the coordinator can schedule a delayed retry instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+
+from processors._catalog import ModelCatalog, RouteSpec
+from processors._errors import OutputSchemaViolation
+from processors._openai import OpenAIProvider
+from processors._processor import StepOutput, parse_params
+from processors._provider import ChatMessage, Completion, Provider
+from processors._schema import check_schema, schema_problems
+from processors._scripted import ScriptedProvider
+from topics import ConfigurationError, RetryableError, StepKind, StepRequested, Usage
+
+__all__ = ["LlmParams", "LlmProcessor", "parse_json_answer"]
+
+logger = logging.getLogger(__name__)
+
+_BACKOFF_FIRST = 0.2
+_BACKOFF_MAX = 10.0
+_BACKOFF_JITTER = 0.2
+_FENCED = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\r?\n(?P<body>.*?)\r?\n?[ \t]*```", re.DOTALL)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class LlmParams(BaseModel):
+    """What the coordinator sends an ``llm`` step (templates already rendered)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    route: str = Field(min_length=1, description="Route name in the model catalog.")
+    messages: list[ChatMessage] = Field(min_length=1, description="The conversation.")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="Sampling temperature.")
+    max_tokens: int | None = Field(default=None, ge=1, description="Cap on completion tokens.")
+    output_schema: dict[str, JsonValue] | None = Field(
+        default=None, description="JSON Schema the answer must satisfy; the output is the JSON."
+    )
+
+
+class LlmProcessor:
+    """Runs ``llm`` steps.
+
+    Args:
+        catalog: The model catalog routes are looked up in.
+        http_client: Shared client for HTTP providers; it must not retry on its own.
+        environ: Where API keys are read, by the variable names routes give.
+        providers: Providers by catalog ``provider`` name (defaults to openai and scripted).
+        sleep: How waits between in-process retries are spent.
+        clock: The current time, to keep retries inside the step's deadline.
+        max_retry_wait: The longest single wait (seconds) sat out in-process; a longer
+            ``Retry-After`` ends the attempt and is left to the coordinator's delayed retry.
+    """
+
+    kind = StepKind.llm
+
+    def __init__(
+        self,
+        catalog: ModelCatalog,
+        http_client: httpx.AsyncClient,
+        environ: Mapping[str, str],
+        *,
+        providers: Mapping[str, Provider] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], datetime] = _utcnow,
+        max_retry_wait: float = 30.0,
+    ) -> None:
+        self._catalog = catalog
+        self._providers: Mapping[str, Provider] = providers or {
+            "openai": OpenAIProvider(http_client, environ),
+            "scripted": ScriptedProvider(),
+        }
+        self._sleep = sleep
+        self._clock = clock
+        self._max_retry_wait = max_retry_wait
+
+    async def run(self, request: StepRequested) -> StepOutput:
+        """Call the step's route and check the answer.
+
+        Raises:
+            InvalidParams: The params are not an llm step's.
+            UnknownRoute: The route is not in the catalog.
+            ConfigurationError: The output schema is not a JSON Schema, or the route's
+                provider is not available here.
+            OutputSchemaViolation: The answer is not JSON or does not match the schema.
+            RetryableError: Still failing after the in-process retries (its subclasses say how).
+            PermanentError: The provider refused the call.
+        """
+        params = parse_params(LlmParams, request)
+        route = self._catalog.route(params.route)
+        if params.output_schema is not None:
+            check_schema(params.output_schema)  # before the call: a bad schema costs nothing
+        completion = await self._complete(request, route, params)
+        usage = Usage(
+            input_tokens=completion.input_tokens,
+            output_tokens=completion.output_tokens,
+            cost_usd=self._catalog.cost(
+                params.route, completion.input_tokens, completion.output_tokens
+            ),
+            route=params.route,
+            provider=route.provider,
+            model=route.model,
+        )
+        if params.output_schema is None:
+            return StepOutput(completion.text, usage)
+        try:
+            answer = parse_json_answer(completion.text)
+        except ValueError as exc:
+            raise OutputSchemaViolation(str(exc), usage=usage) from None
+        problems = schema_problems(params.output_schema, answer, "output")
+        if problems:
+            raise OutputSchemaViolation(
+                "the answer does not match the output schema: " + "; ".join(problems),
+                usage=usage,
+            )
+        return StepOutput(answer, usage)
+
+    async def _complete(
+        self, request: StepRequested, route: RouteSpec, params: LlmParams
+    ) -> Completion:
+        provider = self._providers.get(route.provider)
+        if provider is None:
+            raise ConfigurationError(f"no {route.provider!r} provider in this worker")
+
+        def stop(state: RetryCallState) -> bool:
+            if state.attempt_number > route.retries:
+                return True
+            if state.upcoming_sleep > self._max_retry_wait:
+                return True
+            return self._clock() + timedelta(seconds=state.upcoming_sleep) >= request.deadline_at
+
+        def before_sleep(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            logger.warning(
+                "run %s step %s: %s; try %d of %d in %.2f s",
+                request.run_id,
+                request.step,
+                error,
+                state.attempt_number + 1,
+                route.retries + 1,
+                state.upcoming_sleep,
+            )
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(RetryableError),
+            stop=stop,
+            wait=self._wait,
+            sleep=self._sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        completion: Completion = await retrying(
+            provider.complete,
+            route,
+            params.messages,
+            temperature=params.temperature,
+            max_tokens=params.max_tokens,
+            output_schema=params.output_schema,
+            idempotency_key=request.idempotency_key,
+        )
+        return completion
+
+    def _wait(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, RetryableError) and error.retry_after is not None:
+            return error.retry_after
+        # Exponential from 0.2 s, capped, plus jitter so callers that failed together spread.
+        backoff = min(_BACKOFF_FIRST * 2.0 ** (state.attempt_number - 1), _BACKOFF_MAX)
+        return backoff + random.uniform(0, _BACKOFF_JITTER)
+
+
+def parse_json_answer(text: str) -> Any:
+    """The JSON in a model's answer: the whole text, or the first fenced ```json block.
+
+    Raises:
+        ValueError: There is no JSON to read (the message says why and where).
+    """
+    try:
+        return _loads(text)
+    except ValueError as exc:
+        fenced = _FENCED.search(text)
+        if fenced is not None:
+            try:
+                return _loads(fenced.group("body"))
+            except ValueError as inner:
+                raise ValueError(f"the answer's ```json block is not JSON: {inner}") from None
+        excerpt = text if len(text) <= 80 else text[:77] + "..."
+        raise ValueError(f"the answer is not JSON: {exc} (answer: {excerpt!r})") from None
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")

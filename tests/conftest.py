@@ -1,0 +1,3 @@
+"""Fixtures every test directory can use."""
+
+from tests.fakes import fake_openai as fake_openai

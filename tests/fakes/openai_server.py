@@ -1,0 +1,447 @@
+"""A fake OpenAI-compatible chat-completions server on loopback, for fault injection.
+
+The server is real HTTP/1.1 on ``127.0.0.1`` (a free port), running its own event loop in its
+own thread, so it serves sync tests and async tests (with their own loop) alike. It records
+every request and answers ``POST .../chat/completions`` from a script::
+
+    server.reply("hello")                            # the default answer, for every request
+    server.reply(lambda req: ChatAnswer(req.body["model"]))   # or computed per request
+    server.enqueue(ErrorStatus(429, retry_after="1"), Disconnect())  # next answers, in order
+    server.wait_for_requests(3)                      # poll with a deadline (sync tests)
+    await server.wait_for_requests_async(3)          # same, for async tests
+    server.requests[0].body["messages"]              # what the client sent
+
+Answers: a ``str`` (the assistant's content), a ``ChatAnswer``, or a fault: ``ErrorStatus``
+(any status, optional ``Retry-After``, OpenAI's error JSON or a raw body), ``Delay`` (answer
+late, e.g. past the client's timeout), ``Malformed`` (a body that is not a chat completion),
+``Disconnect`` (close or reset the connection without answering). Other paths get a 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from types import TracebackType
+from typing import Any
+
+import orjson
+import pytest
+
+__all__ = [
+    "Answer",
+    "ChatAnswer",
+    "Delay",
+    "Disconnect",
+    "ErrorStatus",
+    "FakeOpenAIServer",
+    "Malformed",
+    "RecordedRequest",
+    "Responder",
+    "fake_openai",
+]
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the server received it.
+
+    Attributes:
+        method: HTTP method.
+        path: Request target (path and query).
+        headers: Header names lower-cased.
+        raw_body: The body bytes.
+        body: The body parsed as JSON, or ``None`` when it is not JSON.
+        at: ``time.monotonic()`` when the request had been read in full.
+    """
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    raw_body: bytes
+    body: Any
+    at: float
+
+    def header(self, name: str) -> str | None:
+        """A header's value, by case-insensitive name."""
+        return self.headers.get(name.lower())
+
+
+@dataclass(frozen=True)
+class ChatAnswer:
+    """A successful chat completion.
+
+    Attributes:
+        content: The assistant's text (``None`` sends ``content: null``).
+        prompt_tokens: ``usage.prompt_tokens``.
+        completion_tokens: ``usage.completion_tokens``.
+        usage: Whether to send ``usage`` at all.
+        refusal: ``message.refusal`` (with ``content=None``, a refusal).
+        finish_reason: ``choices[0].finish_reason``.
+    """
+
+    content: str | None = "ok"
+    prompt_tokens: int = 10
+    completion_tokens: int = 5
+    usage: bool = True
+    refusal: str | None = None
+    finish_reason: str = "stop"
+
+
+@dataclass(frozen=True)
+class ErrorStatus:
+    """An error answer: OpenAI's ``{"error": {...}}`` JSON unless ``body`` is given.
+
+    Attributes:
+        status: HTTP status code.
+        message: ``error.message``.
+        code: ``error.code`` (e.g. ``insufficient_quota``).
+        retry_after: The ``Retry-After`` header's value, if any.
+        body: A raw body to send instead of the error JSON.
+        headers: More headers.
+    """
+
+    status: int
+    message: str = "simulated failure"
+    code: str | None = None
+    retry_after: str | None = None
+    body: bytes | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Delay:
+    """Wait, then answer (``then``, or the default answer); the connection stays open.
+
+    Attributes:
+        seconds: How long to wait before answering.
+        then: What to answer afterwards; ``None`` for the default answer.
+    """
+
+    seconds: float
+    then: Answer | None = None
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A body that is not a chat completion.
+
+    Attributes:
+        body: The bytes sent.
+        status: HTTP status code.
+        content_type: The ``Content-Type`` header.
+    """
+
+    body: bytes = b'{"choices": [{"message": '
+    status: int = 200
+    content_type: str = "application/json"
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    """Drop the connection without an answer.
+
+    Attributes:
+        reset: Send a TCP reset (RST) instead of an orderly close (FIN).
+    """
+
+    reset: bool = False
+
+
+Answer = str | ChatAnswer | ErrorStatus | Delay | Malformed | Disconnect
+Responder = Callable[[RecordedRequest], Answer]
+
+
+class FakeOpenAIServer:
+    """A loopback OpenAI-compatible server whose answers tests script (see the module doc)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._requests: list[RecordedRequest] = []
+        self._queue: deque[Answer | Responder] = deque()
+        self._default: Answer | Responder = ChatAnswer()
+        self._ids = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[asyncio.Task[Any]] = set()
+        self.port = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> FakeOpenAIServer:
+        """Start serving on a free loopback port; returns the server."""
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(target=loop.run_forever, name="fake-openai", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._listen(), loop).result(timeout=10)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, dropping open connections."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+        self._loop = self._thread = None
+
+    def __enter__(self) -> FakeOpenAIServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """What a route's ``base_url`` should be: ``http://127.0.0.1:<port>/v1``."""
+        return f"{self.url}/v1"
+
+    # -- the script -----------------------------------------------------------------------
+
+    def reply(self, answer: Answer | Responder) -> None:
+        """Set the default answer (a value, or a function of the request)."""
+        with self._lock:
+            self._default = answer
+
+    def enqueue(self, *answers: Answer | Responder) -> None:
+        """Answer the next requests with these, in order, before the default resumes."""
+        with self._lock:
+            self._queue.extend(answers)
+
+    def reset(self) -> None:
+        """Forget recorded requests and queued answers; the default answer becomes "ok"."""
+        with self._lock:
+            self._requests.clear()
+            self._queue.clear()
+            self._default = ChatAnswer()
+
+    # -- what was seen --------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Every request received so far, oldest first (a copy)."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def call_count(self) -> int:
+        """How many requests were received."""
+        with self._lock:
+            return len(self._requests)
+
+    def wait_for_requests(self, count: int, timeout: float = 5.0) -> list[RecordedRequest]:
+        """Block until ``count`` requests were received; fail after ``timeout`` seconds."""
+        with self._lock:
+            if not self._lock.wait_for(lambda: len(self._requests) >= count, timeout):
+                raise AssertionError(
+                    f"expected {count} requests within {timeout} s, got {len(self._requests)}"
+                )
+            return list(self._requests)
+
+    async def wait_for_requests_async(
+        self, count: int, timeout: float = 5.0
+    ) -> list[RecordedRequest]:
+        """Like ``wait_for_requests``, without blocking the caller's event loop."""
+        deadline = time.monotonic() + timeout
+        while self.call_count < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"expected {count} requests within {timeout} s, got {self.call_count}"
+                )
+            await asyncio.sleep(0.005)
+        return self.requests
+
+    # -- serving --------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._serve, host="127.0.0.1", port=0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            while await self._one_exchange(reader, writer):
+                pass
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        except asyncio.CancelledError:
+            pass  # the server is stopping; ending quietly keeps asyncio from logging it
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _one_exchange(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        """Read one request and answer it; ``False`` when the connection is done."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return False
+        request_line, *lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
+        method, target, _ = request_line.split(" ", 2)
+        headers: dict[str, str] = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            raw = await _read_chunked(reader)
+        else:
+            raw = await reader.readexactly(int(headers.get("content-length", "0")))
+        try:
+            body = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            body = None
+        request = RecordedRequest(method, target, headers, raw, body, time.monotonic())
+        with self._lock:
+            self._requests.append(request)
+            answer: Answer | Responder | None = None
+            if method == "POST" and target.split("?")[0].endswith("/chat/completions"):
+                answer = self._queue.popleft() if self._queue else self._default
+            self._lock.notify_all()
+        if answer is None:
+            error = {"message": f"no route {method} {target}", "type": "invalid_request_error"}
+            return await self._send_json(writer, 404, {"error": error})
+        return await self._answer(writer, request, answer)
+
+    async def _answer(
+        self, writer: asyncio.StreamWriter, request: RecordedRequest, answer: Answer | Responder
+    ) -> bool:
+        if callable(answer):
+            answer = answer(request)
+        if isinstance(answer, Delay):
+            await asyncio.sleep(answer.seconds)
+            if answer.then is not None:
+                return await self._answer(writer, request, answer.then)
+            with self._lock:
+                default = self._default
+            return await self._answer(writer, request, default)
+        if isinstance(answer, str):
+            answer = ChatAnswer(answer)
+        if isinstance(answer, ChatAnswer):
+            return await self._send_json(writer, 200, self._completion(request, answer))
+        if isinstance(answer, ErrorStatus):
+            headers = dict(answer.headers)
+            if answer.retry_after is not None:
+                headers["Retry-After"] = answer.retry_after
+            if answer.body is not None:
+                return await self._send(writer, answer.status, answer.body, headers)
+            error = {
+                "message": answer.message,
+                "type": "server_error" if answer.status >= 500 else "invalid_request_error",
+                "param": None,
+                "code": answer.code,
+            }
+            return await self._send_json(writer, answer.status, {"error": error}, headers)
+        if isinstance(answer, Malformed):
+            content_type = {"Content-Type": answer.content_type}
+            return await self._send(writer, answer.status, answer.body, content_type)
+        if answer.reset:
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+        return False
+
+    def _completion(self, request: RecordedRequest, answer: ChatAnswer) -> dict[str, Any]:
+        model = request.body.get("model") if isinstance(request.body, dict) else None
+        message: dict[str, Any] = {"role": "assistant", "content": answer.content}
+        if answer.refusal is not None:
+            message["refusal"] = answer.refusal
+        completion: dict[str, Any] = {
+            "id": f"chatcmpl-fake-{next(self._ids)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model or "fake",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": answer.finish_reason,
+                }
+            ],
+        }
+        if answer.usage:
+            completion["usage"] = {
+                "prompt_tokens": answer.prompt_tokens,
+                "completion_tokens": answer.completion_tokens,
+                "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+            }
+        return completion
+
+    async def _send_json(
+        self,
+        writer: asyncio.StreamWriter,
+        status: int,
+        payload: Any,
+        headers: Mapping[str, str] | None = None,
+    ) -> bool:
+        merged = {"Content-Type": "application/json", **(headers or {})}
+        return await self._send(writer, status, orjson.dumps(payload), merged)
+
+    async def _send(
+        self, writer: asyncio.StreamWriter, status: int, body: bytes, headers: Mapping[str, str]
+    ) -> bool:
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = "Unknown"
+        lines = [f"HTTP/1.1 {status} {reason}", f"Content-Length: {len(body)}"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        await writer.drain()
+        return True
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    body = bytearray()
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0].strip(), 16)
+        if size == 0:
+            await reader.readuntil(b"\r\n")
+            return bytes(body)
+        body += await reader.readexactly(size)
+        await reader.readexactly(2)
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[FakeOpenAIServer]:
+    """A started ``FakeOpenAIServer``, stopped after the test."""
+    with FakeOpenAIServer() as server:
+        yield server
