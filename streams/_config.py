@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +40,20 @@ class Settings(BaseModel):
         home: Directory for local state: the development broker's data and pid, worker stores.
         kafka_version: Apache Kafka version the local development broker runs.
         kafka_heap: Maximum JVM heap of each local development broker node (``512m``, ``1g``).
+        worker_id: This worker's name; it names its local store directory, so it must be
+            unique per worker on a machine and stable across restarts (recovery is faster).
+        processing_guarantee: ``exactly_once`` (Kafka transactions: the coordinator's state
+            change and the events it emits commit together) or ``at_least_once``.
+        commit_interval: Seconds between offset commits (and transaction commits).
+        session_timeout: Seconds after which a silent worker is declared dead and its
+            partitions move to the others. A worker restarted under the same ``worker_id``
+            takes its partitions back at once (static group membership).
+        web_host: Interface the HTTP API listens on.
+        web_port: Port of the HTTP API (and the approval inbox).
+        api_url: Where commands reach a worker's HTTP API; default ``http://127.0.0.1:<web_port>``.
+        models_file: The model catalog (``models.yaml``); unset, there are no model routes
+            and ``llm`` steps fail with ``UnknownRoute``.
+        processor_concurrency: Steps one processor kind runs at once in one worker.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -50,6 +65,20 @@ class Settings(BaseModel):
     home: Path = Field(default_factory=_default_home)
     kafka_version: Literal["3.9.1"] = "3.9.1"
     kafka_heap: str | None = Field(default=None, pattern=r"^[1-9][0-9]*[kKmMgG]$")
+    worker_id: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9_.-]+$")
+    processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    commit_interval: float = Field(default=0.5, gt=0, le=60)
+    session_timeout: float = Field(default=15.0, ge=6, le=300)
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=1, le=65535)
+    api_url: str | None = None
+    models_file: Path | None = None
+    processor_concurrency: int = Field(default=256, ge=1, le=10_000)
+
+    @property
+    def api(self) -> str:
+        """Base URL of a worker's HTTP API."""
+        return (self.api_url or f"http://127.0.0.1:{self.web_port}").rstrip("/")
 
     def catalog(self) -> TopicCatalog:
         """The topic catalog these settings describe."""

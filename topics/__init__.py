@@ -42,6 +42,7 @@ from topics._events import (
     Usage,
     WorkflowDefinition,
 )
+from topics._partitioning import partition_for
 from topics._registry import EVENT_TYPES, SchemaEntry, SchemaRegistry
 
 __all__ = [
@@ -89,4 +90,5 @@ __all__ = [
     "create_topics",
     "describe_topics",
     "describe_validation_error",
+    "partition_for",
 ]

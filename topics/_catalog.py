@@ -77,12 +77,14 @@ class Topic:
     retention_ms: int | None
     description: str
     accepts_json: bool = False
+    extra_configs: tuple[tuple[str, str], ...] = ()
 
     def configs(self) -> dict[str, str]:
         """Topic-level configs to create the topic with."""
         configs: dict[str, str] = {"cleanup.policy": self.cleanup_policy}
         if self.retention_ms is not None:
             configs["retention.ms"] = str(self.retention_ms)
+        configs.update(self.extra_configs)
         return configs
 
 
@@ -141,6 +143,7 @@ class TopicCatalog:
         *,
         cleanup_policy: Literal["delete", "compact"] = "delete",
         accepts_json: bool = False,
+        extra_configs: tuple[tuple[str, str], ...] = (),
     ) -> Topic:
         return Topic(
             name=self._name(suffix),
@@ -152,6 +155,7 @@ class TopicCatalog:
             retention_ms=retention_ms,
             description=description,
             accepts_json=accepts_json,
+            extra_configs=extra_configs,
         )
 
     @cached_property
@@ -228,6 +232,27 @@ class TopicCatalog:
         )
 
     @cached_property
+    def run_state(self) -> Topic:
+        """The coordinator's changelog: the latest state of every run (JSON), compacted.
+
+        Written in the same transaction as the events of each transition, and read back
+        when a worker takes over a partition.
+        """
+        return self._run_topic(
+            "run-state",
+            (),
+            None,
+            "coordinator -> coordinator (state restored on takeover)",
+            cleanup_policy="compact",
+            # Small segments and an eager cleaner keep the log near one record per run, so
+            # a worker taking over a partition reads little more than the live state.
+            extra_configs=(
+                ("segment.ms", str(10 * 60 * 1000)),
+                ("min.cleanable.dirty.ratio", "0.1"),
+            ),
+        )
+
+    @cached_property
     def workflows(self) -> Topic:
         """Deployed workflow definitions, compacted; every worker reads all of it."""
         return Topic(
@@ -270,6 +295,7 @@ class TopicCatalog:
         yield self.workflows
         yield self.control
         yield self.timers
+        yield self.run_state
 
     def by_name(self, name: str) -> Topic:
         """Look a topic up by its full name."""

@@ -27,6 +27,7 @@ def test_every_topic_of_the_design_is_in_the_catalog() -> None:
         "baton.workflows",
         "baton.control",
         "baton.timers",
+        "baton.run-state",
     }
 
 
@@ -42,7 +43,8 @@ def test_prefix_and_partitions_apply_to_every_run_topic() -> None:
 def test_compacted_topics() -> None:
     catalog = TopicCatalog()
     compacted = {t.name for t in catalog if t.cleanup_policy == "compact"}
-    assert compacted == {"baton.workflows", "baton.control"}
+    assert compacted == {"baton.workflows", "baton.control", "baton.run-state"}
+    assert catalog.run_state.configs()["min.cleanable.dirty.ratio"] == "0.1"
     assert catalog.workflows.configs() == {"cleanup.policy": "compact", "retention.ms": "-1"}
     assert catalog.tasks.configs()["retention.ms"] == str(7 * 24 * 3600 * 1000)
 

@@ -1,0 +1,167 @@
+"""The worker: the coordinator runtime and the step processors in one process.
+
+- The **coordinator** (consumer group ``<prefix>-coordinator``) is baton's own consume-decide-
+  produce loop on aiokafka, exactly once by default (``streams.coordinator``).
+- The **processors** run as Faust agents in the app ``<prefix>-processors`` (one agent per
+  step kind, at-least-once: outside calls are at-least-once whatever the guarantee). The
+  same Faust app serves the HTTP API and runs the worker's lifecycle (signals, logging).
+
+Separate consumer groups let processors scale apart from coordinators
+(``baton worker --processors llm --no-coordinator`` on more machines).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import faust
+import httpx
+import mode
+
+from processors import ModelCatalog, build_processors, load_model_catalog
+from streams import _faust_fixes
+from streams._api import install_api
+from streams._config import Settings
+from streams._emitter import Emitter
+from streams._processing import ProcessorAgents
+from streams._workflows import WorkflowBook, WorkflowFeed
+from streams.coordinator import CoordinatorRuntime
+from streams.localkafka import live_brokers
+from topics import Codec, StepKind, TopicCatalog
+
+__all__ = ["PROCESSOR_KINDS", "Worker", "build_worker"]
+
+#: The step kinds this release has processors for.
+PROCESSOR_KINDS = (StepKind.llm, StepKind.transform, StepKind.validate)
+
+
+class _Resources(mode.Service):
+    """What starts and stops with the worker, besides the Faust agents."""
+
+    def __init__(
+        self, feed: WorkflowFeed, http: httpx.AsyncClient, runtime: CoordinatorRuntime | None
+    ) -> None:
+        super().__init__()
+        self.feed = feed
+        self.http = http
+        self.runtime = runtime
+
+    async def on_start(self) -> None:
+        await self.feed.start()
+        if self.runtime is not None:
+            await self.runtime.start()
+
+    async def on_stop(self) -> None:
+        if self.runtime is not None:
+            await self.runtime.stop()
+        await self.feed.stop()
+        await self.http.aclose()
+
+
+@dataclass
+class Worker:
+    """A built worker, ready to run.
+
+    Attributes:
+        app: The Faust app (processor agents, HTTP API, lifecycle).
+        runtime: The coordinator, if this worker runs one.
+        processors: The processor agents, if this worker runs any.
+        book: The deployed workflows, kept current.
+    """
+
+    app: faust.App
+    runtime: CoordinatorRuntime | None
+    processors: ProcessorAgents | None
+    book: WorkflowBook
+    loglevel: str = "info"
+
+    def run(self) -> None:
+        """Run until stopped by a signal."""
+        faust.Worker(self.app, loglevel=self.loglevel, quiet=True).execute_from_commandline()
+
+
+def build_worker(
+    settings: Settings,
+    bootstrap: str,
+    *,
+    coordinator: bool = True,
+    kinds: Iterable[StepKind] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Worker:
+    """Build a worker from the settings.
+
+    Args:
+        settings: The validated settings.
+        bootstrap: Kafka bootstrap servers.
+        coordinator: Run the coordinator (and serve the HTTP API).
+        kinds: Step kinds to run processors for (default: all; empty: none).
+        environ: Where provider API keys are read from (default ``os.environ``).
+    """
+    _faust_fixes.apply()
+    catalog: TopicCatalog = settings.catalog()
+    codec = Codec()
+    book = WorkflowBook()
+    feed = WorkflowFeed(bootstrap, catalog, codec, book)
+    http = httpx.AsyncClient()
+    url = f"http://{settings.web_host}:{settings.web_port}"
+    datadir = Path(settings.home) / "workers" / settings.worker_id
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        f"{settings.topic_prefix}-processors",
+        broker=[f"kafka://{a.strip()}" for a in bootstrap.split(",") if a.strip()],
+        datadir=str(datadir),
+        processing_guarantee="at_least_once",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor
+        or min(3, len(live_brokers(bootstrap)) or 1),
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=False,
+        broker_commit_interval=settings.commit_interval,
+        broker_max_poll_records=500,
+        consumer_group_instance_id=f"{settings.worker_id}-{settings.web_port}",
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=max(1.0, settings.session_timeout / 6),
+        store="memory://",
+        autodiscover=False,
+        web_enabled=coordinator,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        canonical_url=url,
+        web_tables_enabled=False,
+    )
+    runtime = None
+    if coordinator:
+        runtime = CoordinatorRuntime(
+            bootstrap=bootstrap,
+            catalog=catalog,
+            feed=feed,
+            url=url,
+            worker_id=settings.worker_id,
+            exactly_once=settings.processing_guarantee == "exactly_once",
+            session_timeout=settings.session_timeout,
+        )
+        install_api(app, runtime, http)
+    agents = None
+    chosen = list(PROCESSOR_KINDS if kinds is None else kinds)
+    if chosen:
+        models = (
+            load_model_catalog(settings.models_file)
+            if settings.models_file
+            else ModelCatalog(routes={})
+        )
+        built = build_processors(models, http, dict(os.environ if environ is None else environ))
+        agents = ProcessorAgents(
+            app,
+            catalog,
+            codec,
+            Emitter(app, catalog, codec),
+            {kind: built[kind] for kind in chosen},
+            worker=settings.worker_id,
+            concurrency=settings.processor_concurrency,
+        )
+    app.add_dependency(_Resources(feed, http, runtime))
+    return Worker(app=app, runtime=runtime, processors=agents, book=book)

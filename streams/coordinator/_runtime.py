@@ -1,0 +1,477 @@
+"""The coordinator runtime: a consume-decide-produce loop on Kafka, exactly once.
+
+Every coordinator worker joins the consumer group ``<prefix>-coordinator`` on the topics that
+carry run events (tasks, step results, control commands, timers). The assignor gives each
+member whole partition numbers across all of them, so a member sees every event of its runs.
+
+Per batch and partition: decode each record, load the run's state, ``decide``, send the
+events it emits and the new state (to the compacted ``run-state`` changelog), then commit:
+with ``exactly_once`` all of it is one Kafka transaction, input offsets included. When a
+worker takes a partition over, it first starts the partition's transactional producer (which
+fences the previous owner and aborts what it left open), then reads the partition's state back
+from the changelog, then resumes consuming it. See docs/decisions/0001.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from streams._emitter import run_id_of
+from streams._workflows import WorkflowBook, WorkflowFeed
+from streams.coordinator._assignor import CopartitionedAssignor
+from streams.coordinator._batch import AtLeastOnceBatch, Batch, ExactlyOnceBatch
+from streams.coordinator._decide import Context, Inbound, decide
+from streams.coordinator._state import RunState
+from streams.coordinator._wakeups import WakeIndex
+from streams.workflow import Workflow
+from topics import (
+    ApprovalRequested,
+    Codec,
+    ControlCommand,
+    DeadLetter,
+    DecodeError,
+    Event,
+    RetryableError,
+    RunEvent,
+    RunResult,
+    StepRequested,
+    TaskSubmitted,
+    TimerFired,
+    Topic,
+    TopicCatalog,
+    partition_for,
+)
+
+__all__ = ["CoordinatorRuntime"]
+
+log = logging.getLogger(__name__)
+
+
+class CoordinatorRuntime(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    """Runs the coordinator for the partitions this worker owns.
+
+    Args:
+        bootstrap: Kafka bootstrap servers.
+        catalog: The topics.
+        feed: The deployed workflows.
+        url: This worker's HTTP API address (told to the other coordinators).
+        worker_id: This worker's name (its static group membership).
+        exactly_once: Use Kafka transactions (else at-least-once).
+        session_timeout: Seconds before a silent worker's partitions move.
+        clock: The time.
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        catalog: TopicCatalog,
+        feed: WorkflowFeed,
+        url: str,
+        worker_id: str,
+        exactly_once: bool,
+        session_timeout: float = 15.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.catalog = catalog
+        self.codec = Codec()
+        self.feed = feed
+        self.book: WorkflowBook = feed.book
+        self.url = url
+        self.worker_id = worker_id
+        self.exactly_once = exactly_once
+        self.session_timeout = session_timeout
+        self.clock = clock
+        self.group_id = f"{catalog.prefix}-coordinator"
+        self.assignor = CopartitionedAssignor(url, catalog.partitions)
+        self.wakeups = WakeIndex()
+        self.stores: dict[int, dict[bytes, bytes]] = {}
+        self.ready: set[int] = set()
+        self.events_processed = 0
+        self._inputs: dict[str, Topic] = {
+            t.name: t
+            for t in (catalog.tasks, catalog.step_results, catalog.control, catalog.timers)
+        }
+        self._routes: dict[type[Event], Topic] = {
+            RunEvent: catalog.run_events,
+            RunResult: catalog.results,
+            DeadLetter: catalog.dead_letter,
+            ApprovalRequested: catalog.approvals_requested,
+            TimerFired: catalog.timers,
+            TaskSubmitted: catalog.tasks,
+            ControlCommand: catalog.control,
+        }
+        self._transactional: dict[int, AIOKafkaProducer] = {}
+        self._suspended: set[int] = set()
+        self._restoring: set[int] = set()
+        self._restore_queue: asyncio.Queue[int] = asyncio.Queue()
+        self._lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Join the group and start consuming."""
+        self.plain = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=2
+        )
+        await self.plain.start()
+        self._restorer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+        )
+        await self._restorer.start()
+        port = self.url.rsplit(":", 1)[-1]
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            # Static membership: restarted under the same id (and address), a worker takes
+            # its partitions back at once instead of waiting out its old session.
+            group_instance_id=f"{self.worker_id}-{port}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed" if self.exactly_once else "read_uncommitted",
+            partition_assignment_strategy=(self.assignor,),
+            session_timeout_ms=int(self.session_timeout * 1000),
+            heartbeat_interval_ms=int(max(1.0, self.session_timeout / 6) * 1000),
+            max_poll_records=1000,
+        )
+        self.consumer.subscribe(topics=list(self._inputs), listener=self)
+        await self.consumer.start()
+        self._tasks = [
+            asyncio.create_task(self._consume(), name="coordinator-consume"),
+            asyncio.create_task(self._restore_partitions(), name="coordinator-restore"),
+            asyncio.create_task(self._fire_wakeups(), name="coordinator-wakeups"),
+        ]
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, then leave."""
+        self._stopping = True
+        async with self._lock:
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self.consumer.stop()
+        for producer in self._transactional.values():
+            await producer.stop()
+        await self._restorer.stop()
+        await self.plain.stop()
+
+    # -- rebalancing -------------------------------------------------------------------------
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Called before a rebalance: the batch in hand finishes and commits first."""
+        async with self._lock:
+            self._suspended = {tp.partition for tp in revoked}
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Keep what stays ours; release what left; restore what is new."""
+        now_ours = {tp.partition for tp in assigned}
+        for partition in self._suspended - now_ours:
+            await self._release(partition)
+        self._suspended = set()
+        new = now_ours - self.ready - self._restoring
+        if new:
+            self.consumer.pause(*self._input_tps(new))
+            for partition in sorted(new):
+                self._restoring.add(partition)
+                self._restore_queue.put_nowait(partition)
+        log.info(
+            "coordinator partitions: %s (restoring %s)", sorted(now_ours), sorted(self._restoring)
+        )
+
+    def _input_tps(self, partitions: set[int]) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t in self._inputs for p in sorted(partitions)]
+
+    async def _release(self, partition: int) -> None:
+        self.ready.discard(partition)
+        self._restoring.discard(partition)
+        self.stores.pop(partition, None)
+        self.wakeups.retain({key.decode() for store in self.stores.values() for key in store})
+        producer = self._transactional.pop(partition, None)
+        if producer is not None:
+            with contextlib.suppress(KafkaError):
+                await producer.stop()
+
+    async def _restore_partitions(self) -> None:
+        while True:
+            partition = await self._restore_queue.get()
+            if partition not in self._restoring:
+                continue
+            try:
+                await self._restore(partition)
+            except Exception:
+                log.exception("restoring partition %d failed; trying again", partition)
+                await asyncio.sleep(1)
+                self._restore_queue.put_nowait(partition)
+
+    async def _restore(self, partition: int) -> None:
+        started = time.monotonic()
+        if self.exactly_once and partition not in self._transactional:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                transactional_id=f"{self.group_id}-{partition}",
+                enable_idempotence=True,
+                acks="all",
+                linger_ms=2,
+            )
+            # Starting it fences the partition's previous owner and aborts whatever it left
+            # open, so the changelog read next is final.
+            await producer.start()
+            self._transactional[partition] = producer
+        tp = TopicPartition(self.catalog.run_state.name, partition)
+        self._restorer.assign([tp])
+        await self._restorer.seek_to_beginning(tp)
+        end = (await self._restorer.end_offsets([tp]))[tp]
+        store: dict[bytes, bytes] = {}
+        while await self._restorer.position(tp) < end:
+            records = (await self._restorer.getmany(tp, timeout_ms=500)).get(tp, [])
+            for record in records:
+                if record.value is None:
+                    store.pop(record.key, None)
+                else:
+                    store[record.key] = record.value
+        if partition not in self._restoring:
+            return  # revoked while restoring
+        self.stores[partition] = store
+        unfinished = 0
+        for key, raw in store.items():
+            if orjson.loads(raw).get("status") is None:
+                unfinished += 1
+                self.wakeups.schedule(key.decode(), RunState.from_bytes(raw).next_wake())
+        self._restoring.discard(partition)
+        self.ready.add(partition)
+        self.consumer.resume(*self._input_tps({partition}))
+        log.info(
+            "partition %d restored: %d runs (%d unfinished) in %.2fs",
+            partition,
+            len(store),
+            unfinished,
+            time.monotonic() - started,
+        )
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        while not self._stopping:
+            batch = await self.consumer.getmany(timeout_ms=100, max_records=1000)
+            if not batch:
+                continue
+            async with self._lock:
+                await self._process(batch)
+
+    async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        by_partition: dict[int, list[tuple[TopicPartition, Any]]] = defaultdict(list)
+        for tp, records in batch.items():
+            if tp.partition not in self.ready:
+                if tp.partition not in self._suspended and records:
+                    self.consumer.seek(tp, records[0].offset)  # not ours yet: read again later
+                continue
+            by_partition[tp.partition].extend((tp, record) for record in records)
+        commits = []
+        for partition, items in by_partition.items():
+            unit = self._batch(partition)
+            await unit.begin()
+            offsets: dict[TopicPartition, int] = {}
+            try:
+                for tp, record in items:
+                    await self._handle(unit, record)
+                    offsets[tp] = record.offset + 1
+            except Exception:
+                log.exception("batch on partition %d failed; it will be read again", partition)
+                await unit.abort()
+                for tp in {tp for tp, _ in items}:
+                    first = min(r.offset for t, r in items if t == tp)
+                    self.consumer.seek(tp, first)
+                continue
+            commits.append(self._commit(unit, offsets, items))
+        await asyncio.gather(*commits)
+
+    async def _commit(
+        self,
+        unit: Batch,
+        offsets: dict[TopicPartition, int],
+        items: list[tuple[TopicPartition, Any]],
+    ) -> None:
+        try:
+            await unit.commit(offsets)
+        except Exception:
+            log.exception("commit on partition %d failed; it will be read again", unit.partition)
+            with contextlib.suppress(Exception):
+                await unit.abort()
+            for tp in offsets:
+                self.consumer.seek(tp, min(r.offset for t, r in items if t == tp))
+            return
+        self.events_processed += len(items)
+
+    def _batch(self, partition: int) -> Batch:
+        store = self.stores[partition]
+        changelog = self.catalog.run_state.name
+        if self.exactly_once:
+            return ExactlyOnceBatch(
+                partition, store, changelog, self._transactional[partition], self.group_id
+            )
+        return AtLeastOnceBatch(partition, store, changelog, self.plain, self.consumer)
+
+    # -- one record ---------------------------------------------------------------------------
+
+    async def _handle(self, unit: Batch, record: Any) -> None:
+        topic = self._inputs[record.topic]
+        now = self.clock()
+        try:
+            inbound: Inbound = self.codec.decode_for(topic, record.value, record.key)  # type: ignore[assignment]
+        except DecodeError as exc:
+            await self._dead_letter(unit, record, "DecodeError", exc.reason, now)
+            return
+        run_id = run_id_of(inbound)
+        if run_id is None:
+            await self._dead_letter(unit, record, "MissingRunId", "the event names no run", now)
+            return
+        home = partition_for(run_id, self.catalog.partitions)
+        if home != record.partition:
+            # Published with another partitioner: move it to where its run lives.
+            await unit.send(record.topic, run_id.encode(), record.value, home)
+            return
+        key = run_id.encode()
+        raw = unit.get(key)
+        state = RunState.from_bytes(raw) if raw is not None else None
+        workflow = await self._workflow_for(state, inbound)
+        decision = decide(state, inbound, Context(now=now, workflow=workflow))
+        if decision.dead_letter is not None:
+            await self._dead_letter(
+                unit,
+                record,
+                "Unprocessable",
+                decision.dead_letter,
+                now,
+                run_id=run_id,
+                payload_type=type(inbound).__name__,
+            )
+        for event in decision.emit:
+            await self._emit(unit, event)
+        if decision.state is not None:
+            await unit.put(key, decision.state.to_bytes())
+            self.wakeups.schedule(run_id, decision.state.next_wake())
+
+    async def _emit(self, unit: Batch, event: Event) -> None:
+        topic = (
+            self.catalog.steps(event.kind)
+            if isinstance(event, StepRequested)
+            else self._routes[type(event)]
+        )
+        run_id = run_id_of(event)
+        assert run_id is not None, "everything the coordinator emits belongs to a run"
+        await unit.send(
+            topic.name,
+            run_id.encode(),
+            self.codec.encode(event),
+            partition_for(run_id, topic.partitions),
+        )
+
+    async def _dead_letter(
+        self,
+        unit: Batch,
+        record: Any,
+        error_class: str,
+        reason: str,
+        now: datetime,
+        *,
+        run_id: str | None = None,
+        payload_type: str | None = None,
+    ) -> None:
+        log.warning(
+            "dead-lettering %s[%d]@%d: %s: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            error_class,
+            reason,
+        )
+        letter = DeadLetter(
+            dead_letter_id=f"{record.topic}/{record.partition}/{record.offset}",
+            origin_topic=record.topic,
+            origin_partition=record.partition,
+            origin_offset=record.offset,
+            key=record.key,
+            payload=record.value or b"",
+            payload_type=payload_type,
+            error_class=error_class,
+            error=reason,
+            run_id=run_id,
+            at=now,
+        )
+        await unit.send(
+            self.catalog.dead_letter.name,
+            run_id.encode() if run_id else record.key,
+            self.codec.encode(letter),
+            record.partition,
+        )
+
+    async def _workflow_for(self, state: RunState | None, event: Inbound) -> Workflow | None:
+        if isinstance(event, TaskSubmitted) and state is None:
+            found = self.book.resolve(event.workflow, event.workflow_version)
+            if found is None:
+                await self._catch_up()
+                found = self.book.resolve(event.workflow, event.workflow_version)
+            return found
+        if state is None or not state.workflow_version:
+            return None
+        found = self.book.by_hash(state.workflow_version)
+        if found is None:
+            await self._catch_up()
+            found = self.book.by_hash(state.workflow_version)
+        return found
+
+    async def _catch_up(self) -> None:
+        """Deployed a moment ago? Read the workflows topic to its end first."""
+        try:
+            await self.feed.catch_up()
+        except RetryableError as exc:
+            log.warning("workflow definitions are not caught up: %s", exc)
+
+    # -- timers --------------------------------------------------------------------------------
+
+    async def _fire_wakeups(self) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            now = self.clock()
+            for run_id in self.wakeups.pop_due(now.timestamp()):
+                event = TimerFired(run_id=run_id, fired_at=now)
+                await self.plain.send(
+                    self.catalog.timers.name,
+                    self.codec.encode(event),
+                    key=run_id.encode(),
+                    partition=partition_for(run_id, self.catalog.partitions),
+                )
+
+    # -- reads for the API ---------------------------------------------------------------------
+
+    def owner_of(self, run_id: str) -> tuple[bool, str | None]:
+        """Whether this worker owns the run, and else the owner's API address (if known)."""
+        partition = partition_for(run_id, self.catalog.partitions)
+        if partition in self.ready:
+            return True, self.url
+        return False, self.assignor.owners.get(partition)
+
+    def state_of(self, run_id: str) -> RunState | None:
+        """A run's committed state, when this worker owns it."""
+        partition = partition_for(run_id, self.catalog.partitions)
+        raw = self.stores.get(partition, {}).get(run_id.encode())
+        return RunState.from_bytes(raw) if raw is not None else None

@@ -1,0 +1,19 @@
+"""Where a run lives: the partition of its run id, the same number on every topic.
+
+Keys are the run id in UTF-8 and the partition is Kafka's default: murmur2 of the key, made
+positive, modulo the partition count (what the Java client and aiokafka do by default).
+baton writes every record of a run to this partition explicitly, so co-partitioning holds
+even when an upstream producer used another partitioner.
+"""
+
+from __future__ import annotations
+
+from aiokafka.partitioner import murmur2
+
+__all__ = ["partition_for"]
+
+
+def partition_for(run_id: str, partitions: int) -> int:
+    """The partition of a run."""
+    hashed: int = murmur2(run_id.encode())
+    return (hashed & 0x7FFFFFFF) % partitions
