@@ -18,6 +18,7 @@ import faust
 import faust.web
 import httpx
 import orjson
+from faust.exceptions import ConsumerNotStarted
 from pydantic import ValidationError
 
 from streams.coordinator import CoordinatorRuntime, RunState
@@ -39,6 +40,16 @@ def run_view(state: RunState) -> dict[str, Any]:
     return view
 
 
+def _processing(app: faust.App) -> list[str]:
+    """The step topics this worker's processors consume (none when it runs no processors)."""
+    if app.producer_only:
+        return []
+    try:
+        return sorted({tp.topic for tp in app.consumer.assignment()})
+    except ConsumerNotStarted:
+        return []
+
+
 def install_api(app: faust.App, runtime: CoordinatorRuntime, http: httpx.AsyncClient) -> None:
     """Add the API's pages to the worker's Faust app."""
 
@@ -49,6 +60,7 @@ def install_api(app: faust.App, runtime: CoordinatorRuntime, http: httpx.AsyncCl
                 "ok": True,
                 "events_processed": runtime.events_processed,
                 "partitions": sorted(runtime.ready),
+                "processing": _processing(app),
             }
         )
 

@@ -163,5 +163,9 @@ def build_worker(
             worker=settings.worker_id,
             concurrency=settings.processor_concurrency,
         )
+    if agents is None:
+        # No processors: Faust only serves the API and runs the lifecycle (a consumer with
+        # nothing to subscribe to would crash).
+        app.producer_only = True
     app.add_dependency(_Resources(feed, http, runtime))
     return Worker(app=app, runtime=runtime, processors=agents, book=book)

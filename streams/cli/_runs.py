@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import uuid
 from datetime import UTC, datetime
@@ -21,6 +22,8 @@ from streams.cli._main import console, settings
 from streams.localkafka import resolve_bootstrap
 from topics import (
     ConfigurationError,
+    ControlAction,
+    ControlCommand,
     RetryableError,
     RunResult,
     TaskSubmitted,
@@ -217,3 +220,37 @@ def show(run_id: str, as_json: bool) -> None:
     console.print(table)
     if view.get("output") is not None:
         console.print("output: " + escape(json.dumps(view["output"], ensure_ascii=False)))
+
+
+@runs_group.command("cancel")
+@click.argument("run_ids", nargs=-1, required=True)
+@click.option("--reason", default=None, help="Why (recorded in the result and run events).")
+def cancel(run_ids: tuple[str, ...], reason: str | None) -> None:
+    """Cancel runs: each ends with a `cancelled` result (a run that ended already is left)."""
+    config = settings()
+    commands = [
+        ControlCommand(
+            command_id=str(uuid.uuid4()),
+            action=ControlAction.cancel,
+            run_id=run_id,
+            reason=reason,
+            issued_by=_who(),
+            issued_at=datetime.now(UTC),
+        )
+        for run_id in run_ids
+    ]
+    asyncio.run(_send(config, resolve_bootstrap(config), commands))
+    for run_id in run_ids:
+        console.print(f"cancel requested for {escape(run_id)}")
+
+
+async def _send(config: Any, bootstrap: str, commands: list[ControlCommand]) -> None:
+    async with BatonClient(bootstrap, config.catalog()) as client:
+        await client.send(commands)
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""

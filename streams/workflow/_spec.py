@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -59,7 +60,19 @@ def parse_duration(value: Any) -> float:
 
 
 #: Seconds, written as a number or as ``"30s"``, ``"10m"``, ``"4h"``.
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0},
+                {"type": "string", "pattern": _DURATION.pattern},
+            ],
+            "description": "Seconds, or a string such as '250ms', '30s', '10m', '4h', '1d'.",
+        }
+    ),
+]
 StepName = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 #: How long an attempt of each kind may take before it is dispatched again.

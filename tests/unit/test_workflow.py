@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import jsonschema
 import pytest
+import yaml
 
-from streams.workflow import WorkflowError, load_workflow, parse_duration, parse_workflow
+from streams.workflow import (
+    WorkflowError,
+    WorkflowSpec,
+    load_workflow,
+    parse_duration,
+    parse_workflow,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "support-triage.yaml"
 
@@ -147,3 +156,16 @@ def test_durations(value: object, seconds: float) -> None:
 def test_bad_durations(value: object) -> None:
     with pytest.raises(ValueError):
         parse_duration(value)
+
+
+def test_the_editor_schema_in_docs_is_current() -> None:
+    committed = json.loads((EXAMPLE.parents[1] / "docs" / "workflow.schema.json").read_text())
+    assert committed == WorkflowSpec.model_json_schema(by_alias=True), (
+        "run `baton workflows schema > docs/workflow.schema.json`"
+    )
+
+
+def test_the_editor_schema_accepts_the_example() -> None:
+    schema = WorkflowSpec.model_json_schema(by_alias=True)
+    document = yaml.safe_load(EXAMPLE.read_text())
+    jsonschema.validate(document, schema)

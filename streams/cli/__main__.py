@@ -1,0 +1,5 @@
+"""``python -m streams.cli`` is ``baton``."""
+
+from streams.cli import main
+
+main()
