@@ -3,9 +3,11 @@
 No Kafka here: every processor is a plain async callable, testable on its own.
 """
 
+from processors._breaker import Breakers
 from processors._build import build_processors
 from processors._catalog import ModelCatalog, RouteSpec, ScriptRule, load_model_catalog
 from processors._errors import (
+    CircuitOpen,
     InvalidParams,
     OutputSchemaViolation,
     ProviderRateLimited,
@@ -36,6 +38,8 @@ from processors._validate import ValidateParams, ValidateProcessor, ValidateRule
 
 __all__ = [
     "INTERNAL_ERROR",
+    "Breakers",
+    "CircuitOpen",
     "ChatMessage",
     "Completion",
     "Expression",

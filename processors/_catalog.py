@@ -124,6 +124,17 @@ class RouteSpec(_Config):
         default_factory=list,
         description="scripted only: the rules, tried in order; the first match answers.",
     )
+    breaker_failures: int = Field(
+        default=5,
+        ge=1,
+        description="Failures in a row (timeouts, connection errors, 429, 5xx) that open the "
+        "circuit of this route's provider endpoint.",
+    )
+    breaker_cooldown_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds an open circuit refuses calls before one probe call is let through.",
+    )
     latency_ms: float = Field(
         default=0.0, ge=0, description="scripted only: median simulated latency, milliseconds."
     )

@@ -7,7 +7,8 @@ The branch decides what happens next: the processor retries retryable errors in-
      ├── RetryableError              (topics) try again
      │    ├── ProviderTimeout        the model call did not answer within the route's timeout
      │    ├── ProviderUnavailable    connection errors, HTTP 408/409/5xx, unparseable bodies
-     │    └── ProviderRateLimited    HTTP 429; ``retry_after`` from ``Retry-After``
+     │    ├── ProviderRateLimited    HTTP 429; ``retry_after`` from ``Retry-After``
+     │    └── CircuitOpen            the provider's breaker is open: not called, go elsewhere
      ├── PermanentError              (topics) trying again cannot help
      │    ├── ProviderRejected       any other 4xx: the provider refused the request
      │    ├── OutputSchemaViolation  the model's answer is not JSON or misses the output schema
@@ -27,6 +28,7 @@ from collections.abc import Iterable
 from topics import ConfigurationError, PermanentError, RetryableError, Usage
 
 __all__ = [
+    "CircuitOpen",
     "InvalidParams",
     "OutputSchemaViolation",
     "ProviderRateLimited",
@@ -51,6 +53,14 @@ class ProviderUnavailable(RetryableError):
 
 class ProviderRateLimited(RetryableError):
     """The provider answered HTTP 429; ``retry_after`` is what its ``Retry-After`` asked for."""
+
+
+class CircuitOpen(RetryableError):
+    """The provider's circuit breaker is open, so it was not called.
+
+    Retryable (the provider may recover), but not retried in-process: the coordinator moves
+    the step to its next fallback route, or retries it later.
+    """
 
 
 class ProviderRejected(PermanentError):

@@ -20,10 +20,11 @@ from typing import Any
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
+from processors._breaker import Breakers
 from processors._catalog import ModelCatalog, RouteSpec
-from processors._errors import OutputSchemaViolation
+from processors._errors import CircuitOpen, OutputSchemaViolation
 from processors._openai import OpenAIProvider
 from processors._processor import StepOutput, parse_params
 from processors._provider import ChatMessage, Completion, Provider
@@ -85,8 +86,10 @@ class LlmProcessor:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], datetime] = _utcnow,
         max_retry_wait: float = 30.0,
+        breakers: Breakers | None = None,
     ) -> None:
         self._catalog = catalog
+        self.breakers = breakers or Breakers()
         self._providers: Mapping[str, Provider] = providers or {
             "openai": OpenAIProvider(http_client, environ),
             "scripted": ScriptedProvider(),
@@ -163,15 +166,30 @@ class LlmProcessor:
             )
 
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type(RetryableError),
+            # An open circuit is not waited out here: the coordinator falls back instead.
+            retry=retry_if_exception(
+                lambda e: isinstance(e, RetryableError) and not isinstance(e, CircuitOpen)
+            ),
             stop=stop,
             wait=self._wait,
             sleep=self._sleep,
             before_sleep=before_sleep,
             reraise=True,
         )
+        endpoint = f"{route.provider}:{route.base_url or params.route}"
+
+        async def guarded(*args: Any, **kwargs: Any) -> Completion:
+            self.breakers.before_call(endpoint, route.breaker_failures, route.breaker_cooldown_s)
+            try:
+                result = await provider.complete(*args, **kwargs)
+            except BaseException as exc:
+                self.breakers.after_call(endpoint, route.breaker_failures, exc)
+                raise
+            self.breakers.after_call(endpoint, route.breaker_failures, None)
+            return result
+
         completion: Completion = await retrying(
-            provider.complete,
+            guarded,
             route,
             params.messages,
             temperature=params.temperature,

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from topics import ConfigurationError, TopicCatalog
+from topics import ConfigurationError, RetryTier, TopicCatalog
 
 __all__ = ["Settings", "load_settings"]
 
@@ -54,6 +54,8 @@ class Settings(BaseModel):
         models_file: The model catalog (``models.yaml``); unset, there are no model routes
             and ``llm`` steps fail with ``UnknownRoute``.
         processor_concurrency: Steps one processor kind runs at once in one worker.
+        retry_tiers: The delayed-retry tiers, shortest first (``5s,1m,10m``): each is a
+            topic whose requests wait that long before they run again.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -74,6 +76,21 @@ class Settings(BaseModel):
     api_url: str | None = None
     models_file: Path | None = None
     processor_concurrency: int = Field(default=256, ge=1, le=10_000)
+    retry_tiers: str = Field(
+        default="5s,1m,10m", pattern=r"^\s*\d+(ms|s|m|h)\s*(,\s*\d+(ms|s|m|h)\s*)*$"
+    )
+
+    @field_validator("retry_tiers")
+    @classmethod
+    def _increasing(cls, value: str) -> str:
+        delays = [_seconds(part) for part in value.split(",")]
+        if delays != sorted(set(delays)):
+            raise ValueError("retry tiers must be increasing, without repeats")
+        return ",".join(part.strip() for part in value.split(","))
+
+    def tiers(self) -> tuple[RetryTier, ...]:
+        """The delayed-retry tiers."""
+        return tuple(RetryTier(part, _seconds(part)) for part in self.retry_tiers.split(","))
 
     @property
     def api(self) -> str:
@@ -82,7 +99,18 @@ class Settings(BaseModel):
 
     def catalog(self) -> TopicCatalog:
         """The topic catalog these settings describe."""
-        return TopicCatalog(prefix=self.topic_prefix, partitions=self.partitions)
+        return TopicCatalog(
+            prefix=self.topic_prefix, partitions=self.partitions, retry_tiers=self.tiers()
+        )
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _seconds(text: str) -> float:
+    text = text.strip()
+    unit = "ms" if text.endswith("ms") else text[-1]
+    return float(text[: -len(unit)]) * _UNITS[unit]
 
 
 def _from_environment(environ: dict[str, str]) -> dict[str, tuple[str, str]]:

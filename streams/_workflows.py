@@ -12,7 +12,9 @@ import contextlib
 import getpass
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -98,6 +100,8 @@ class WorkflowFeed:
         self._bootstrap = bootstrap
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
+        #: Called with each record that is not a valid definition, and why.
+        self.on_poison: Callable[[Any, str], Awaitable[None]] | None = None
         self._position = 0
         self._advanced = asyncio.Event()
         self._started = asyncio.Event()
@@ -127,18 +131,23 @@ class WorkflowFeed:
         while True:
             batches = await self._consumer.getmany(self._topic, timeout_ms=500)
             for record in batches.get(self._topic, []):
-                self._apply(record.value, record.offset)
+                problem = self._apply(record.value, record.offset)
+                if problem is not None and self.on_poison is not None:
+                    await self.on_poison(record, problem)
             self._position = await self._consumer.position(self._topic)
             self._advanced.set()
 
-    def _apply(self, value: bytes | None, offset: int) -> None:
+    def _apply(self, value: bytes | None, offset: int) -> str | None:
+        """Add one definition; returns why it was refused, if it was."""
         if value is None:
-            return
+            return None
         try:
             definition = self._codec.decode(value, WorkflowDefinition)
             self.book.add(definition)
         except (DecodeError, WorkflowError) as exc:
             log.error("skipping the workflow definition at offset %d: %s", offset, exc)
+            return str(exc)
+        return None
 
     async def catch_up(self, timeout_s: float = 10.0) -> None:
         """Wait until every definition published before now has been read.

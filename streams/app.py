@@ -2,6 +2,8 @@
 
 - The **coordinator** (consumer group ``<prefix>-coordinator``) is baton's own consume-decide-
   produce loop on aiokafka, exactly once by default (``streams.coordinator``).
+- The **retry relay** (group ``<prefix>-retry-relay``) runs beside every coordinator and
+  sends delayed retries on when they are due.
 - The **processors** run as Faust agents in the app ``<prefix>-processors`` (one agent per
   step kind, at-least-once: outside calls are at-least-once whatever the guarantee). The
   same Faust app serves the HTTP API and runs the worker's lifecycle (signals, logging).
@@ -27,6 +29,7 @@ from streams._api import install_api
 from streams._config import Settings
 from streams._emitter import Emitter
 from streams._processing import ProcessorAgents
+from streams._relay import RetryRelay
 from streams._workflows import WorkflowBook, WorkflowFeed
 from streams.coordinator import CoordinatorRuntime
 from streams.localkafka import live_brokers
@@ -42,22 +45,32 @@ class _Resources(mode.Service):
     """What starts and stops with the worker, besides the Faust agents."""
 
     def __init__(
-        self, feed: WorkflowFeed, http: httpx.AsyncClient, runtime: CoordinatorRuntime | None
+        self,
+        feed: WorkflowFeed,
+        http: httpx.AsyncClient,
+        runtime: CoordinatorRuntime | None,
+        relay: RetryRelay | None,
     ) -> None:
         super().__init__()
         self.feed = feed
         self.http = http
         self.runtime = runtime
+        self.relay = relay
 
     async def on_start(self) -> None:
-        await self.feed.start()
         if self.runtime is not None:
             await self.runtime.start()
+            self.feed.on_poison = self.runtime.dead_letter_record
+            await self.feed.start()
+        if self.relay is not None:
+            await self.relay.start()
 
     async def on_stop(self) -> None:
+        if self.relay is not None:
+            await self.relay.stop()
         if self.runtime is not None:
             await self.runtime.stop()
-        await self.feed.stop()
+            await self.feed.stop()
         await self.http.aclose()
 
 
@@ -167,5 +180,15 @@ def build_worker(
         # No processors: Faust only serves the API and runs the lifecycle (a consumer with
         # nothing to subscribe to would crash).
         app.producer_only = True
-    app.add_dependency(_Resources(feed, http, runtime))
+    relay = (
+        RetryRelay(
+            bootstrap,
+            catalog,
+            instance_id=f"{settings.worker_id}-{settings.web_port}",
+            session_timeout=settings.session_timeout,
+        )
+        if coordinator
+        else None
+    )
+    app.add_dependency(_Resources(feed, http, runtime, relay))
     return Worker(app=app, runtime=runtime, processors=agents, book=book)

@@ -122,6 +122,7 @@ class ControlAction(StrEnum):
     """An operator command."""
 
     cancel = "cancel"
+    redrive = "redrive"
 
 
 class Usage(Record):
@@ -201,6 +202,9 @@ class StepRequested(Event):
     )
     not_before: Timestamp | None = Field(
         default=None, description="Delayed retries: do not run before this time."
+    )
+    retry_tier: str | None = Field(
+        default=None, description="Delayed retries: the retry tier it waits in (5s, 1m, ...)."
     )
 
 
@@ -348,6 +352,7 @@ class ControlCommand(Event):
     command_id: str = Field(description="Unique id of the command.")
     action: ControlAction = Field(description="What to do.")
     run_id: str | None = Field(default=None, description="The run, for run commands.")
+    step: str | None = Field(default=None, description="The step, for redrive.")
     reason: str | None = Field(default=None, description="Why.")
     issued_by: str = Field(default="", description="Who issued it.")
     issued_at: Timestamp = Field(description="When.")

@@ -35,9 +35,14 @@ def check_routes(workflow: Workflow, models: ModelCatalog, origin: str) -> None:
     problems = []
     known = ", ".join(sorted(models.routes)) or "none"
     for name, step in workflow.spec.steps.items():
-        if isinstance(step, LlmStep) and not is_template(step.model):
-            if step.model not in models.routes:
-                problems.append(f"steps.{name}.model: unknown route {step.model!r} ({known})")
+        if not isinstance(step, LlmStep):
+            continue
+        fixed = [("model", step.model)] + [
+            (f"fallback[{i}]", route) for i, route in enumerate(step.fallback)
+        ]
+        for field, route in fixed:
+            if not is_template(route) and route not in models.routes:
+                problems.append(f"steps.{name}.{field}: unknown route {route!r} ({known})")
     if problems:
         raise WorkflowError(origin, problems)
 

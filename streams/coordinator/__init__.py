@@ -5,18 +5,20 @@ state, calls ``decide``, saves state and emits.
 """
 
 from streams.coordinator._assignor import CopartitionedAssignor
-from streams.coordinator._decide import (
+from streams.coordinator._decide import Context, Decision, Inbound, decide
+from streams.coordinator._failures import (
+    CIRCUIT_OPEN,
+    STEP_TIMEOUT,
     VALIDATION_FAILED,
-    Context,
-    Decision,
-    Inbound,
-    add_usage,
-    decide,
+    backoff,
 )
 from streams.coordinator._runtime import CoordinatorRuntime
 from streams.coordinator._state import RunState, StepPhase, StepState
+from streams.coordinator._transition import add_usage
 
 __all__ = [
+    "CIRCUIT_OPEN",
+    "STEP_TIMEOUT",
     "VALIDATION_FAILED",
     "Context",
     "CoordinatorRuntime",
@@ -27,5 +29,6 @@ __all__ = [
     "StepPhase",
     "StepState",
     "add_usage",
+    "backoff",
     "decide",
 ]

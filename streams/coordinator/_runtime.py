@@ -20,6 +20,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,6 +55,18 @@ from topics import (
 )
 
 __all__ = ["CoordinatorRuntime"]
+
+
+@dataclass(frozen=True)
+class _Restored:
+    """A changelog record as the restore saw it (for its dead letter)."""
+
+    topic: str
+    partition: int
+    key: bytes
+    value: bytes
+    offset: int | None = None
+
 
 log = logging.getLogger(__name__)
 
@@ -246,16 +259,28 @@ class CoordinatorRuntime(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
             for record in records:
                 if record.value is None:
                     store.pop(record.key, None)
+                elif record.key is None:
+                    await self.dead_letter_record(record, "a run state without a run id")
                 else:
                     store[record.key] = record.value
         if partition not in self._restoring:
             return  # revoked while restoring
         self.stores[partition] = store
         unfinished = 0
-        for key, raw in store.items():
-            if orjson.loads(raw).get("status") is None:
-                unfinished += 1
-                self.wakeups.schedule(key.decode(), RunState.from_bytes(raw).next_wake())
+        for key, raw in list(store.items()):
+            try:
+                if orjson.loads(raw).get("status") is not None:
+                    continue
+                wake = RunState.from_bytes(raw).next_wake()
+            except ValueError as exc:  # orjson and pydantic errors both are ValueErrors
+                # Not a run state (written by someone else): keep it out, keep the bytes.
+                del store[key]
+                await self.dead_letter_record(
+                    _Restored(tp.topic, partition, key, raw), f"not a run state: {exc}"
+                )
+                continue
+            unfinished += 1
+            self.wakeups.schedule(key.decode(errors="replace"), wake)
         self._restoring.discard(partition)
         self.ready.add(partition)
         self.consumer.resume(*self._input_tps({partition}))
@@ -353,7 +378,17 @@ class CoordinatorRuntime(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
         raw = unit.get(key)
         state = RunState.from_bytes(raw) if raw is not None else None
         workflow = await self._workflow_for(state, inbound)
-        decision = decide(state, inbound, Context(now=now, workflow=workflow))
+        decision = decide(
+            state,
+            inbound,
+            Context(
+                now=now,
+                workflow=workflow,
+                tiers=self.catalog.retry_tiers,
+                catalog=self.catalog,
+                codec=self.codec,
+            ),
+        )
         if decision.dead_letter is not None:
             await self._dead_letter(
                 unit,
@@ -371,11 +406,14 @@ class CoordinatorRuntime(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
             self.wakeups.schedule(run_id, decision.state.next_wake())
 
     async def _emit(self, unit: Batch, event: Event) -> None:
-        topic = (
-            self.catalog.steps(event.kind)
-            if isinstance(event, StepRequested)
-            else self._routes[type(event)]
-        )
+        if isinstance(event, StepRequested):
+            topic = (
+                self.catalog.retry(event.retry_tier)
+                if event.retry_tier
+                else self.catalog.steps(event.kind)
+            )
+        else:
+            topic = self._routes[type(event)]
         run_id = run_id_of(event)
         assert run_id is not None, "everything the coordinator emits belongs to a run"
         await unit.send(
@@ -460,6 +498,27 @@ class CoordinatorRuntime(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
                     key=run_id.encode(),
                     partition=partition_for(run_id, self.catalog.partitions),
                 )
+
+    async def dead_letter_record(self, record: Any, reason: str) -> None:
+        """Send a record read outside a batch (workflows, the changelog) to the dead letters."""
+        log.warning("dead-lettering %s[%d]: %s", record.topic, record.partition, reason)
+        letter = DeadLetter(
+            dead_letter_id=f"{record.topic}/{record.partition}/{getattr(record, 'offset', '-')}",
+            origin_topic=record.topic,
+            origin_partition=record.partition,
+            origin_offset=getattr(record, "offset", None),
+            key=record.key,
+            payload=record.value or b"",
+            error_class="DecodeError",
+            error=reason,
+            at=self.clock(),
+        )
+        await self.plain.send_and_wait(
+            self.catalog.dead_letter.name,
+            self.codec.encode(letter),
+            key=record.key,
+            partition=record.partition % self.catalog.partitions,
+        )
 
     # -- reads for the API ---------------------------------------------------------------------
 

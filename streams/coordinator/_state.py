@@ -11,7 +11,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from topics import Budget, RunStatus, StepError, Timestamp, Usage
+from topics import AttemptRecord, Budget, RunStatus, StepError, Timestamp, Usage
 
 __all__ = ["RunState", "StepPhase", "StepState"]
 
@@ -46,6 +46,9 @@ class StepState(BaseModel):
         usage: Tokens and money of every attempt.
         duration_ms: How long the last finished attempt took in its processor.
         route: The model route the last attempt used (llm steps).
+        routes: An llm step's route and its fallbacks, rendered at its first dispatch.
+        route_index: Which of ``routes`` attempts go to now.
+        history: Every failed attempt, oldest first.
         feedback: Validation errors to feed back to the next execution.
     """
 
@@ -62,7 +65,15 @@ class StepState(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     duration_ms: float | None = None
     route: str | None = None
+    routes: list[str] = Field(default_factory=list)
+    route_index: int = 0
+    history: list[AttemptRecord] = Field(default_factory=list)
     feedback: list[str] = Field(default_factory=list)
+
+    @property
+    def current_route(self) -> str | None:
+        """The route the next attempt goes to (llm steps)."""
+        return self.routes[self.route_index] if self.routes else None
 
 
 class RunState(BaseModel):

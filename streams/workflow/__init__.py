@@ -2,6 +2,7 @@
 
 from streams.workflow._spec import (
     DEFAULT_TIMEOUTS,
+    BackoffSpec,
     BudgetSpec,
     LlmStep,
     Message,
@@ -18,6 +19,7 @@ from streams.workflow._workflow import Workflow, WorkflowError, load_workflow, p
 
 __all__ = [
     "DEFAULT_TIMEOUTS",
+    "BackoffSpec",
     "BudgetSpec",
     "LlmStep",
     "Message",

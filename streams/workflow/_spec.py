@@ -25,6 +25,7 @@ from pydantic import (
 
 __all__ = [
     "DEFAULT_TIMEOUTS",
+    "BackoffSpec",
     "BudgetSpec",
     "Duration",
     "LlmStep",
@@ -83,14 +84,35 @@ class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
+class BackoffSpec(_Spec):
+    """How long delayed retries wait: ``initial * multiplier^(n-1)``, at most ``max``.
+
+    The wait is rounded up to a retry tier (``BATON_RETRY_TIERS``, default 5s, 1m, 10m) and
+    spread by up to ``jitter`` (a fraction of it), so retries of many runs do not arrive
+    together. A ``Retry-After`` from the provider lengthens it.
+    """
+
+    initial: Duration = Field(default=5.0, description="Wait before the first retry.")
+    multiplier: float = Field(default=4.0, ge=1.0, le=100.0)
+    max: Duration = Field(default=600.0, description="Longest wait.")
+    jitter: float = Field(default=0.1, ge=0.0, le=1.0)
+
+
 class RetrySpec(_Spec):
-    """How many times a step is dispatched before it fails.
+    """When and how often a failed step is tried again.
 
     Attributes:
-        attempts: Dispatches in all, counting re-dispatches after a timeout.
+        attempts: Attempts per route, counting re-dispatches after a timeout.
+        backoff: How long delayed retries wait.
+        errors: Which failures are retried: ``retryable`` (every error classified
+            retryable: timeouts, connection errors, 408/409/429/5xx), ``timeout`` (only step
+            timeouts), or error class names (``ProviderRateLimited``). (Not ``on:``, which
+            YAML reads as ``true``.)
     """
 
     attempts: int = Field(default=3, ge=1, le=20)
+    backoff: BackoffSpec = Field(default_factory=BackoffSpec)
+    errors: list[str] = Field(default_factory=lambda: ["retryable"], min_length=1)
 
 
 class _StepBase(_Spec):
@@ -140,6 +162,11 @@ class LlmStep(_StepBase):
     )
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    fallback: list[str] = Field(
+        default_factory=list,
+        description="Routes tried in order when the current one fails for good (or its "
+        "provider's circuit is open).",
+    )
 
     @model_validator(mode="after")
     def _one_way_to_prompt(self) -> LlmStep:

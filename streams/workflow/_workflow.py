@@ -261,6 +261,8 @@ def _templates_of(name: str, step: StepSpec) -> Iterator[tuple[str, str, bool, f
         yield f"{base}.when", step.when, True, frozenset()
     if isinstance(step, LlmStep):
         yield f"{base}.model", step.model, False, frozenset()
+        for index, route in enumerate(step.fallback):
+            yield f"{base}.fallback[{index}]", route, False, frozenset()
         if step.prompt is not None:
             yield f"{base}.prompt", step.prompt, False, frozenset()
         if step.system is not None:

@@ -22,6 +22,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from streams._config import load_settings
 from topics import Codec, Event, RunEvent, RunResult, TopicCatalog
 
 BATON = Path(sys.executable).parent / "baton"
@@ -47,7 +48,8 @@ class Cluster:
 
     @property
     def catalog(self) -> TopicCatalog:
-        return TopicCatalog(prefix=self.prefix, partitions=self.partitions)
+        """The catalog the workers see (from the same settings, retry tiers included)."""
+        return load_settings(self.env()).catalog()
 
     def env(self, **more: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}

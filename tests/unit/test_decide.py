@@ -310,13 +310,16 @@ def test_a_step_whose_result_never_comes_is_dispatched_again_then_fails() -> Non
     assert run.types(decision) == ["step_timed_out", "step_dispatched"]
     second = run.request("c")
     assert second.attempt == 2 and second.idempotency_key == first.idempotency_key
-    assert second.deadline_at == late + timedelta(seconds=30)
+    # A timeout is retried after a backoff: 5 s, the shortest retry tier, plus up to 10%.
+    assert second.retry_tier == "5s" and second.not_before is not None
+    assert late + timedelta(seconds=5) <= second.not_before <= late + timedelta(seconds=5.5)
+    assert second.deadline_at == second.not_before + timedelta(seconds=30)
 
     # The first attempt's result arrives late: it is not the attempt in flight.
     stale = run.send(ok(first, "late"))
     assert run.types(stale) == ["result_ignored"]
 
-    later = late + timedelta(seconds=31)
+    later = second.deadline_at + timedelta(seconds=1)
     run.send(TimerFired(run_id="r1", fired_at=later), at=later)
     (result,) = run.results()
     assert result.status == RunStatus.failed
@@ -407,7 +410,7 @@ def test_validation_failure_feeds_the_errors_back_then_gives_up() -> None:
         run.send(failed(run.request("check"), "ValidationFailed", "too short", retryable=False))
     (result,) = run.results()
     assert result.status == RunStatus.failed
-    assert result.reason == "step check failed: ValidationFailed: too short"
+    assert result.reason == "step check failed after 3 attempts: ValidationFailed: too short"
     assert run.state.steps["draft"].reruns == 2
 
 

@@ -179,7 +179,9 @@ async def test_build_processors_covers_llm_transform_and_validate() -> None:
 
 def test_the_public_surface_is_pinned() -> None:
     assert sorted(processors.__all__) == [
+        "Breakers",
         "ChatMessage",
+        "CircuitOpen",
         "Completion",
         "Expression",
         "INTERNAL_ERROR",

@@ -1,0 +1,401 @@
+"""From measurements to the figures of BENCH.md: values, targets, verdicts. Pure.
+
+Every function takes the measurements a figure needs and returns ``Figure`` rows. When a
+measurement is missing or incomplete the figure says so (``failed`` with a note) instead of
+showing a number it could not honestly compute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from bench._report import (
+    OTHER_ROLE,
+    AbsoluteFigure,
+    Figure,
+    Measurement,
+    Spread,
+    Target,
+    Verdict,
+)
+from bench._stats import ratio, spread
+
+__all__ = [
+    "NOT_MEASURED",
+    "TARGETS",
+    "all_figures",
+    "b1",
+    "busy_machine_notes",
+    "not_measured",
+    "t1",
+    "t2",
+    "t3",
+    "t4",
+    "t7",
+    "verdict",
+]
+
+#: Goals from BENCH.md, by (id, variant).
+TARGETS: dict[tuple[str, str], Target] = {
+    ("T1", ""): Target(better="higher", goal=0.5, stretch=0.7),
+    ("T2", ""): Target(better="higher", goal=0.8, stretch=0.9),
+    ("T3", "at_least_once p50"): Target(better="lower", goal=5.0, stretch=3.0),
+    ("T3", "at_least_once p99"): Target(better="lower", goal=25.0),
+    ("T3", "exactly_once p99"): Target(better="lower", goal=120.0),
+    ("T4", "at_least_once"): Target(better="higher", goal=500.0, stretch=1000.0),
+    ("T4", "exactly_once"): Target(better="higher", goal=500.0, stretch=1000.0),
+    ("T7", ""): Target(better="lower", goal=20.0),
+}
+
+#: What is not measured yet, and why.
+NOT_MEASURED: dict[str, tuple[str, str]] = {
+    "B0": (
+        "broker ceiling (Kafka's producer/consumer perf tools, 1 KB records)",
+        "not built yet: needs the perf-test tools run against the same broker and partitions",
+    ),
+    "B2": (
+        "bare Faust: the same chain as plain Faust agents, no tables",
+        "not built yet",
+    ),
+    "P1": (
+        "peer: LangGraph with a durable SQLite checkpointer, same 5-step graph",
+        "not built yet: LangGraph is not a dependency of this repo",
+    ),
+    "T5": (
+        "in-flight runs at >= 90% of the ideal rate, 800 ms log-normal model",
+        "not built yet: needs an in-flight sweep and per-run memory accounting "
+        "(the scripted route's latency_ms/latency_sigma are ready for it)",
+    ),
+    "T6": (
+        "orchestration time / step time with a 500 ms model",
+        "not built yet: needs an open-loop run with a 500 ms scripted route",
+    ),
+    "T8": (
+        "kill -9 a worker holding 100k runs: resume time, lost and duplicate results",
+        "not built yet (tests/integration/test_crash.py checks correctness at 300 runs, "
+        "not the 100k-run recovery time)",
+    ),
+    "T9": (
+        "cost of a mixed workload with routing + cache / always-strong model",
+        "cannot be measured: baton has no router or response cache yet, and there is no "
+        "labelled workload or judge",
+    ),
+}
+
+_BASELINE_NOTE = "a baseline: it has no target; the ratios that use it do"
+
+
+def verdict(value: Spread, target: Target | None) -> Verdict:
+    """How the median compares with the target (and its stretch goal)."""
+    if target is None:
+        return "no_target"
+    median = value.median
+    if target.better == "higher":
+        if target.stretch is not None and median >= target.stretch:
+            return "meets_stretch"
+        return "meets" if median >= target.goal else "misses"
+    if target.stretch is not None and median <= target.stretch:
+        return "meets_stretch"
+    return "meets" if median <= target.goal else "misses"
+
+
+def _incomplete(measurement: Measurement | None) -> str | None:
+    """Why a measurement cannot give a figure, or ``None`` when it can."""
+    if measurement is None:
+        return "not run"
+    if not measurement.repetitions and not measurement.micro_us:
+        return "no repetitions"
+    short = [r for r in measurement.repetitions if r.completed_runs < r.runs]
+    if short:
+        worst = min(short, key=lambda r: r.completed_runs / r.runs)
+        why = ", ".join(f"{count} {how}" for how, count in worst.unfinished.items())
+        return (
+            f"{len(short)} repetition(s) did not complete every run "
+            f"(worst: {worst.completed_runs} of {worst.runs}"
+            + (f"; {why}" if why else "")
+            + (f"; e.g. {worst.first_problem}" if worst.first_problem else "")
+            + ")"
+        )
+    return None
+
+
+def _failed(id_: str, name: str, variant: str, definition: str, note: str) -> Figure:
+    return Figure(
+        id=id_,
+        name=name,
+        variant=variant,
+        status="failed",
+        target=TARGETS.get((id_, variant)),
+        verdict="failed",
+        definition=definition,
+        note=note,
+    )
+
+
+def _measured(
+    id_: str,
+    name: str,
+    variant: str,
+    unit: str,
+    value: Spread,
+    definition: str,
+    absolute: list[AbsoluteFigure],
+    sources: list[str],
+    note: str | None = None,
+) -> Figure:
+    target = TARGETS.get((id_, variant))
+    return Figure(
+        id=id_,
+        name=name,
+        variant=variant,
+        status="measured",
+        unit=unit,
+        value=value,
+        target=target,
+        verdict=verdict(value, target),
+        absolute=absolute,
+        definition=definition,
+        note=note,
+        sources=sources,
+    )
+
+
+def _events(label: str, measurement: Measurement) -> AbsoluteFigure:
+    assert measurement.events_per_s is not None
+    return AbsoluteFigure(label=label, unit="events/s", value=measurement.events_per_s)
+
+
+def b1(raw: Measurement | None) -> Figure:
+    """B1: the raw pipe's events per second."""
+    name = "raw pipe: aiokafka consume->produce, batched, no state, no model"
+    definition = (
+        "Events (records consumed by a hop) per second through the raw pipe, closed loop: "
+        "N records of 1 KB submitted at once, each making the same 11 hops as a run, timed "
+        "from the first submission to the last record out."
+    )
+    problem = _incomplete(raw)
+    if problem or raw is None or raw.events_per_s is None:
+        return _failed("B1", name, "", definition, f"raw pipe: {problem}")
+    return _measured(
+        "B1",
+        name,
+        "",
+        "events/s",
+        raw.events_per_s,
+        definition,
+        [
+            AbsoluteFigure(label="runs/s", unit="runs/s", value=_runs(raw)),
+            *_own_cpu(raw, "raw pipe CPU"),
+        ],
+        [raw.key],
+        note=_BASELINE_NOTE,
+    )
+
+
+def _own_cpu(measurement: Measurement, label: str) -> list[AbsoluteFigure]:
+    """The CPU of the process under test, when it was read."""
+    share = next((c for c in measurement.cpu if c.role == measurement.process_role), None)
+    if share is None:
+        return []
+    return [AbsoluteFigure(label=label, unit="% of a core", value=share.percent)]
+
+
+def _runs(measurement: Measurement) -> Spread:
+    assert measurement.runs_per_s is not None
+    return measurement.runs_per_s
+
+
+def t1(baton: Measurement | None, raw: Measurement | None) -> Figure:
+    """T1: baton's events/s (at-least-once) over the raw pipe's."""
+    name = "baton events/s / raw pipe (B1) events/s, at-least-once"
+    definition = (
+        "Median events/s of baton (one worker, at_least_once, closed loop) over the median "
+        "events/s of B1 measured in the same run, interleaved repetition by repetition; "
+        "the range is the widest the two ranges allow (min/max, max/min)."
+    )
+    for label, measurement in (("baton at_least_once", baton), ("B1", raw)):
+        problem = _incomplete(measurement)
+        if problem:
+            return _failed("T1", name, "", definition, f"{label}: {problem}")
+    assert baton is not None and raw is not None
+    assert baton.events_per_s is not None and raw.events_per_s is not None
+    return _measured(
+        "T1",
+        name,
+        "",
+        "ratio",
+        ratio(baton.events_per_s, raw.events_per_s),
+        definition,
+        [_events("baton at_least_once", baton), _events("B1 raw pipe", raw)],
+        [baton.key, raw.key],
+    )
+
+
+def t2(eos: Measurement | None, alo: Measurement | None) -> Figure:
+    """T2: exactly-once throughput over at-least-once throughput."""
+    name = "exactly-once events/s / at-least-once events/s"
+    definition = (
+        "Median events/s of baton with processing_guarantee=exactly_once over the same with "
+        "at_least_once, one worker each, closed loop, interleaved in the same run."
+    )
+    for label, measurement in (("baton exactly_once", eos), ("baton at_least_once", alo)):
+        problem = _incomplete(measurement)
+        if problem:
+            return _failed("T2", name, "", definition, f"{label}: {problem}")
+    assert eos is not None and alo is not None
+    assert eos.events_per_s is not None and alo.events_per_s is not None
+    return _measured(
+        "T2",
+        name,
+        "",
+        "ratio",
+        ratio(eos.events_per_s, alo.events_per_s),
+        definition,
+        [_events("exactly_once", eos), _events("at_least_once", alo)],
+        [eos.key, alo.key],
+    )
+
+
+def t4(measurement: Measurement | None, guarantee: str) -> Figure:
+    """T4: completed runs per second of one worker process."""
+    name = "completed 5-step runs/s per worker process"
+    definition = (
+        "One `baton worker` (coordinator and processors in one process) with this guarantee; "
+        "closed loop: N runs submitted at once, runs/s = completed runs / (last result seen "
+        "by the client - first submission)."
+    )
+    problem = _incomplete(measurement)
+    if problem or measurement is None or measurement.runs_per_s is None:
+        return _failed("T4", name, guarantee, definition, f"baton {guarantee}: {problem}")
+    absolute = [_events("events/s", measurement), *_own_cpu(measurement, "worker CPU")]
+    return _measured(
+        "T4",
+        name,
+        guarantee,
+        "runs/s",
+        measurement.runs_per_s,
+        definition,
+        absolute,
+        [measurement.key],
+    )
+
+
+def t3(measurement: Measurement | None, guarantee: str) -> list[Figure]:
+    """T3: orchestration overhead per step at a fraction of the maximum load (p50, p99)."""
+    name = "orchestration overhead per step (result appended -> next request appended)"
+    definition = (
+        "Open loop at a fixed rate (load_fraction of this guarantee's closed-loop runs/s). "
+        "Per run and consecutive steps a->b: broker append time of b's StepRequested minus "
+        "broker append time of a's StepResult (LogAppendTime on the bench's path topics; "
+        "ms resolution). Percentile per repetition; median of repetitions with min and max."
+    )
+    problem = _incomplete(measurement)
+    variants = [f"{guarantee} p50", f"{guarantee} p99"]
+    if problem or measurement is None:
+        note = f"baton {guarantee} open loop: {problem}"
+        return [_failed("T3", name, v, definition, note) for v in variants]
+    latencies = {latency.name: latency for latency in measurement.latencies}
+    overhead = latencies.get("step_overhead")
+    if overhead is None or not overhead.per_repetition:
+        note = "no step transitions were read back"
+        return [_failed("T3", name, v, definition, note) for v in variants]
+    load = measurement.open_loop
+    figures = []
+    for variant, attribute in zip(variants, ("p50", "p99"), strict=True):
+        value = spread([getattr(p, attribute) for p in overhead.per_repetition])
+        absolute = []
+        if load is not None:
+            absolute.append(
+                AbsoluteFigure(
+                    label=f"load ({load.load_fraction:.0%} of {load.max_rate_per_s:.0f})",
+                    unit="runs/s",
+                    value=spread([load.rate_per_s]),
+                )
+            )
+        for other, label in (("step_gap", "step gap"), ("end_to_end", "run end to end")):
+            if other in latencies and latencies[other].per_repetition:
+                absolute.append(
+                    AbsoluteFigure(
+                        label=f"{label} {attribute}",
+                        unit="ms",
+                        value=spread(
+                            [getattr(p, attribute) for p in latencies[other].per_repetition]
+                        ),
+                    )
+                )
+        figures.append(
+            _measured("T3", name, variant, "ms", value, definition, absolute, [measurement.key])
+        )
+    return figures
+
+
+def t7(measurement: Measurement | None) -> Figure:
+    """T7: encode + decode + validate one ~1 KB event."""
+    name = "encode + decode + validate one ~1 KB event (topics.Codec)"
+    definition = (
+        "Codec().encode(event) then Codec().decode(bytes, StepResult) (Avro + pydantic "
+        "validation) in a loop in one process, no broker; microseconds per round trip. "
+        "The event is a StepResult with a 1 KB text output and usage."
+    )
+    if measurement is None or "round_trip" not in measurement.micro_us:
+        return _failed("T7", name, "", definition, "not run")
+    micro = measurement.micro_us
+    absolute = [
+        AbsoluteFigure(label=label, unit="µs", value=micro[key])
+        for key, label in (("encode", "encode"), ("decode", "decode + validate"))
+        if key in micro
+    ]
+    return _measured(
+        "T7", name, "", "µs", micro["round_trip"], definition, absolute, [measurement.key]
+    )
+
+
+def busy_machine_notes(measurements: Mapping[str, Measurement], limit: float = 25.0) -> list[str]:
+    """A note for every measurement during which other work used over ``limit``% of a core."""
+    notes = []
+    for key, measurement in measurements.items():
+        other = next((c for c in measurement.cpu if c.role == OTHER_ROLE), None)
+        if other is not None and other.percent.median > limit:
+            notes.append(
+                f"{key}: processes the bench did not start used a median "
+                f"{other.percent.median:.0f}% of a core (max {other.percent.max:.0f}%) while "
+                "it was measured; its figures are noisier than usual"
+            )
+    return notes
+
+
+def not_measured(id_: str) -> Figure:
+    """A figure of BENCH.md that this suite does not measure yet."""
+    name, why = NOT_MEASURED[id_]
+    return Figure(
+        id=id_,
+        name=name,
+        status="not_measured",
+        verdict="not_measured",
+        definition="see BENCH.md",
+        note=why,
+    )
+
+
+def all_figures(measurements: Mapping[str, Measurement], selected: frozenset[str]) -> list[Figure]:
+    """Every figure of BENCH.md, in order: the selected ones measured, the rest listed."""
+    get = measurements.get
+    rows: list[Figure] = []
+    if "B1" in selected or "T1" in selected:
+        rows.append(b1(get("closed/raw_pipe")))
+    rows.extend(not_measured(i) for i in ("B0", "B2", "P1"))
+    if "T1" in selected:
+        rows.append(t1(get("closed/at_least_once"), get("closed/raw_pipe")))
+    if "T2" in selected:
+        rows.append(t2(get("closed/exactly_once"), get("closed/at_least_once")))
+    if "T3" in selected:
+        rows.extend(t3(get("open/at_least_once"), "at_least_once"))
+        rows.extend(t3(get("open/exactly_once"), "exactly_once"))
+    if "T4" in selected:
+        rows.append(t4(get("closed/at_least_once"), "at_least_once"))
+        rows.append(t4(get("closed/exactly_once"), "exactly_once"))
+    rows.extend(not_measured(i) for i in ("T5", "T6"))
+    if "T7" in selected:
+        rows.append(t7(get("micro/codec")))
+    rows.extend(not_measured(i) for i in ("T8", "T9"))
+    return rows

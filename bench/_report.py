@@ -1,0 +1,292 @@
+"""The report: one JSON document per run of the suite, its schema as frozen pydantic models.
+
+``Report`` holds what the machine was, how the suite was run, every *measurement* (the raw
+repetitions, CPU shares, latency distributions) and the *figures* derived from them (the
+T/B ids of ``BENCH.md``), each with its target and verdict. A figure that was not measured
+says so and why; it never carries a made-up value.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "OTHER_ROLE",
+    "SCHEMA_VERSION",
+    "AbsoluteFigure",
+    "BrokerInfo",
+    "CpuShare",
+    "Figure",
+    "Histogram",
+    "Latency",
+    "Machine",
+    "Measurement",
+    "OpenLoopSettings",
+    "Percentiles",
+    "Report",
+    "Repetition",
+    "SuiteSettings",
+    "Spread",
+    "Target",
+    "Verdict",
+    "WorkloadInfo",
+    "write_report",
+]
+
+#: The CPU role of everything on the machine that the bench did not start.
+OTHER_ROLE = "rest of machine"
+
+SCHEMA_VERSION: Literal["baton-bench/1"] = "baton-bench/1"
+
+Verdict = Literal["meets_stretch", "meets", "misses", "no_target", "not_measured", "failed"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Spread(_Model):
+    """Repeated measurements of one quantity: their median, min and max."""
+
+    median: float
+    min: float
+    max: float
+    samples: list[float] = Field(
+        default_factory=list, description="Each repetition's value; empty for derived ratios."
+    )
+
+
+class Percentiles(_Model):
+    """A latency sample summarised (linear interpolation between closest ranks)."""
+
+    count: int = Field(ge=1)
+    min: float
+    p50: float
+    p90: float
+    p99: float
+    p999: float
+    max: float
+    mean: float
+
+
+class Histogram(_Model):
+    """Counts per bucket ``[edges[i], edges[i+1])``; ``below``/``above`` fell outside."""
+
+    edges: list[float]
+    counts: list[int]
+    below: int = 0
+    above: int = 0
+
+
+class Target(_Model):
+    """A goal from BENCH.md; ``better`` says which direction is good."""
+
+    better: Literal["higher", "lower"]
+    goal: float
+    stretch: float | None = None
+
+
+class AbsoluteFigure(_Model):
+    """An absolute figure printed beside a ratio."""
+
+    label: str
+    unit: str
+    value: Spread
+
+
+class Figure(_Model):
+    """One figure of BENCH.md (``T1``...), or a baseline (``B1``...)."""
+
+    id: str
+    name: str
+    variant: str = Field(default="", description="e.g. the guarantee or the percentile.")
+    status: Literal["measured", "not_measured", "failed"]
+    unit: str = ""
+    value: Spread | None = None
+    target: Target | None = None
+    verdict: Verdict
+    absolute: list[AbsoluteFigure] = Field(default_factory=list)
+    definition: str = Field(description="What exactly was measured, and how.")
+    note: str | None = Field(default=None, description="Why not measured, or what failed.")
+    sources: list[str] = Field(default_factory=list, description="Keys of `measurements`.")
+
+
+class CpuShare(_Model):
+    """CPU one process (or the rest of the machine) used while measurements ran.
+
+    ``percent`` is of one core (100 = one core busy), over each repetition's wall time.
+    """
+
+    role: str
+    pid: int | None = None
+    percent: Spread
+
+
+class Repetition(_Model):
+    """One repetition of a closed- or open-loop measurement."""
+
+    elapsed_s: float
+    runs: int
+    completed_runs: int
+    events: int
+    runs_per_s: float
+    events_per_s: float
+    cpu_percent: dict[str, float] = Field(default_factory=dict, description="By role.")
+    unfinished: dict[str, int] = Field(
+        default_factory=dict,
+        description="Runs that did not complete, by how they ended (`no result` in time).",
+    )
+    first_problem: str | None = Field(
+        default=None, description="The reason given by one run that did not complete."
+    )
+
+
+class Latency(_Model):
+    """One latency of an open-loop measurement, per repetition and pooled."""
+
+    name: str
+    definition: str
+    unit: str = "ms"
+    per_repetition: list[Percentiles]
+    pooled: Percentiles
+    histogram: Histogram
+    resolution: str = Field(description="The clock(s) and their resolution.")
+
+
+class OpenLoopSettings(_Model):
+    """How an open-loop measurement loaded the system."""
+
+    rate_per_s: float = Field(description="Runs submitted per second, on a fixed schedule.")
+    max_rate_per_s: float = Field(description="The measured maximum it is a fraction of.")
+    max_rate_source: str
+    load_fraction: float
+    duration_s: float
+    send_lateness_ms: Percentiles | None = Field(
+        default=None,
+        description="How late each submission left against its schedule (the generator's "
+        "own lag; latencies are measured from the scheduled time regardless).",
+    )
+
+
+class Measurement(_Model):
+    """What one subject (baton with a guarantee, the raw pipe, the codec) did."""
+
+    key: str
+    kind: Literal["closed_loop", "open_loop", "micro"]
+    subject: str
+    guarantee: str | None = None
+    process_role: str | None = Field(
+        default=None, description="The role, in `cpu`, of the process under test."
+    )
+    topic_prefix: str | None = None
+    warmup_runs: int = 0
+    repetitions: list[Repetition] = Field(default_factory=list)
+    runs_per_s: Spread | None = None
+    events_per_s: Spread | None = None
+    cpu: list[CpuShare] = Field(default_factory=list)
+    latencies: list[Latency] = Field(default_factory=list)
+    open_loop: OpenLoopSettings | None = None
+    micro_us: dict[str, Spread] = Field(
+        default_factory=dict, description="Micro-benchmarks: microseconds per operation."
+    )
+    records_per_run: dict[str, float] = Field(
+        default_factory=dict, description="Records written per run, by topic role."
+    )
+    bytes_per_run: dict[str, float] = Field(
+        default_factory=dict, description="Value bytes written per run, by topic role."
+    )
+    notes: list[str] = Field(default_factory=list)
+
+
+class Machine(_Model):
+    """Where the suite ran."""
+
+    cores_logical: int
+    cores_physical: int | None
+    cpu_model: str
+    memory_gb: float
+    platform: str
+    python: str
+
+
+class BrokerInfo(_Model):
+    """The Kafka the suite ran against."""
+
+    bootstrap: str
+    loopback: bool = Field(description="Every bootstrap host is a loopback address.")
+    started_by_bench: bool
+    pid: int | None = None
+    kafka_version: str | None = None
+
+
+class SuiteSettings(_Model):
+    """How the suite was run."""
+
+    mode: Literal["quick", "full"]
+    only: list[str]
+    partitions: int
+    repetitions: int
+    warmup_runs: int
+    closed_loop_runs: int
+    open_loop_seconds: float
+    load_fraction: float
+    payload_bytes: int
+
+
+class WorkloadInfo(_Model):
+    """The workflow every baton measurement runs."""
+
+    workflow: str
+    steps: list[str]
+    kinds: list[str]
+    model: str
+    payload_bytes: int
+    events_per_run: int
+    events_definition: str
+
+
+class Report(_Model):
+    """One run of the suite."""
+
+    schema_version: Literal["baton-bench/1"] = SCHEMA_VERSION
+    started_at: datetime
+    finished_at: datetime
+    command: str
+    baton_version: str
+    git_commit: str | None
+    git_dirty: bool | None
+    git_changes: list[str] = Field(
+        default_factory=list,
+        description="`git status --porcelain` lines: what the measured tree had beyond the commit.",
+    )
+    machine: Machine
+    broker: BrokerInfo | None
+    settings: SuiteSettings
+    workload: WorkloadInfo
+    figures: list[Figure]
+    measurements: dict[str, Measurement]
+    notes: list[str] = Field(default_factory=list)
+
+    def figure(self, id_: str, variant: str = "") -> Figure | None:
+        """The figure with this id and variant, if the report has it."""
+        return next((f for f in self.figures if f.id == id_ and f.variant == variant), None)
+
+
+def write_report(report: Report, out: Path) -> tuple[Path, Path]:
+    """Write ``report-<timestamp>.json`` and ``latest.json`` into ``out``.
+
+    Returns:
+        The two paths written.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = report.started_at.strftime("%Y%m%dT%H%M%SZ")
+    text = report.model_dump_json(indent=2) + "\n"
+    dated = out / f"report-{stamp}.json"
+    latest = out / "latest.json"
+    dated.write_text(text, encoding="utf-8")
+    latest.write_text(text, encoding="utf-8")
+    return dated, latest

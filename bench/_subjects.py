@@ -1,0 +1,346 @@
+"""What is measured: baton (one worker, one guarantee) and the raw pipe B1.
+
+A subject owns its topic prefix and its process, warms up, and runs one repetition at a
+time: closed loop (submit N runs at once, time to the last result) or, for baton, open loop
+(submit on a fixed schedule). ``Bench`` is what they share: the broker, a scratch directory,
+the partition count and every process alive, whose CPU each repetition reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from bench._kafka import create_plain_topics, fresh_prefix, prepare_catalog_topics
+from bench._processes import Broker, CpuMeter, ManagedProcess, RawPipeProcess, WorkerProcess
+from bench._rawpipe import PipeTopics
+from bench._report import Repetition
+from bench._schedule import OpenLoopSchedule, drive
+from bench._workload import EVENTS_PER_RUN, PAYLOAD_BYTES, STEPS, payload, task, workflow_yaml
+from streams._client import BatonClient
+from streams._workflows import deploy_workflows
+from streams.workflow import parse_workflow
+from topics import Codec, RunResult, RunStatus, StepKind, TaskSubmitted, TopicCatalog, partition_for
+
+__all__ = ["BatonSubject", "Bench", "OpenLoopRun", "RawPipeSubject", "Subject"]
+
+BENCH_ROLE = "bench (load generator)"
+BROKER_ROLE = "broker"
+
+
+@dataclass
+class Bench:
+    """What every subject of one suite run shares."""
+
+    broker: Broker
+    scratch: Path
+    partitions: int
+    models_file: Path
+    processes: dict[str, ManagedProcess] = field(default_factory=dict)
+
+    def meter(self) -> CpuMeter:
+        """A CPU meter over the broker, this process and every process alive now."""
+        pids: dict[str, int | None] = {BROKER_ROLE: self.broker.pid, BENCH_ROLE: os.getpid()}
+        pids.update({role: p.pid for role, p in self.processes.items()})
+        return CpuMeter(pids)
+
+
+class Subject:
+    """One thing measured, with its own prefix and process."""
+
+    key: str
+    role: str
+    #: Measured repetitions per round: more for subjects whose repetition is short.
+    passes: int = 1
+
+    async def setup(self) -> None:
+        """Create its topics and start its process, until ready."""
+        raise NotImplementedError
+
+    async def warmup(self, runs: int, label: str = "w") -> None:
+        """Run ``runs`` closed-loop runs that are not measured."""
+        await self.closed_loop(runs, label)
+
+    async def closed_loop(self, runs: int, label: str) -> Repetition:
+        """Submit ``runs`` at once; time from the first submission to the last result."""
+        raise NotImplementedError
+
+    async def teardown(self) -> None:
+        """Stop its process and clients."""
+        raise NotImplementedError
+
+
+class BatonSubject(Subject):
+    """baton: one ``baton worker`` with one processing guarantee."""
+
+    def __init__(self, bench: Bench, guarantee: str, phase: str) -> None:
+        short = "alo" if guarantee == "at_least_once" else "eos"
+        self.bench = bench
+        self.guarantee = guarantee
+        self.key = f"{phase}/{guarantee}"
+        self.role = f"worker {short} ({phase})"
+        self.prefix = fresh_prefix(f"{phase}-{short}")
+        self.catalog = TopicCatalog(prefix=self.prefix, partitions=bench.partitions)
+        self.workflow = parse_workflow(workflow_yaml(), "bench workflow")
+        self.text = payload(PAYLOAD_BYTES)
+        self.worker: WorkerProcess | None = None
+        self.client: BatonClient | None = None
+        self.warmup_runs = 0
+
+    async def setup(self) -> None:
+        bootstrap = self.bench.broker.bootstrap
+        await prepare_catalog_topics(bootstrap, self.catalog)
+        await deploy_workflows(bootstrap, self.catalog, Codec(), [self.workflow])
+        home = self.bench.scratch / self.prefix
+        self.worker = WorkerProcess(
+            bootstrap=bootstrap,
+            catalog=self.catalog,
+            home=home,
+            models_file=self.bench.models_file,
+            guarantee=self.guarantee,
+            worker_id=self.prefix,
+        )
+        self.worker.start()
+        self.bench.processes[self.role] = self.worker
+        kinds = sorted({kind for _, kind in STEPS})
+        await self.worker.wait_ready([self.catalog.steps(StepKind(k)).name for k in kinds])
+        self.client = BatonClient(bootstrap, self.catalog)
+        await self.client.__aenter__()
+
+    async def warmup(self, runs: int, label: str = "w") -> None:
+        self.warmup_runs += runs
+        repetition = await self.closed_loop(runs, label)
+        if repetition.completed_runs < runs:
+            raise RuntimeError(
+                f"{self.key}: only {repetition.completed_runs} of {runs} warm-up runs "
+                f"completed ({repetition.unfinished}; {repetition.first_problem})"
+            )
+
+    def run_ids(self, label: str, count: int) -> list[str]:
+        """Run ids of one repetition: ``<prefix>-<label>-<i>``."""
+        return [f"{self.prefix}-{label}-{i:06d}" for i in range(count)]
+
+    def tasks(self, run_ids: list[str]) -> list[TaskSubmitted]:
+        """One task per run id."""
+        return [task(run_id, self.text) for run_id in run_ids]
+
+    async def closed_loop(self, runs: int, label: str) -> Repetition:
+        assert self.client is not None and self.worker is not None
+        client = self.client
+        run_ids = self.run_ids(label, runs)
+        tasks = self.tasks(run_ids)
+        last = [0.0]
+
+        def arrived(_: RunResult) -> None:
+            last[0] = time.monotonic()
+
+        meter = self.bench.meter()
+        meter.start()
+        started = time.monotonic()
+        sending = asyncio.create_task(client.send(tasks))
+        results = await client.wait(run_ids, timeout_s=max(120.0, runs / 5), on_result=arrived)
+        cpu = meter.stop()
+        await sending
+        self.worker.check_alive()
+        return _repetition(runs, results, (last[0] or time.monotonic()) - started, cpu)
+
+    async def open_loop(self, schedule: OpenLoopSchedule, label: str) -> OpenLoopRun:
+        """Submit on ``schedule`` while collecting results; nothing waits on a completion."""
+        assert self.client is not None and self.worker is not None
+        client = self.client
+        run_ids = self.run_ids(label, schedule.count)
+        tasks = self.tasks(run_ids)
+        index = {run_id: i for i, run_id in enumerate(run_ids)}
+        finished: dict[int, float] = {}
+        sends: list[asyncio.Task[int]] = []
+
+        def arrived(result: RunResult) -> None:
+            finished[index[result.run_id]] = time.monotonic()
+
+        def submit(i: int) -> None:
+            sends.append(asyncio.create_task(client.send([tasks[i]])))
+
+        meter = self.bench.meter()
+        meter.start()
+        waiting = asyncio.create_task(
+            client.wait(run_ids, timeout_s=schedule.duration_s + 120.0, on_result=arrived)
+        )
+        start, lateness = await drive(schedule, submit, time.monotonic, asyncio.sleep)
+        await asyncio.gather(*sends)
+        results = await waiting
+        cpu = meter.stop()
+        self.worker.check_alive()
+        elapsed = (max(finished.values()) if finished else time.monotonic()) - start
+        return OpenLoopRun(
+            run_ids=run_ids,
+            start=start,
+            finished=finished,
+            lateness_s=lateness,
+            repetition=_repetition(schedule.count, results, elapsed, cpu),
+        )
+
+    async def teardown(self) -> None:
+        if self.client is not None:
+            await self.client.__aexit__(None, None, None)
+            self.client = None
+        if self.worker is not None:
+            await asyncio.to_thread(self.worker.stop)
+            self.bench.processes.pop(self.role, None)
+
+
+@dataclass
+class OpenLoopRun:
+    """One open-loop repetition: which runs, when they were due and when they finished."""
+
+    run_ids: list[str]
+    start: float
+    finished: dict[int, float]
+    lateness_s: list[float]
+    repetition: Repetition
+
+
+def _repetition(
+    runs: int, results: dict[str, RunResult], elapsed: float, cpu: dict[str, float]
+) -> Repetition:
+    completed = sum(1 for r in results.values() if r.status == RunStatus.completed)
+    unfinished = Counter(
+        r.status.value for r in results.values() if r.status != RunStatus.completed
+    )
+    if len(results) < runs:
+        unfinished["no result"] = runs - len(results)
+    problem = next(
+        (
+            f"{r.status.value}: {r.reason}"
+            for r in results.values()
+            if r.status != RunStatus.completed
+        ),
+        None,
+    )
+    elapsed = max(elapsed, 1e-9)
+    return Repetition(
+        unfinished=dict(unfinished),
+        first_problem=problem,
+        elapsed_s=round(elapsed, 4),
+        runs=runs,
+        completed_runs=completed,
+        events=completed * EVENTS_PER_RUN,
+        runs_per_s=completed / elapsed,
+        events_per_s=completed * EVENTS_PER_RUN / elapsed,
+        cpu_percent=cpu,
+    )
+
+
+class RawPipeSubject(Subject):
+    """B1: the raw aiokafka pipe, moving each record through the same 11 hops."""
+
+    # One pass moves the same runs as a baton repetition in a tenth of the time, so a
+    # scheduling hiccup weighs ten times more; three passes per round steady its median.
+    passes = 3
+
+    def __init__(self, bench: Bench) -> None:
+        self.bench = bench
+        self.key = "closed/raw_pipe"
+        self.role = "raw pipe"
+        self.prefix = fresh_prefix("b1")
+        self.topics = PipeTopics(self.prefix)
+        self.value = payload(PAYLOAD_BYTES).encode()
+        self.process: RawPipeProcess | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+        self.warmup_runs = 0
+
+    async def setup(self) -> None:
+        bootstrap = self.bench.broker.bootstrap
+        await create_plain_topics(bootstrap, self.topics.all, self.bench.partitions)
+        self.process = RawPipeProcess(
+            bootstrap=bootstrap,
+            prefix=self.prefix,
+            hops=EVENTS_PER_RUN,
+            home=self.bench.scratch / self.prefix,
+        )
+        self.process.start()
+        self.bench.processes[self.role] = self.process
+        await self.process.wait_ready()
+        # The same producer settings as BatonClient, so submission costs the same.
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        )
+        await self.producer.start()
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+        )
+        await self.consumer.start()
+        tps = [TopicPartition(self.topics.exit, p) for p in range(self.bench.partitions)]
+        self.consumer.assign(tps)
+        await self.consumer.seek_to_end(*tps)
+        for tp in tps:
+            await self.consumer.position(tp)
+
+    async def warmup(self, runs: int, label: str = "w") -> None:
+        self.warmup_runs += runs
+        repetition = await self.closed_loop(runs, label)
+        if repetition.completed_runs < runs:
+            raise RuntimeError(f"raw pipe: only {repetition.completed_runs} of {runs} came out")
+
+    async def closed_loop(self, runs: int, label: str) -> Repetition:
+        assert self.producer is not None and self.consumer is not None
+        assert self.process is not None
+        producer, consumer = self.producer, self.consumer
+        keys = [f"{self.prefix}-{label}-{i:06d}" for i in range(runs)]
+        wanted = {k.encode() for k in keys}
+        partitions = self.bench.partitions
+
+        async def send() -> None:
+            for key in keys:
+                await producer.send(
+                    self.topics.entry,
+                    self.value,
+                    key=key.encode(),
+                    partition=partition_for(key, partitions),
+                )
+            await producer.flush()
+
+        meter = self.bench.meter()
+        meter.start()
+        started = time.monotonic()
+        sending = asyncio.create_task(send())
+        seen: set[bytes] = set()
+        last = started
+        deadline = started + max(120.0, runs / 5)
+        while len(seen) < len(wanted) and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                for record in records:
+                    if record.key in wanted and record.key not in seen:
+                        seen.add(record.key)
+                        last = time.monotonic()
+        cpu = meter.stop()
+        await sending
+        self.process.check_alive()
+        elapsed = max(last - started, 1e-9)
+        return Repetition(
+            elapsed_s=round(elapsed, 4),
+            runs=runs,
+            completed_runs=len(seen),
+            events=len(seen) * EVENTS_PER_RUN,
+            runs_per_s=len(seen) / elapsed,
+            events_per_s=len(seen) * EVENTS_PER_RUN / elapsed,
+            cpu_percent=cpu,
+        )
+
+    async def teardown(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+            self.consumer = None
+        if self.producer is not None:
+            await self.producer.stop()
+            self.producer = None
+        if self.process is not None:
+            await asyncio.to_thread(self.process.stop)
+            self.bench.processes.pop(self.role, None)

@@ -1,0 +1,174 @@
+"""The retry relay: sends delayed step requests on when they are due.
+
+The coordinator schedules a delayed retry by writing the step's next request to
+``baton.retry.<tier>`` with ``not_before`` set. Every request in a tier waits about as long
+(the tier's delay, plus jitter), so the head of each partition is always the next one due: the
+relay holds each partition's head until then (pausing the partition meanwhile), then
+re-publishes it, unchanged, to the step's topic on the same partition, and commits.
+
+At-least-once: a crash between re-publishing and committing sends a request twice; the
+coordinator ignores the second result of an attempt. Bytes that are not a step request go to
+the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+
+from topics import Codec, DeadLetter, DecodeError, StepRequested, TopicCatalog
+
+__all__ = ["RetryRelay"]
+
+log = logging.getLogger(__name__)
+
+
+class RetryRelay(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    """Consumes the retry tiers and re-emits each request when it is due.
+
+    Args:
+        bootstrap: Kafka bootstrap servers.
+        catalog: The topics (the tiers come from it).
+        instance_id: Static group membership: a relay restarted under the same id takes its
+            partitions back at once (otherwise delayed retries would wait out a session).
+        session_timeout: Seconds before a silent relay's partitions move.
+        clock: The time, in seconds since the epoch.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        catalog: TopicCatalog,
+        *,
+        instance_id: str | None = None,
+        session_timeout: float = 15.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.instance_id = instance_id
+        self.session_timeout = session_timeout
+        self.catalog = catalog
+        self.codec = Codec()
+        self.clock = clock
+        self.released = 0
+        self._tiers = {catalog.retry(t.name).name: t for t in catalog.retry_tiers}
+        self._pending: dict[TopicPartition, deque[tuple[float, Any, StepRequested]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Join the relay's consumer group and start relaying."""
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True
+        )
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=f"{self.catalog.prefix}-retry-relay",
+            group_instance_id=self.instance_id,
+            session_timeout_ms=int(self.session_timeout * 1000),
+            heartbeat_interval_ms=int(max(1.0, self.session_timeout / 6) * 1000),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_records=500,
+        )
+        self._consumer.subscribe(topics=list(self._tiers), listener=self)
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run(), name="retry-relay")
+
+    async def stop(self) -> None:
+        """Stop relaying (what is held is released again by whoever consumes next)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._consumer.stop()
+        await self._producer.stop()
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Forget what was held for partitions that move elsewhere."""
+        for tp in revoked:
+            self._pending.pop(tp, None)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Nothing to do: held requests are read again from the committed offsets."""
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._cycle()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("retry relay cycle failed; continuing")
+                await asyncio.sleep(1)
+
+    async def _cycle(self) -> None:
+        heads = [queue[0][0] for queue in self._pending.values() if queue]
+        wait = min(heads) - self.clock() if heads else 1.0
+        batch = await self._consumer.getmany(timeout_ms=int(max(0.0, min(wait, 1.0)) * 1000))
+        for tp, records in batch.items():
+            queue = self._pending.setdefault(tp, deque())
+            for record in records:
+                await self._hold(tp, queue, record)
+            if queue:
+                self._consumer.pause(tp)
+        now = self.clock()
+        done: dict[TopicPartition, int] = {}
+        for tp, queue in self._pending.items():
+            while queue and queue[0][0] <= now:
+                _, record, request = queue.popleft()
+                topic = self.catalog.steps(request.kind)
+                await self._producer.send(
+                    topic.name, record.value, key=record.key, partition=record.partition
+                )
+                done[tp] = record.offset + 1
+                self.released += 1
+            if not queue:
+                self._consumer.resume(tp)
+        if done:
+            await self._producer.flush()
+            await self._consumer.commit(done)
+
+    async def _hold(self, tp: TopicPartition, queue: deque[Any], record: Any) -> None:
+        try:
+            request = self.codec.decode(record.value, StepRequested)
+        except DecodeError as exc:
+            await self._dead_letter(record, exc.reason)
+            if not queue:
+                await self._consumer.commit({tp: record.offset + 1})
+            return
+        due = (
+            request.not_before.timestamp()
+            if request.not_before is not None
+            else record.timestamp / 1000 + self._tiers[record.topic].delay_s
+        )
+        queue.append((due, record, request))
+
+    async def _dead_letter(self, record: Any, reason: str) -> None:
+        log.warning("dead-lettering %s@%d: %s", record.topic, record.offset, reason)
+        letter = DeadLetter(
+            dead_letter_id=f"{record.topic}/{record.partition}/{record.offset}",
+            origin_topic=record.topic,
+            origin_partition=record.partition,
+            origin_offset=record.offset,
+            key=record.key,
+            payload=record.value or b"",
+            error_class="DecodeError",
+            error=reason,
+            at=datetime.now(UTC),
+        )
+        await self._producer.send_and_wait(
+            self.catalog.dead_letter.name,
+            self.codec.encode(letter),
+            key=record.key,
+            partition=record.partition,
+        )
