@@ -93,7 +93,11 @@ class Worker:
 
     def run(self) -> None:
         """Run until stopped by a signal."""
-        faust.Worker(self.app, loglevel=self.loglevel, quiet=True).execute_from_commandline()
+        worker = faust.Worker(self.app, loglevel=self.loglevel, quiet=True)
+        # Faust's terminal spinner sets the root logger to DEBUG (for its own handler) at
+        # levels above INFO, which makes every library debug call build a log record.
+        worker.spinner = None
+        worker.execute_from_commandline()
 
 
 def build_worker(

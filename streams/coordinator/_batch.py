@@ -10,7 +10,12 @@ then the input offsets. A crash at any point means inputs are processed again fr
 saved state, so transitions may repeat; none is lost.
 
 Either way, state writes become visible to later reads in the same batch at once, and reach
-the partition's store only once the batch is committed.
+the partition's store only once the batch is committed. A run written several times in one
+batch gets one changelog record, its last state.
+
+The store holds each run's state as the changelog bytes it was restored from, or as the
+decoded ``RunState`` once a batch has read or written it (so a busy run is not decoded again
+for every event).
 """
 
 from __future__ import annotations
@@ -21,22 +26,33 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-__all__ = ["Batch", "ExactlyOnceBatch", "AtLeastOnceBatch"]
+from streams.coordinator._state import RunState
+
+__all__ = ["AtLeastOnceBatch", "Batch", "ExactlyOnceBatch", "Store"]
+
+#: One partition's runs: changelog bytes until first read, then the decoded state.
+Store = MutableMapping[bytes, "bytes | RunState"]
 
 
 class Batch:
     """The shared part: pending state on top of the partition's store."""
 
-    def __init__(self, partition: int, store: MutableMapping[bytes, bytes], changelog: str) -> None:
+    def __init__(self, partition: int, store: Store, changelog: str) -> None:
         self.partition = partition
         self._store = store
         self._changelog = changelog
-        self._pending: dict[bytes, bytes] = {}
+        self._pending: dict[bytes, RunState] = {}
 
-    def get(self, key: bytes) -> bytes | None:
+    def get(self, key: bytes) -> RunState | None:
         """A run's state as of this point of the batch."""
         pending = self._pending.get(key)
-        return pending if pending is not None else self._store.get(key)
+        if pending is not None:
+            return pending
+        stored = self._store.get(key)
+        if isinstance(stored, bytes):
+            stored = RunState.from_bytes(stored)
+            self._store[key] = stored
+        return stored
 
     async def begin(self) -> None:
         """Start the batch."""
@@ -47,9 +63,9 @@ class Batch:
         """Send one output record."""
         raise NotImplementedError
 
-    async def put(self, key: bytes, value: bytes) -> None:
-        """Write a run's state."""
-        raise NotImplementedError
+    def put(self, key: bytes, state: RunState) -> None:
+        """Write a run's state (saved when the batch commits)."""
+        self._pending[key] = state
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Make the batch durable and move the inputs' offsets past it."""
@@ -59,8 +75,13 @@ class Batch:
         """Drop the batch."""
         self._pending.clear()
 
-    def _apply(self) -> None:
-        self._store.update(self._pending)
+    def _encoded(self) -> dict[bytes, bytes]:
+        return {key: state.to_bytes() for key, state in self._pending.items()}
+
+    def _apply(self, encoded: dict[bytes, bytes]) -> None:
+        # Finished runs are rarely read again: keep them as their compact bytes.
+        for key, state in self._pending.items():
+            self._store[key] = encoded[key] if state.finished else state
         self._pending.clear()
 
 
@@ -70,7 +91,7 @@ class ExactlyOnceBatch(Batch):
     def __init__(
         self,
         partition: int,
-        store: MutableMapping[bytes, bytes],
+        store: Store,
         changelog: str,
         producer: AIOKafkaProducer,
         group_id: str,
@@ -90,14 +111,13 @@ class ExactlyOnceBatch(Batch):
         )
         return future
 
-    async def put(self, key: bytes, value: bytes) -> None:
-        self._pending[key] = value
-        await self._producer.send(self._changelog, value, key=key, partition=self.partition)
-
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        encoded = self._encoded()
+        for key, value in encoded.items():
+            await self._producer.send(self._changelog, value, key=key, partition=self.partition)
         await self._producer.send_offsets_to_transaction(offsets, self._group_id)
         await self._producer.commit_transaction()
-        self._apply()
+        self._apply(encoded)
 
     async def abort(self) -> None:
         await super().abort()
@@ -110,7 +130,7 @@ class AtLeastOnceBatch(Batch):
     def __init__(
         self,
         partition: int,
-        store: MutableMapping[bytes, bytes],
+        store: Store,
         changelog: str,
         producer: AIOKafkaProducer,
         consumer: AIOKafkaConsumer,
@@ -129,18 +149,16 @@ class AtLeastOnceBatch(Batch):
         self._deliveries.append(future)
         return future
 
-    async def put(self, key: bytes, value: bytes) -> None:
-        self._pending[key] = value
-
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         await asyncio.gather(*self._deliveries)
         self._deliveries.clear()
+        encoded = self._encoded()
         saved = [
             await self._producer.send(self._changelog, value, key=key, partition=self.partition)
-            for key, value in self._pending.items()
+            for key, value in encoded.items()
         ]
         await asyncio.gather(*saved)
-        self._apply()
+        self._apply(encoded)
         await self._consumer.commit(offsets)
 
     async def abort(self) -> None:

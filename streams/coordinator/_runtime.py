@@ -31,7 +31,7 @@ from aiokafka.errors import KafkaError
 from streams._emitter import run_id_of
 from streams._workflows import WorkflowBook, WorkflowFeed
 from streams.coordinator._assignor import CopartitionedAssignor
-from streams.coordinator._batch import AtLeastOnceBatch, Batch, ExactlyOnceBatch
+from streams.coordinator._batch import AtLeastOnceBatch, Batch, ExactlyOnceBatch, Store
 from streams.coordinator._decide import Context, Inbound, decide
 from streams.coordinator._state import RunState
 from streams.coordinator._wakeups import WakeIndex
@@ -110,7 +110,7 @@ class CoordinatorRuntime(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
         self.group_id = f"{catalog.prefix}-coordinator"
         self.assignor = CopartitionedAssignor(url, catalog.partitions)
         self.wakeups = WakeIndex()
-        self.stores: dict[int, dict[bytes, bytes]] = {}
+        self.stores: dict[int, Store] = {}
         self.ready: set[int] = set()
         self.events_processed = 0
         self._inputs: dict[str, Topic] = {
@@ -253,7 +253,7 @@ class CoordinatorRuntime(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
         self._restorer.assign([tp])
         await self._restorer.seek_to_beginning(tp)
         end = (await self._restorer.end_offsets([tp]))[tp]
-        store: dict[bytes, bytes] = {}
+        store: Store = {}
         while await self._restorer.position(tp) < end:
             records = (await self._restorer.getmany(tp, timeout_ms=500)).get(tp, [])
             for record in records:
@@ -268,10 +268,13 @@ class CoordinatorRuntime(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
         self.stores[partition] = store
         unfinished = 0
         for key, raw in list(store.items()):
+            assert isinstance(raw, bytes)
             try:
                 if orjson.loads(raw).get("status") is not None:
                     continue
-                wake = RunState.from_bytes(raw).next_wake()
+                state = RunState.from_bytes(raw)
+                store[key] = state  # busy soon: keep it decoded
+                wake = state.next_wake()
             except ValueError as exc:  # orjson and pydantic errors both are ValueErrors
                 # Not a run state (written by someone else): keep it out, keep the bytes.
                 del store[key]
@@ -375,8 +378,7 @@ class CoordinatorRuntime(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
             await unit.send(record.topic, run_id.encode(), record.value, home)
             return
         key = run_id.encode()
-        raw = unit.get(key)
-        state = RunState.from_bytes(raw) if raw is not None else None
+        state = unit.get(key)
         workflow = await self._workflow_for(state, inbound)
         decision = decide(
             state,
@@ -402,7 +404,7 @@ class CoordinatorRuntime(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
         for event in decision.emit:
             await self._emit(unit, event)
         if decision.state is not None:
-            await unit.put(key, decision.state.to_bytes())
+            unit.put(key, decision.state)
             self.wakeups.schedule(run_id, decision.state.next_wake())
 
     async def _emit(self, unit: Batch, event: Event) -> None:
@@ -532,5 +534,7 @@ class CoordinatorRuntime(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
     def state_of(self, run_id: str) -> RunState | None:
         """A run's committed state, when this worker owns it."""
         partition = partition_for(run_id, self.catalog.partitions)
-        raw = self.stores.get(partition, {}).get(run_id.encode())
-        return RunState.from_bytes(raw) if raw is not None else None
+        stored = self.stores.get(partition, {}).get(run_id.encode())
+        if isinstance(stored, bytes):
+            return RunState.from_bytes(stored)
+        return stored

@@ -240,7 +240,10 @@ async def test_retryable_errors_are_tried_route_retries_more_times(
 ) -> None:
     fake_openai.reply(fault)
     sleeps = _Sleeps()
-    processor = _processor(_catalog(fake_openai.base_url, timeout_s=0.2), http_client, sleeps)
+    # Only the slow answer needs a short timeout; the others must never hit one, even on a
+    # loaded machine.
+    timeout = 0.2 if isinstance(fault, Delay) else 10.0
+    processor = _processor(_catalog(fake_openai.base_url, timeout_s=timeout), http_client, sleeps)
 
     with pytest.raises(error):
         await processor.run(_request())
@@ -263,8 +266,9 @@ async def test_no_retries_means_one_call(
 async def test_a_timeout_then_an_answer_succeeds(
     fake_openai: FakeOpenAIServer, http_client: httpx.AsyncClient
 ) -> None:
-    fake_openai.enqueue(Delay(3.0))
-    processor = _processor(_catalog(fake_openai.base_url, timeout_s=0.2), http_client, _Sleeps())
+    fake_openai.enqueue(Delay(5.0))
+    # Long enough for the second, prompt answer on a loaded machine; short of the delay.
+    processor = _processor(_catalog(fake_openai.base_url, timeout_s=1.5), http_client, _Sleeps())
 
     outcome = await processor.run(_request())
 

@@ -205,7 +205,8 @@ async def test_every_fault_is_classified(
     provider = OpenAIProvider(http_client, ENV)
 
     with pytest.raises(BatonError) as caught:
-        await _complete(provider, _route(fake_openai.base_url, timeout_s=0.3))
+        timeout = 0.3 if isinstance(fault, Delay) else 10.0
+        await _complete(provider, _route(fake_openai.base_url, timeout_s=timeout))
 
     assert type(caught.value) is error
     assert fragment in str(caught.value)
