@@ -8,12 +8,20 @@ The branch decides what happens next: the processor retries retryable errors in-
      │    ├── ProviderTimeout        the model call did not answer within the route's timeout
      │    ├── ProviderUnavailable    connection errors, HTTP 408/409/5xx, unparseable bodies
      │    ├── ProviderRateLimited    HTTP 429; ``retry_after`` from ``Retry-After``
-     │    └── CircuitOpen            the provider's breaker is open: not called, go elsewhere
+     │    ├── CircuitOpen            the provider's breaker is open: not called, go elsewhere
+     │    ├── ToolTimeout            a tool or search source did not answer within its timeout
+     │    ├── ToolUnavailable        connection errors, HTTP 408/409/5xx, unusable answers
+     │    └── ToolRateLimited        HTTP 429 from a tool; ``retry_after`` from ``Retry-After``
      ├── PermanentError              (topics) trying again cannot help
      │    ├── ProviderRejected       any other 4xx: the provider refused the request
      │    ├── OutputSchemaViolation  the model's answer is not JSON or misses the output schema
      │    ├── ValidationFailed       a validate step found problems ("; "-joined)
-     │    └── InvalidParams          a step request whose params break the processor contract
+     │    ├── InvalidParams          a step request whose params break the processor contract
+     │    ├── ToolRejected           a tool refused the request (4xx, or a redirect)
+     │    ├── ToolRequestRefused     the rendered request would leave the configured host: not sent
+     │    ├── ToolFailed             a python tool raised, or an answer has the wrong shape
+     │    ├── UnknownTool            a tool name the registry lacks (an agent's model may ask)
+     │    └── UnknownSource          a retrieval source the registry lacks
      └── ConfigurationError          (topics) a mistake in config: fix it, never retried
           └── UnknownRoute           a route name the model catalog does not have
 
@@ -35,7 +43,15 @@ __all__ = [
     "ProviderRejected",
     "ProviderTimeout",
     "ProviderUnavailable",
+    "ToolFailed",
+    "ToolRateLimited",
+    "ToolRejected",
+    "ToolRequestRefused",
+    "ToolTimeout",
+    "ToolUnavailable",
     "UnknownRoute",
+    "UnknownSource",
+    "UnknownTool",
     "ValidationFailed",
 ]
 
@@ -110,3 +126,59 @@ class InvalidParams(PermanentError):
 
 class UnknownRoute(ConfigurationError):
     """A model route the catalog does not define."""
+
+
+class ToolTimeout(RetryableError):
+    """An HTTP tool, search source or python tool did not answer within its ``timeout_s``."""
+
+
+class ToolUnavailable(RetryableError):
+    """The far side could not be reached or answered with something unusable.
+
+    Connection errors, HTTP 408, 409 and 5xx, and a body that is not JSON where JSON is needed.
+    """
+
+
+class ToolRateLimited(RetryableError):
+    """The far side answered HTTP 429; ``retry_after`` is what its ``Retry-After`` asked for."""
+
+
+class ToolRejected(PermanentError):
+    """The far side refused the request: a 4xx other than 408/409/429, or a redirect.
+
+    Args:
+        message: What was refused and the far side's explanation (secrets redacted).
+        status: The HTTP status.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ToolRequestRefused(PermanentError):
+    """The rendered request would leave the endpoint's ``base_url``, so it was never sent.
+
+    A path with a scheme, ``//``, ``@``, a backslash, a ``.``/``..`` segment (also
+    percent-encoded) or a ``?``/``#``, or a header value with a line break.
+    """
+
+
+class ToolFailed(PermanentError):
+    """A tool failed in a way trying again cannot fix.
+
+    A python tool raised something other than a baton error or returned something that is not
+    JSON, or an answer is not in the shape the configuration expects.
+    """
+
+
+class UnknownTool(PermanentError):
+    """A tool name the registry does not have.
+
+    Permanent rather than a configuration error: an agent's model may ask for a tool that does
+    not exist, which is its mistake, not the operator's.
+    """
+
+
+class UnknownSource(PermanentError):
+    """A retrieval source name the registry does not have."""
