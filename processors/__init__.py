@@ -1,8 +1,10 @@
-"""What a step does: model calls, tools, retrieval, validation, transforms.
+"""What a step does: model calls, agent turns, tools, retrieval, validation, transforms.
 
 No Kafka here: every processor is a plain async callable, testable on its own.
 """
 
+from processors._agent import AgentParams, AgentProcessor
+from processors._anthropic import AnthropicProvider
 from processors._breaker import Breakers
 from processors._build import build_processors
 from processors._catalog import ModelCatalog, RouteSpec, ScriptRule, load_model_catalog
@@ -14,13 +16,30 @@ from processors._errors import (
     ProviderRejected,
     ProviderTimeout,
     ProviderUnavailable,
+    ToolFailed,
+    ToolRateLimited,
+    ToolRejected,
+    ToolRequestRefused,
+    ToolTimeout,
+    ToolUnavailable,
     UnknownRoute,
+    UnknownSource,
+    UnknownTool,
     ValidationFailed,
 )
-from processors._llm import LlmParams, LlmProcessor
+from processors._llm import LlmParams, LlmProcessor, ModelClient
 from processors._openai import OpenAIProvider
 from processors._processor import INTERNAL_ERROR, Processor, StepOutput, execute
-from processors._provider import ChatMessage, Completion, Provider
+from processors._provider import (
+    ChatMessage,
+    Completion,
+    Provider,
+    ToolCall,
+    ToolCallMessage,
+    ToolDefinition,
+    ToolResultMessage,
+)
+from processors._retrieve import RetrieveParams, RetrieveProcessor
 from processors._scripted import ScriptedProvider
 from processors._templates import (
     Expression,
@@ -33,20 +52,37 @@ from processors._templates import (
     references,
     render_value,
 )
+from processors._tool import ToolParams, ToolProcessor
+from processors._tools import (
+    HttpSourceSpec,
+    HttpToolSpec,
+    LocalSourceSpec,
+    PythonToolSpec,
+    ToolRegistry,
+    ToolsConfig,
+    load_tools,
+)
 from processors._transform import TransformParams, TransformProcessor
 from processors._validate import ValidateParams, ValidateProcessor, ValidateRule
 
 __all__ = [
-    "INTERNAL_ERROR",
+    "AgentParams",
+    "AgentProcessor",
+    "AnthropicProvider",
     "Breakers",
-    "CircuitOpen",
     "ChatMessage",
+    "CircuitOpen",
     "Completion",
     "Expression",
+    "HttpSourceSpec",
+    "HttpToolSpec",
+    "INTERNAL_ERROR",
     "InvalidParams",
     "LlmParams",
     "LlmProcessor",
+    "LocalSourceSpec",
     "ModelCatalog",
+    "ModelClient",
     "OpenAIProvider",
     "OutputSchemaViolation",
     "Processor",
@@ -55,6 +91,9 @@ __all__ = [
     "ProviderRejected",
     "ProviderTimeout",
     "ProviderUnavailable",
+    "PythonToolSpec",
+    "RetrieveParams",
+    "RetrieveProcessor",
     "RouteSpec",
     "ScriptRule",
     "ScriptedProvider",
@@ -62,9 +101,25 @@ __all__ = [
     "Template",
     "TemplateError",
     "TemplateRenderError",
+    "ToolCall",
+    "ToolCallMessage",
+    "ToolDefinition",
+    "ToolFailed",
+    "ToolParams",
+    "ToolProcessor",
+    "ToolRateLimited",
+    "ToolRegistry",
+    "ToolRejected",
+    "ToolRequestRefused",
+    "ToolResultMessage",
+    "ToolTimeout",
+    "ToolUnavailable",
+    "ToolsConfig",
     "TransformParams",
     "TransformProcessor",
     "UnknownRoute",
+    "UnknownSource",
+    "UnknownTool",
     "ValidateParams",
     "ValidateProcessor",
     "ValidateRule",
@@ -75,6 +130,7 @@ __all__ = [
     "execute",
     "is_template",
     "load_model_catalog",
+    "load_tools",
     "references",
     "render_value",
 ]

@@ -6,9 +6,14 @@ from collections.abc import Mapping
 
 import httpx
 
+from processors._agent import AgentProcessor
+from processors._breaker import Breakers
 from processors._catalog import ModelCatalog
 from processors._llm import LlmProcessor
 from processors._processor import Processor
+from processors._retrieve import RetrieveProcessor
+from processors._tool import ToolProcessor
+from processors._tools import ToolRegistry, ToolsConfig
 from processors._transform import TransformProcessor
 from processors._validate import ValidateProcessor
 from topics import StepKind
@@ -17,18 +22,30 @@ __all__ = ["build_processors"]
 
 
 def build_processors(
-    catalog: ModelCatalog, http_client: httpx.AsyncClient, environ: Mapping[str, str]
+    catalog: ModelCatalog,
+    http_client: httpx.AsyncClient,
+    environ: Mapping[str, str],
+    tools: ToolRegistry | None = None,
 ) -> dict[StepKind, Processor]:
-    """One processor per step kind this package implements (llm, transform, validate).
+    """One processor per step kind this package implements.
+
+    Without a tool registry, ``tool`` and ``retrieve`` steps still run, and fail with
+    ``UnknownTool`` / ``UnknownSource``: a mistake is reported, never left waiting.
 
     Args:
-        catalog: The model catalog for llm steps.
-        http_client: The shared HTTP client for model providers (it must not retry).
-        environ: Where API keys are read, e.g. ``os.environ``.
+        catalog: The model catalog for llm and agent steps.
+        http_client: The shared HTTP client for providers and tools (it must not retry).
+        environ: Where API keys and tool secrets are read, e.g. ``os.environ``.
+        tools: The tool registry (``tools.yaml``), if the worker has one.
     """
+    breakers = Breakers()  # one breaker per provider, whichever step kind calls it
     processors: list[Processor] = [
-        LlmProcessor(catalog, http_client, environ),
+        LlmProcessor(catalog, http_client, environ, breakers=breakers),
+        AgentProcessor(catalog, http_client, environ, breakers=breakers),
         TransformProcessor(),
         ValidateProcessor(),
     ]
+    registry = tools if tools is not None else ToolRegistry(ToolsConfig())
+    processors.append(ToolProcessor(registry, http_client, environ))
+    processors.append(RetrieveProcessor(registry.sources, http_client, environ))
     return {p.kind: p for p in processors}

@@ -27,9 +27,24 @@ from processors._errors import UnknownRoute
 from processors._templates import TemplateError, compile_template, is_template
 from topics import ConfigurationError
 
-__all__ = ["ModelCatalog", "RouteSpec", "ScriptRule", "load_model_catalog"]
+__all__ = [
+    "DEFAULT_ANTHROPIC_MAX_TOKENS",
+    "TOOL_NAME",
+    "ModelCatalog",
+    "RouteSpec",
+    "ScriptRule",
+    "load_model_catalog",
+    "script_tool_calls",
+]
 
 _ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+#: A tool name, as the tool registry spells it (providers that allow no '.' get '_' instead).
+TOOL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+#: The completion cap sent to Anthropic, which requires one, when neither the step nor the
+#: route gives one.
+DEFAULT_ANTHROPIC_MAX_TOKENS = 1024
 _PER_MTOK = -6  # prices are per million tokens: scale by 10**-6, exactly
 
 
@@ -42,13 +57,16 @@ class ScriptRule(_Config):
 
     match: str | None = Field(
         default=None,
-        description="Regular expression searched in the last user message; null matches all.",
+        description="Regular expression searched in the last user message or, when the "
+        "conversation ends with tool results, in those results; null matches all.",
     )
     reply: str | dict[str, JsonValue] = Field(
         description="The answer. A string is a template; a JSON object has its string values "
-        "rendered and is answered as JSON text. Templates see `prompt` (the last user "
-        "message), `messages`, `match` (the match, then its groups) and `input_text` (every "
-        "message's content, one per line).",
+        "rendered and is answered as JSON text; `{tool_calls: [{name, arguments}]}` asks for "
+        "tool calls (string values of the arguments rendered). Templates see `prompt` (what "
+        "`match` is searched in), `messages`, `match` (the match, then its groups), "
+        "`input_text` (every message's content, one per line) and `tool_results` (the tool "
+        "results that end the conversation: `{name, tool_call_id, content, output}`).",
     )
 
     @field_validator("match")
@@ -64,11 +82,43 @@ class ScriptRule(_Config):
     @field_validator("reply")
     @classmethod
     def _templates_compile(cls, value: str | dict[str, JsonValue]) -> str | dict[str, JsonValue]:
+        if isinstance(value, dict) and "tool_calls" in value:
+            _check_tool_calls(value)
         try:
             _compile_all(value)
         except TemplateError as exc:
             raise ValueError(str(exc)) from None
         return value
+
+
+def script_tool_calls(reply: str | dict[str, JsonValue]) -> list[dict[str, JsonValue]] | None:
+    """The tool calls a scripted reply asks for, or ``None`` when it answers with content.
+
+    A reply asks for tool calls when it is an object whose only key is ``tool_calls``;
+    ``ScriptRule`` has checked their shape (``name``, optional ``arguments`` object).
+    """
+    if not isinstance(reply, dict) or set(reply) != {"tool_calls"}:
+        return None
+    calls = reply["tool_calls"]
+    assert isinstance(calls, list)
+    return [call for call in calls if isinstance(call, dict)]
+
+
+def _check_tool_calls(reply: dict[str, JsonValue]) -> None:
+    if set(reply) != {"tool_calls"}:
+        raise ValueError("a reply with `tool_calls` has no other keys")
+    calls = reply["tool_calls"]
+    if not isinstance(calls, list) or not calls:
+        raise ValueError("`tool_calls` must be a non-empty list of {name, arguments}")
+    for index, call in enumerate(calls):
+        where = f"tool_calls.{index}"
+        if not isinstance(call, dict) or not set(call) <= {"name", "arguments"}:
+            raise ValueError(f"{where}: must be an object with `name` and `arguments` only")
+        name = call.get("name")
+        if not isinstance(name, str) or not re.fullmatch(TOOL_NAME, name):
+            raise ValueError(f"{where}.name: a tool name of letters, digits, '.', '_' or '-'")
+        if not isinstance(call.get("arguments", {}), dict):
+            raise ValueError(f"{where}.arguments: must be an object")
 
 
 def _compile_all(value: JsonValue) -> None:
@@ -86,21 +136,22 @@ def _compile_all(value: JsonValue) -> None:
 class RouteSpec(_Config):
     """Where one route's calls go and what they cost."""
 
-    provider: Literal["openai", "scripted"] = Field(
+    provider: Literal["openai", "anthropic", "scripted"] = Field(
         description="`openai`: any OpenAI-compatible chat-completions API (OpenAI, vLLM, "
-        "Ollama, LM Studio). `scripted`: a deterministic built-in model for demos and tests."
+        "Ollama, LM Studio). `anthropic`: the Anthropic Messages API. `scripted`: a "
+        "deterministic built-in model for demos and tests."
     )
     model: str = Field(min_length=1, description="The provider's model id, e.g. gpt-4o-mini.")
     base_url: str | None = Field(
         default=None,
         description="API root the provider's paths hang off, e.g. https://api.openai.com/v1 "
-        "(required for openai).",
+        "or https://api.anthropic.com/v1 (required for openai and anthropic).",
     )
     api_key_env: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="Name of the environment variable holding the API key (never the key). "
-        "Null sends no Authorization header (local servers).",
+        "Null sends no key header (local servers, proxies that add it).",
     )
     input_usd_per_mtok: Decimal = Field(
         default=Decimal(0), ge=0, description="US dollars per million prompt tokens."
@@ -110,6 +161,12 @@ class RouteSpec(_Config):
     )
     context_window: int | None = Field(
         default=None, ge=1, description="Tokens the model accepts in total; null if unknown."
+    )
+    max_output_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Cap on completion tokens when a step gives none. Null: openai routes "
+        "send no cap (the model's own limit); anthropic, which requires one, sends 1024.",
     )
     timeout_s: float = Field(
         default=60.0, gt=0, description="Seconds one HTTP call may take before it times out."
@@ -147,9 +204,9 @@ class RouteSpec(_Config):
 
     @model_validator(mode="after")
     def _fits_provider(self) -> RouteSpec:
-        if self.provider == "openai":
+        if self.provider != "scripted":
             if not self.base_url:
-                raise ValueError("an openai route needs `base_url`")
+                raise ValueError(f"an {self.provider} route needs `base_url`")
             if not self.base_url.startswith(("http://", "https://")):
                 raise ValueError("`base_url` must start with http:// or https://")
             if self.script or self.latency_ms or self.latency_sigma:
@@ -157,6 +214,10 @@ class RouteSpec(_Config):
         elif not self.script:
             raise ValueError("a scripted route needs at least one `script` rule")
         return self
+
+    def output_cap(self, max_tokens: int | None) -> int | None:
+        """The completion cap a call sends: the step's, else the route's ``max_output_tokens``."""
+        return max_tokens if max_tokens is not None else self.max_output_tokens
 
     def cost(self, input_tokens: int, output_tokens: int) -> Decimal:
         """What a call with these token counts costs, in US dollars, exactly."""

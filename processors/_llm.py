@@ -1,10 +1,12 @@
-"""The ``llm`` processor: one chat completion through a route of the model catalog.
+"""The ``llm`` processor, and the model call it shares with the ``agent`` processor.
 
-The one retry layer of a model call lives here: retryable errors are tried again in-process
-(tenacity) a few times, waiting what ``Retry-After`` asked for or backing off exponentially
-with jitter; permanent errors never are. When the far side asks for a longer wait than this
-processor will sit out, or the step's deadline would pass, the failure is reported at once
-with its ``retry_after`` so the coordinator can schedule a delayed retry instead.
+``ModelClient`` is the one way a processor calls a model: it looks the route up in the
+catalog, picks its provider, guards the call with the provider's circuit breaker, runs the one
+retry layer, and prices the usage. Retryable errors are tried again in-process (tenacity) a
+few times, waiting what ``Retry-After`` asked for or backing off exponentially with jitter;
+permanent errors never are. When the far side asks for a longer wait than this processor will
+sit out, or the step's deadline would pass, the failure is reported at once with its
+``retry_after`` so the coordinator can schedule a delayed retry instead.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import logging
 import random
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,17 +24,25 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
+from processors._anthropic import AnthropicProvider
 from processors._breaker import Breakers
 from processors._catalog import ModelCatalog, RouteSpec
 from processors._errors import CircuitOpen, OutputSchemaViolation
 from processors._openai import OpenAIProvider
 from processors._processor import StepOutput, parse_params
-from processors._provider import ChatMessage, Completion, Provider
+from processors._provider import ChatMessage, Completion, Message, Provider, ToolDefinition
 from processors._schema import check_schema, schema_problems
 from processors._scripted import ScriptedProvider
 from topics import ConfigurationError, RetryableError, StepKind, StepRequested, Usage
 
-__all__ = ["LlmParams", "LlmProcessor", "parse_json_answer"]
+__all__ = [
+    "LlmParams",
+    "LlmProcessor",
+    "ModelClient",
+    "default_providers",
+    "parse_json_answer",
+    "structured_answer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,21 +70,32 @@ class LlmParams(BaseModel):
     )
 
 
-class LlmProcessor:
-    """Runs ``llm`` steps.
+def default_providers(
+    http_client: httpx.AsyncClient, environ: Mapping[str, str]
+) -> dict[str, Provider]:
+    """Every provider baton ships, by the catalog's ``provider`` name."""
+    return {
+        "openai": OpenAIProvider(http_client, environ),
+        "anthropic": AnthropicProvider(http_client, environ),
+        "scripted": ScriptedProvider(),
+    }
+
+
+class ModelClient:
+    """Calls the model of a catalog route: breaker, the one retry layer, usage priced.
 
     Args:
         catalog: The model catalog routes are looked up in.
         http_client: Shared client for HTTP providers; it must not retry on its own.
         environ: Where API keys are read, by the variable names routes give.
-        providers: Providers by catalog ``provider`` name (defaults to openai and scripted).
+        providers: Providers by catalog ``provider`` name (defaults to ``default_providers``).
         sleep: How waits between in-process retries are spent.
         clock: The current time, to keep retries inside the step's deadline.
         max_retry_wait: The longest single wait (seconds) sat out in-process; a longer
             ``Retry-After`` ends the attempt and is left to the coordinator's delayed retry.
+        breakers: The circuit breakers, shared by every processor of the worker that calls
+            models (a new set when not given).
     """
-
-    kind = StepKind.llm
 
     def __init__(
         self,
@@ -90,58 +111,45 @@ class LlmProcessor:
     ) -> None:
         self._catalog = catalog
         self.breakers = breakers or Breakers()
-        self._providers: Mapping[str, Provider] = providers or {
-            "openai": OpenAIProvider(http_client, environ),
-            "scripted": ScriptedProvider(),
-        }
+        self._providers: Mapping[str, Provider] = providers or default_providers(
+            http_client, environ
+        )
         self._sleep = sleep
         self._clock = clock
         self._max_retry_wait = max_retry_wait
 
-    async def run(self, request: StepRequested) -> StepOutput:
-        """Call the step's route and check the answer.
+    def route(self, name: str) -> RouteSpec:
+        """The route called ``name``.
 
         Raises:
-            InvalidParams: The params are not an llm step's.
+            UnknownRoute: The catalog has no such route.
+        """
+        return self._catalog.route(name)
+
+    async def complete(
+        self,
+        request: StepRequested,
+        route_name: str,
+        messages: Sequence[Message],
+        *,
+        temperature: float,
+        max_tokens: int | None,
+        output_schema: Mapping[str, JsonValue] | None,
+        tools: Sequence[ToolDefinition] | None = None,
+    ) -> tuple[Completion, Usage]:
+        """One completion on ``route_name`` for the step ``request``, retried as it may be.
+
+        Returns:
+            The completion, and what it used and cost (exactly, from the catalog's prices).
+
+        Raises:
             UnknownRoute: The route is not in the catalog.
-            ConfigurationError: The output schema is not a JSON Schema, or the route's
-                provider is not available here.
-            OutputSchemaViolation: The answer is not JSON or does not match the schema.
+            ConfigurationError: The route's provider is not available here, or its config
+                is unusable.
             RetryableError: Still failing after the in-process retries (its subclasses say how).
             PermanentError: The provider refused the call.
         """
-        params = parse_params(LlmParams, request)
-        route = self._catalog.route(params.route)
-        if params.output_schema is not None:
-            check_schema(params.output_schema)  # before the call: a bad schema costs nothing
-        completion = await self._complete(request, route, params)
-        usage = Usage(
-            input_tokens=completion.input_tokens,
-            output_tokens=completion.output_tokens,
-            cost_usd=self._catalog.cost(
-                params.route, completion.input_tokens, completion.output_tokens
-            ),
-            route=params.route,
-            provider=route.provider,
-            model=route.model,
-        )
-        if params.output_schema is None:
-            return StepOutput(completion.text, usage)
-        try:
-            answer = parse_json_answer(completion.text)
-        except ValueError as exc:
-            raise OutputSchemaViolation(str(exc), usage=usage) from None
-        problems = schema_problems(params.output_schema, answer, "output")
-        if problems:
-            raise OutputSchemaViolation(
-                "the answer does not match the output schema: " + "; ".join(problems),
-                usage=usage,
-            )
-        return StepOutput(answer, usage)
-
-    async def _complete(
-        self, request: StepRequested, route: RouteSpec, params: LlmParams
-    ) -> Completion:
+        route = self._catalog.route(route_name)
         provider = self._providers.get(route.provider)
         if provider is None:
             raise ConfigurationError(f"no {route.provider!r} provider in this worker")
@@ -176,28 +184,36 @@ class LlmProcessor:
             before_sleep=before_sleep,
             reraise=True,
         )
-        endpoint = f"{route.provider}:{route.base_url or params.route}"
+        endpoint = f"{route.provider}:{route.base_url or route_name}"
 
-        async def guarded(*args: Any, **kwargs: Any) -> Completion:
+        async def guarded() -> Completion:
             self.breakers.before_call(endpoint, route.breaker_failures, route.breaker_cooldown_s)
             try:
-                result = await provider.complete(*args, **kwargs)
+                result = await provider.complete(
+                    route,
+                    messages,
+                    temperature=temperature,
+                    max_tokens=max_tokens,
+                    output_schema=output_schema,
+                    idempotency_key=request.idempotency_key,
+                    tools=tools,
+                )
             except BaseException as exc:
                 self.breakers.after_call(endpoint, route.breaker_failures, exc)
                 raise
             self.breakers.after_call(endpoint, route.breaker_failures, None)
             return result
 
-        completion: Completion = await retrying(
-            guarded,
-            route,
-            params.messages,
-            temperature=params.temperature,
-            max_tokens=params.max_tokens,
-            output_schema=params.output_schema,
-            idempotency_key=request.idempotency_key,
+        completion: Completion = await retrying(guarded)
+        usage = Usage(
+            input_tokens=completion.input_tokens,
+            output_tokens=completion.output_tokens,
+            cost_usd=route.cost(completion.input_tokens, completion.output_tokens),
+            route=route_name,
+            provider=route.provider,
+            model=route.model,
         )
-        return completion
+        return completion, usage
 
     def _wait(self, state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
@@ -206,6 +222,95 @@ class LlmProcessor:
         # Exponential from 0.2 s, capped, plus jitter so callers that failed together spread.
         backoff = min(_BACKOFF_FIRST * 2.0 ** (state.attempt_number - 1), _BACKOFF_MAX)
         return backoff + random.uniform(0, _BACKOFF_JITTER)
+
+
+class LlmProcessor:
+    """Runs ``llm`` steps.
+
+    Args:
+        catalog: The model catalog routes are looked up in.
+        http_client: Shared client for HTTP providers; it must not retry on its own.
+        environ: Where API keys are read, by the variable names routes give.
+        providers: Providers by catalog ``provider`` name (defaults to ``default_providers``).
+        sleep: How waits between in-process retries are spent.
+        clock: The current time, to keep retries inside the step's deadline.
+        max_retry_wait: The longest single wait (seconds) sat out in-process; a longer
+            ``Retry-After`` ends the attempt and is left to the coordinator's delayed retry.
+        breakers: The circuit breakers (share one set with the agent processor).
+    """
+
+    kind = StepKind.llm
+
+    def __init__(
+        self,
+        catalog: ModelCatalog,
+        http_client: httpx.AsyncClient,
+        environ: Mapping[str, str],
+        *,
+        providers: Mapping[str, Provider] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], datetime] = _utcnow,
+        max_retry_wait: float = 30.0,
+        breakers: Breakers | None = None,
+    ) -> None:
+        self._model = ModelClient(
+            catalog,
+            http_client,
+            environ,
+            providers=providers,
+            sleep=sleep,
+            clock=clock,
+            max_retry_wait=max_retry_wait,
+            breakers=breakers,
+        )
+        self.breakers = self._model.breakers
+
+    async def run(self, request: StepRequested) -> StepOutput:
+        """Call the step's route and check the answer.
+
+        Raises:
+            InvalidParams: The params are not an llm step's.
+            UnknownRoute: The route is not in the catalog.
+            ConfigurationError: The output schema is not a JSON Schema, or the route's
+                provider is not available here.
+            OutputSchemaViolation: The answer is not JSON or does not match the schema.
+            RetryableError: Still failing after the in-process retries (its subclasses say how).
+            PermanentError: The provider refused the call.
+        """
+        params = parse_params(LlmParams, request)
+        self._model.route(params.route)
+        if params.output_schema is not None:
+            check_schema(params.output_schema)  # before the call: a bad schema costs nothing
+        completion, usage = await self._model.complete(
+            request,
+            params.route,
+            params.messages,
+            temperature=params.temperature,
+            max_tokens=params.max_tokens,
+            output_schema=params.output_schema,
+        )
+        if params.output_schema is None:
+            return StepOutput(completion.text, usage)
+        return StepOutput(structured_answer(completion.text, params.output_schema, usage), usage)
+
+
+def structured_answer(text: str, schema: Mapping[str, JsonValue], usage: Usage) -> Any:
+    """The JSON in an answer, checked against the step's output schema.
+
+    Raises:
+        OutputSchemaViolation: The answer is not JSON, or does not match ``schema``; it
+            carries ``usage``, as the call was billed all the same.
+    """
+    try:
+        answer = parse_json_answer(text)
+    except ValueError as exc:
+        raise OutputSchemaViolation(str(exc), usage=usage) from None
+    problems = schema_problems(schema, answer, "output")
+    if problems:
+        raise OutputSchemaViolation(
+            "the answer does not match the output schema: " + "; ".join(problems), usage=usage
+        )
+    return answer
 
 
 def parse_json_answer(text: str) -> Any:

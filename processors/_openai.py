@@ -3,34 +3,51 @@
 One ``POST {base_url}/chat/completions`` per call over a shared ``httpx.AsyncClient``. The
 client must not retry on its own (the default transport does not): the LLM processor owns the
 one retry layer, driven by how this module classifies every failure.
+
+Tools go out as ``tools: [{type: function, function: {name, description, parameters}}]``;
+the model's ``message.tool_calls`` come back as neutral ``ToolCall``s, their JSON-text
+arguments parsed. Follow-up turns carry the assistant's ``tool_calls`` and one
+``{role: tool, tool_call_id, content}`` message per result.
 """
 
 from __future__ import annotations
 
-import email.utils
-import math
-import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC
 
 import httpx
 import orjson
 from pydantic import JsonValue
 
 from processors._catalog import RouteSpec
-from processors._errors import (
-    ProviderRateLimited,
-    ProviderRejected,
-    ProviderTimeout,
-    ProviderUnavailable,
+from processors._errors import ProviderRejected, ProviderUnavailable
+from processors._provider import (
+    ChatMessage,
+    Completion,
+    Message,
+    ToolCall,
+    ToolCallMessage,
+    ToolDefinition,
+    WireToolNames,
+    api_key,
+    call_id,
+    check_status,
+    estimate_prompt_tokens,
+    estimate_tokens,
+    excerpt,
+    is_count,
+    origin,
+    parse_arguments,
+    parse_retry_after,
+    post_json,
+    provider_message,
+    read_json,
+    redact,
 )
-from processors._provider import ChatMessage, Completion, estimate_tokens
 from topics import ConfigurationError
 
 __all__ = ["OpenAIProvider", "parse_retry_after"]
 
-_MAX_MESSAGE = 300
-_REDACTED = "[redacted]"
+_PATH = "/chat/completions"
 
 
 class OpenAIProvider:
@@ -48,12 +65,13 @@ class OpenAIProvider:
     async def complete(
         self,
         route: RouteSpec,
-        messages: Sequence[ChatMessage],
+        messages: Sequence[Message],
         *,
         temperature: float,
         max_tokens: int | None,
         output_schema: Mapping[str, JsonValue] | None,
         idempotency_key: str,
+        tools: Sequence[ToolDefinition] | None = None,
     ) -> Completion:
         """Ask the route's model for one completion (see ``Provider.complete``).
 
@@ -67,77 +85,75 @@ class OpenAIProvider:
         """
         if route.base_url is None:
             raise ConfigurationError(f"model {route.model!r}: an openai route needs base_url")
-        url = route.base_url.rstrip("/") + "/chat/completions"
-        where = f"model {route.model!r} at {_origin(url)}"
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        key: str | None = None
-        if route.api_key_env is not None:
-            key = self._environ.get(route.api_key_env)
-            if not key:
-                raise ConfigurationError(
-                    f"{where}: the API key variable {route.api_key_env} is not set"
-                )
-            headers["Authorization"] = f"Bearer {key}"
+        url = route.base_url.rstrip("/") + _PATH
+        where = f"model {route.model!r} at {origin(url, _PATH)}"
+        key = api_key(route, self._environ, where)
+        headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+        names = WireToolNames.of(tools, messages)
         body: dict[str, JsonValue] = {
             "model": route.model,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "messages": [_wire_message(m, names) for m in messages],
             "temperature": temperature,
         }
-        if max_tokens is not None:
-            body["max_tokens"] = max_tokens
+        cap = route.output_cap(max_tokens)
+        if cap is not None:
+            body["max_tokens"] = cap
         if output_schema is not None:
             body["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": "output", "schema": dict(output_schema), "strict": False},
             }
-        try:
-            response = await self._client.post(
-                url, content=orjson.dumps(body), headers=headers, timeout=route.timeout_s
-            )
-        except httpx.TimeoutException as exc:
-            raise ProviderTimeout(
-                f"{where}: no answer within {route.timeout_s:g} s ({type(exc).__name__})"
-            ) from None
-        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-            raise ConfigurationError(f"{where}: unusable base_url: {exc}") from None
-        except httpx.RequestError as exc:
-            detail = _redact(str(exc), key)
-            reason = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
-            raise ProviderUnavailable(f"{where}: {reason}") from None
-        return _read(response, where, key, messages)
-
-
-def _read(
-    response: httpx.Response, where: str, key: str | None, messages: Sequence[ChatMessage]
-) -> Completion:
-    status = response.status_code
-    if status == 429:
-        message = _provider_message(response, key)
-        if _error_code(response) == "insufficient_quota":
-            # OpenAI says 429 for an exhausted quota too; waiting does not refill it.
-            raise ProviderRejected(f"{where}: HTTP 429: {message}", status=status)
-        raise ProviderRateLimited(
-            f"{where}: HTTP 429 (rate limited): {message}",
-            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        if tools:
+            body["tools"] = [_wire_tool(t, names) for t in tools]
+        response = await post_json(
+            self._client, url, body, headers, timeout=route.timeout_s, where=where, key=key
         )
-    if status in (408, 409) or status >= 500:
-        message = _provider_message(response, key)
-        raise ProviderUnavailable(f"{where}: HTTP {status}: {message}")
-    if status < 200 or status >= 300:
-        message = _provider_message(response, key)
-        raise ProviderRejected(f"{where}: HTTP {status}: {message}", status=status)
-    try:
-        data = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        raise ProviderUnavailable(
-            f"{where}: HTTP {status} with a body that is not JSON: "
-            f"{_redact(_excerpt(response.text), key)!r}"
-        ) from None
-    return _completion(data, where, key, messages)
+        if response.status_code == 429 and _error_code(response) == "insufficient_quota":
+            # OpenAI says 429 for an exhausted quota too; waiting does not refill it.
+            message = provider_message(response, key)
+            raise ProviderRejected(f"{where}: HTTP 429: {message}", status=429)
+        check_status(response, where, key)
+        data = read_json(response, where, key)
+        return _completion(data, where, key, messages, idempotency_key, names)
+
+
+def _wire_message(message: Message, names: WireToolNames) -> dict[str, JsonValue]:
+    if isinstance(message, ChatMessage):
+        return {"role": message.role, "content": message.content}
+    if isinstance(message, ToolCallMessage):
+        return {
+            "role": "assistant",
+            "content": message.content,
+            "tool_calls": [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {
+                        "name": names.wire(call.name),
+                        "arguments": orjson.dumps(call.arguments).decode(),
+                    },
+                }
+                for call in message.tool_calls
+            ],
+        }
+    return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
+
+
+def _wire_tool(tool: ToolDefinition, names: WireToolNames) -> dict[str, JsonValue]:
+    function: dict[str, JsonValue] = {"name": names.wire(tool.name)}
+    if tool.description:
+        function["description"] = tool.description
+    function["parameters"] = tool.parameters
+    return {"type": "function", "function": function}
 
 
 def _completion(
-    data: object, where: str, key: str | None, messages: Sequence[ChatMessage]
+    data: object,
+    where: str,
+    key: str | None,
+    messages: Sequence[Message],
+    idempotency_key: str,
+    names: WireToolNames,
 ) -> Completion:
     choices = data.get("choices") if isinstance(data, dict) else None
     if not isinstance(choices, list) or not choices:
@@ -146,76 +162,67 @@ def _completion(
     message = first.get("message") if isinstance(first, dict) else None
     if not isinstance(message, dict):
         raise ProviderUnavailable(f"{where}: the answer's first choice has no message")
+    raw_calls = message.get("tool_calls")
+    turn = len(messages)
+    calls = _tool_calls(raw_calls, where, idempotency_key, turn, names) if raw_calls else ()
     content = message.get("content")
-    if content is None and isinstance(message.get("refusal"), str):
-        refusal = _redact(_excerpt(message["refusal"]), key)
-        raise ProviderRejected(f"{where}: the model refused: {refusal}")
-    if not isinstance(content, str):
+    if content is None and not calls:
+        if isinstance(message.get("refusal"), str):
+            refusal = redact(excerpt(message["refusal"]), key)
+            raise ProviderRejected(f"{where}: the model refused: {refusal}")
         raise ProviderUnavailable(f"{where}: the answer's message has no text content")
+    if content is not None and not isinstance(content, str):
+        raise ProviderUnavailable(f"{where}: the answer's message has no text content")
+    text = content or ""
     assert isinstance(data, dict)
     usage = data.get("usage")
     if usage is None:
         # Some local servers leave usage out; estimate so budgets still see the call.
-        prompt = sum(estimate_tokens(m.content) for m in messages)
-        return Completion(content, input_tokens=prompt, output_tokens=estimate_tokens(content))
+        said = text + "".join(orjson.dumps(c.in_message()).decode() for c in calls)
+        return Completion(
+            text,
+            input_tokens=estimate_prompt_tokens(messages),
+            output_tokens=estimate_tokens(said),
+            tool_calls=calls,
+        )
     prompt_tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
     completion_tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
-    if not _is_count(prompt_tokens) or not _is_count(completion_tokens):
+    if not is_count(prompt_tokens) or not is_count(completion_tokens):
         raise ProviderUnavailable(f"{where}: the answer's usage has no valid token counts")
     assert isinstance(prompt_tokens, int) and isinstance(completion_tokens, int)
-    return Completion(content, input_tokens=prompt_tokens, output_tokens=completion_tokens)
+    return Completion(
+        text, input_tokens=prompt_tokens, output_tokens=completion_tokens, tool_calls=calls
+    )
 
 
-def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds a ``Retry-After`` header asks for: delay-seconds or an HTTP date.
-
-    Args:
-        value: The header's value, or ``None`` when absent.
-        now: The current Unix time (defaults to the clock), for HTTP dates.
-
-    Returns:
-        Seconds to wait (never negative), or ``None`` when absent or unreadable.
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
-
-
-def _provider_message(response: httpx.Response, key: str | None) -> str:
-    """The provider's own explanation, from the shapes OpenAI-compatible servers use."""
-    text = response.text
-    try:
-        data = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        data = None
-    if isinstance(data, dict):
-        error = data.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            text = error["message"]
-        elif isinstance(error, str):
-            text = error
-        elif isinstance(data.get("message"), str):
-            text = data["message"]
-        elif isinstance(data.get("detail"), str):
-            text = data["detail"]
-    return _redact(_excerpt(text), key) or "(no message)"
+def _tool_calls(
+    raw: object, where: str, idempotency_key: str, turn: int, names: WireToolNames
+) -> tuple[ToolCall, ...]:
+    if not isinstance(raw, list):
+        raise ProviderUnavailable(f"{where}: the answer's tool_calls is not a list")
+    calls = []
+    for index, item in enumerate(raw):
+        function = item.get("function") if isinstance(item, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(name, str) or not name:
+            raise ProviderUnavailable(f"{where}: tool call {index} has no function name")
+        assert isinstance(item, dict) and isinstance(function, dict)
+        given = item.get("id")
+        ident = given if isinstance(given, str) and given else call_id(idempotency_key, turn, index)
+        arguments = function.get("arguments")
+        error: str | None = None
+        if isinstance(arguments, dict):  # a few local servers send the object itself
+            parsed: dict[str, JsonValue] = arguments
+        elif isinstance(arguments, str):
+            parsed, error = parse_arguments(arguments)
+        elif arguments is None:
+            parsed = {}
+        else:
+            parsed, error = {}, "the arguments are not JSON text"
+        calls.append(
+            ToolCall(id=ident, name=names.neutral(name), arguments=parsed, arguments_error=error)
+        )
+    return tuple(calls)
 
 
 def _error_code(response: httpx.Response) -> str | None:
@@ -226,23 +233,3 @@ def _error_code(response: httpx.Response) -> str | None:
     error = data.get("error") if isinstance(data, dict) else None
     code = error.get("code") if isinstance(error, dict) else None
     return code if isinstance(code, str) else None
-
-
-def _excerpt(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
-
-
-def _redact(text: str, key: str | None) -> str:
-    # Some servers echo what they were sent; the key must never reach a message or a log.
-    return text.replace(key, _REDACTED) if key else text
-
-
-def _origin(url: str) -> str:
-    """Scheme, host and port only: credentials in a URL never reach a message."""
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:
-        return "(invalid URL)"
-    port = f":{parsed.port}" if parsed.port is not None else ""
-    return f"{parsed.scheme}://{parsed.host}{port}{parsed.path.removesuffix('/chat/completions')}"

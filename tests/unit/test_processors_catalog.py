@@ -116,10 +116,19 @@ def test_an_unknown_route_names_the_known_ones(tmp_path: Path) -> None:
 def test_a_bad_provider_names_the_file_and_the_field(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    message = _load_error(tmp_path, monkeypatch, "routes:\n  fast: {provider: gemini, model: m}\n")
+    assert message == (
+        "models.yaml: routes.fast.provider: Input should be 'openai', 'anthropic' or 'scripted'"
+    )
+
+
+def test_an_anthropic_route_without_a_base_url_names_the_route(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     message = _load_error(
         tmp_path, monkeypatch, "routes:\n  fast: {provider: anthropic, model: m}\n"
     )
-    assert message == "models.yaml: routes.fast.provider: Input should be 'openai' or 'scripted'"
+    assert message == "models.yaml: routes.fast: an anthropic route needs `base_url`"
 
 
 @pytest.mark.parametrize(
@@ -183,7 +192,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path, monkeypatch: pytest.M
         "routes:\n  a: {provider: openai, model: ''}\n  b: {provider: nope, model: m}\n",
     )
     assert "routes.a.model: String should have at least 1 character" in message
-    assert "routes.b.provider: Input should be 'openai' or 'scripted'" in message
+    assert "routes.b.provider: Input should be 'openai', 'anthropic' or 'scripted'" in message
 
 
 @pytest.mark.parametrize(

@@ -166,12 +166,15 @@ async def test_real_processors_report_through_execute() -> None:
     assert (bad.error.error_class, bad.error.retryable) == ("TemplateRenderError", False)
 
 
-async def test_build_processors_covers_llm_transform_and_validate() -> None:
+async def test_build_processors_covers_every_step_kind_a_worker_runs() -> None:
     async with httpx.AsyncClient() as client:
         built = build_processors(ModelCatalog(routes={}), client, {})
 
-    assert set(built) == {StepKind.llm, StepKind.transform, StepKind.validate}
+    assert set(built) == set(StepKind)
     assert isinstance(built[StepKind.llm], LlmProcessor)
+    assert isinstance(built[StepKind.agent], processors.AgentProcessor)
+    assert isinstance(built[StepKind.tool], processors.ToolProcessor)
+    assert isinstance(built[StepKind.retrieve], processors.RetrieveProcessor)
     assert isinstance(built[StepKind.transform], TransformProcessor)
     assert isinstance(built[StepKind.validate], ValidateProcessor)
     assert all(kind is processor.kind for kind, processor in built.items())
@@ -179,16 +182,23 @@ async def test_build_processors_covers_llm_transform_and_validate() -> None:
 
 def test_the_public_surface_is_pinned() -> None:
     assert sorted(processors.__all__) == [
+        "AgentParams",
+        "AgentProcessor",
+        "AnthropicProvider",
         "Breakers",
         "ChatMessage",
         "CircuitOpen",
         "Completion",
         "Expression",
+        "HttpSourceSpec",
+        "HttpToolSpec",
         "INTERNAL_ERROR",
         "InvalidParams",
         "LlmParams",
         "LlmProcessor",
+        "LocalSourceSpec",
         "ModelCatalog",
+        "ModelClient",
         "OpenAIProvider",
         "OutputSchemaViolation",
         "Processor",
@@ -197,6 +207,9 @@ def test_the_public_surface_is_pinned() -> None:
         "ProviderRejected",
         "ProviderTimeout",
         "ProviderUnavailable",
+        "PythonToolSpec",
+        "RetrieveParams",
+        "RetrieveProcessor",
         "RouteSpec",
         "ScriptRule",
         "ScriptedProvider",
@@ -204,9 +217,25 @@ def test_the_public_surface_is_pinned() -> None:
         "Template",
         "TemplateError",
         "TemplateRenderError",
+        "ToolCall",
+        "ToolCallMessage",
+        "ToolDefinition",
+        "ToolFailed",
+        "ToolParams",
+        "ToolProcessor",
+        "ToolRateLimited",
+        "ToolRegistry",
+        "ToolRejected",
+        "ToolRequestRefused",
+        "ToolResultMessage",
+        "ToolTimeout",
+        "ToolUnavailable",
+        "ToolsConfig",
         "TransformParams",
         "TransformProcessor",
         "UnknownRoute",
+        "UnknownSource",
+        "UnknownTool",
         "ValidateParams",
         "ValidateProcessor",
         "ValidateRule",
@@ -217,6 +246,7 @@ def test_the_public_surface_is_pinned() -> None:
         "execute",
         "is_template",
         "load_model_catalog",
+        "load_tools",
         "references",
         "render_value",
     ]
@@ -234,6 +264,14 @@ def test_the_public_surface_is_pinned() -> None:
         ("ValidationFailed", "PermanentError"),
         ("InvalidParams", "PermanentError"),
         ("UnknownRoute", "ConfigurationError"),
+        ("ToolTimeout", "RetryableError"),
+        ("ToolUnavailable", "RetryableError"),
+        ("ToolRateLimited", "RetryableError"),
+        ("ToolRejected", "PermanentError"),
+        ("ToolRequestRefused", "PermanentError"),
+        ("ToolFailed", "PermanentError"),
+        ("UnknownTool", "PermanentError"),
+        ("UnknownSource", "PermanentError"),
     ],
 )
 def test_every_processor_error_sits_in_the_tree(name: str, branch: str) -> None:
