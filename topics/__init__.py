@@ -5,7 +5,13 @@
 
 from topics._admin import TopicState, create_topics, describe_topics
 from topics._avro import avro_schema
-from topics._catalog import DEFAULT_RETRY_TIERS, RetryTier, Topic, TopicCatalog
+from topics._catalog import (
+    DEFAULT_RETRY_TIERS,
+    LLM_CACHE_RETENTION_MS,
+    RetryTier,
+    Topic,
+    TopicCatalog,
+)
 from topics._codec import Codec, describe_validation_error
 from topics._errors import (
     BatonError,
@@ -20,6 +26,8 @@ from topics._events import (
     ApprovalVerdict,
     AttemptRecord,
     Budget,
+    CachedToolCall,
+    CacheEntry,
     ControlAction,
     ControlCommand,
     DeadLetter,
@@ -29,6 +37,8 @@ from topics._events import (
     RunEvent,
     RunResult,
     RunStatus,
+    SpendKind,
+    SpendRecorded,
     StepError,
     StepKind,
     StepOutcome,
@@ -44,16 +54,20 @@ from topics._events import (
 )
 from topics._partitioning import partition_for
 from topics._registry import EVENT_TYPES, SchemaEntry, SchemaRegistry
+from topics._signing import decision_message, sign_decision, verify_decision
 
 __all__ = [
     "DEFAULT_RETRY_TIERS",
     "EVENT_TYPES",
+    "LLM_CACHE_RETENTION_MS",
     "ApprovalDecision",
     "ApprovalRequested",
     "ApprovalVerdict",
     "AttemptRecord",
     "BatonError",
     "Budget",
+    "CacheEntry",
+    "CachedToolCall",
     "Codec",
     "ConfigurationError",
     "ControlAction",
@@ -68,6 +82,8 @@ __all__ = [
     "RetryableError",
     "RunEvent",
     "RunResult",
+    "SpendKind",
+    "SpendRecorded",
     "RunStatus",
     "SchemaEntry",
     "SchemaRegistry",
@@ -88,7 +104,10 @@ __all__ = [
     "WorkflowDefinition",
     "avro_schema",
     "create_topics",
+    "decision_message",
     "describe_topics",
     "describe_validation_error",
     "partition_for",
+    "sign_decision",
+    "verify_decision",
 ]

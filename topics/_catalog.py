@@ -15,11 +15,13 @@ from topics._errors import ConfigurationError
 from topics._events import (
     ApprovalDecision,
     ApprovalRequested,
+    CacheEntry,
     ControlCommand,
     DeadLetter,
     Event,
     RunEvent,
     RunResult,
+    SpendRecorded,
     StepKind,
     StepRequested,
     StepResult,
@@ -28,10 +30,13 @@ from topics._events import (
     WorkflowDefinition,
 )
 
-__all__ = ["DEFAULT_RETRY_TIERS", "RetryTier", "Topic", "TopicCatalog"]
+__all__ = ["DEFAULT_RETRY_TIERS", "LLM_CACHE_RETENTION_MS", "RetryTier", "Topic", "TopicCatalog"]
 
 _HOUR_MS = 3_600_000
 _DAY_MS = 24 * _HOUR_MS
+
+#: How long the response cache topic keeps an entry: the longest TTL a worker may serve.
+LLM_CACHE_RETENTION_MS = 7 * _DAY_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +66,8 @@ class Topic:
         partitions: Partition count.
         copartitioned: Keyed by run id and sharing the catalog's partition count, so all
             events of one run land on the same partition number everywhere.
-        cleanup_policy: ``delete`` (time retention) or ``compact`` (last value per key).
+        cleanup_policy: ``delete`` (time retention), ``compact`` (last value per key), or
+            ``compact,delete`` (last value per key, and none older than the retention).
         retention_ms: Retention in milliseconds; ``None`` keeps the broker's default and
             ``-1`` keeps records forever.
         accepts_json: Whether JSON values are accepted besides Avro (upstream producers).
@@ -73,7 +79,7 @@ class Topic:
     value_types: tuple[type[Event], ...]
     partitions: int
     copartitioned: bool
-    cleanup_policy: Literal["delete", "compact"]
+    cleanup_policy: Literal["delete", "compact", "compact,delete"]
     retention_ms: int | None
     description: str
     accepts_json: bool = False
@@ -232,6 +238,44 @@ class TopicCatalog:
         )
 
     @cached_property
+    def spend(self) -> Topic:
+        """Tenants' spend ledgers: model-call reservations and settlements, keyed by tenant.
+
+        Every coordinator reads all of it (in order per tenant) to admit model steps within
+        the tenants' ceilings; kept longer than the longest ceiling window.
+        """
+        return Topic(
+            name=self._name("spend"),
+            key="tenant",
+            value_types=(SpendRecorded,),
+            partitions=self.partitions,
+            copartitioned=False,
+            cleanup_policy="delete",
+            retention_ms=35 * _DAY_MS,
+            description="coordinator -> every coordinator (tenant ceilings), baton usage",
+        )
+
+    @cached_property
+    def llm_cache(self) -> Topic:
+        """The response cache: model answers by cache key, shared by every worker.
+
+        Compacted (the latest answer per key) and time-limited: an entry is deleted once it
+        is older than the retention, the longest TTL a worker may serve it for.
+        """
+        return Topic(
+            name=self._name("llm-cache"),
+            key="cache key (sha256 of the model call)",
+            value_types=(CacheEntry,),
+            partitions=self.partitions,
+            copartitioned=False,
+            cleanup_policy="compact,delete",
+            retention_ms=LLM_CACHE_RETENTION_MS,
+            description="llm and agent processors -> every llm and agent processor",
+            # Daily segments: retention and compaction only act on closed segments.
+            extra_configs=(("segment.ms", str(_DAY_MS)),),
+        )
+
+    @cached_property
     def run_state(self) -> Topic:
         """The coordinator's changelog: the latest state of every run (JSON), compacted.
 
@@ -295,6 +339,8 @@ class TopicCatalog:
         yield self.workflows
         yield self.control
         yield self.timers
+        yield self.spend
+        yield self.llm_cache
         yield self.run_state
 
     def by_name(self, name: str) -> Topic:

@@ -20,6 +20,8 @@ __all__ = [
     "ApprovalVerdict",
     "AttemptRecord",
     "Budget",
+    "CacheEntry",
+    "CachedToolCall",
     "ControlAction",
     "ControlCommand",
     "DeadLetter",
@@ -30,6 +32,8 @@ __all__ = [
     "RunEvent",
     "RunResult",
     "RunStatus",
+    "SpendKind",
+    "SpendRecorded",
     "StepError",
     "StepKind",
     "StepOutcome",
@@ -363,3 +367,63 @@ class TimerFired(Event):
 
     run_id: str = Field(description="The run to look at.")
     fired_at: Timestamp = Field(description="When the timer fired.")
+
+
+class SpendKind(StrEnum):
+    """What a spend-ledger entry does."""
+
+    reserve = "reserve"
+    settle = "settle"
+
+
+class SpendRecorded(Event):
+    """One entry of a tenant's spend ledger. Key: the tenant.
+
+    Before a model step of a tenant with a ceiling runs, its coordinator ``reserve``s the
+    step's estimated cost; every coordinator reads the ledger in order and admits the
+    reservation if the tenant's spend in the window, plus it, stays within the ceiling. The
+    step's result (or a late one) ``settle``s it to what the call really cost.
+    """
+
+    tenant: str = Field(min_length=1, description="Who pays.")
+    reservation_id: str = Field(description="``<run>/<step>/<attempt>``: one model call.")
+    kind: SpendKind = Field(description="reserve (an estimate) or settle (the actual cost).")
+    amount_usd: Money = Field(ge=0, description="Estimated (reserve) or actual (settle) cost.")
+    run_id: str = Field(description="The run the call belongs to.")
+    step: str = Field(description="The step the call belongs to.")
+    at: Timestamp = Field(description="When the reservation was made; windows count it then.")
+
+
+class CachedToolCall(Record):
+    """A tool call a model asked for, kept with its answer in the response cache."""
+
+    id: str = Field(description="The call's id.")
+    name: str = Field(description="The tool's name, as the model asked for it.")
+    arguments: JsonValue = Field(description="The arguments (a JSON object).")
+    arguments_error: str | None = Field(
+        default=None, description="Why the call cannot be made as asked; null when it can."
+    )
+
+
+class CacheEntry(Event):
+    """A model's answer kept by the response cache. Key: the cache key.
+
+    The key is a sha256 over the call (route, provider and model, messages, parameters,
+    output schema, tools); a call with the same key is answered with this entry instead of
+    the model while the entry is younger than the cache's TTL.
+    """
+
+    key: str = Field(min_length=1, description="The cache key (sha256 hex), as the record key.")
+    route: str = Field(description="The route the call went to.")
+    provider: str = Field(description="The provider that answered.")
+    model: str = Field(description="The provider's model id.")
+    text: str = Field(description="The answer as the model wrote it.")
+    tool_calls: list[CachedToolCall] = Field(
+        default_factory=list, description="The tool calls the model asked for, in its order."
+    )
+    input_tokens: int = Field(ge=0, description="Prompt tokens the original call was billed.")
+    output_tokens: int = Field(ge=0, description="Completion tokens it was billed.")
+    cost_usd: Money = Field(
+        default=Decimal(0), description="What the original call cost: what each hit saves."
+    )
+    created_at: Timestamp = Field(description="When the model answered; the TTL counts from it.")

@@ -34,11 +34,13 @@ from topics._errors import ConfigurationError
 from topics._events import (
     ApprovalDecision,
     ApprovalRequested,
+    CacheEntry,
     ControlCommand,
     DeadLetter,
     Event,
     RunEvent,
     RunResult,
+    SpendRecorded,
     StepRequested,
     StepResult,
     TaskSubmitted,
@@ -64,6 +66,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     WorkflowDefinition,
     ControlCommand,
     TimerFired,
+    SpendRecorded,
+    CacheEntry,
 )
 
 

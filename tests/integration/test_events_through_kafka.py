@@ -30,7 +30,7 @@ def _topic_for(catalog: TopicCatalog, event: Event) -> Topic:
 
 
 def _key(event: Event) -> bytes | None:
-    for field in ("run_id", "task_id", "name", "command_id"):
+    for field in ("run_id", "task_id", "name", "command_id", "key"):
         value = getattr(event, field, None)
         if value:
             return str(value).encode()
@@ -114,6 +114,7 @@ async def test_create_topics_is_idempotent(kafka_bootstrap: str, topic_prefix: s
     assert all(s.problem is None for s in states)
     by_name = {s.topic.name: s for s in states}
     assert by_name[catalog.workflows.name].configs["cleanup.policy"] == "compact"
+    assert by_name[catalog.llm_cache.name].configs == catalog.llm_cache.configs()
     assert by_name[catalog.tasks.name].partitions == 2
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from topics import ConfigurationError, RetryTier, StepKind, TopicCatalog
+from topics import (
+    LLM_CACHE_RETENTION_MS,
+    CacheEntry,
+    ConfigurationError,
+    RetryTier,
+    StepKind,
+    TopicCatalog,
+)
 
 
 def test_every_topic_of_the_design_is_in_the_catalog() -> None:
@@ -27,6 +34,8 @@ def test_every_topic_of_the_design_is_in_the_catalog() -> None:
         "baton.workflows",
         "baton.control",
         "baton.timers",
+        "baton.spend",
+        "baton.llm-cache",
         "baton.run-state",
     }
 
@@ -47,6 +56,19 @@ def test_compacted_topics() -> None:
     assert catalog.run_state.configs()["min.cleanable.dirty.ratio"] == "0.1"
     assert catalog.workflows.configs() == {"cleanup.policy": "compact", "retention.ms": "-1"}
     assert catalog.tasks.configs()["retention.ms"] == str(7 * 24 * 3600 * 1000)
+
+
+def test_the_response_cache_topic_is_compacted_and_expires() -> None:
+    catalog = TopicCatalog(prefix="acme", partitions=6)
+    cache = catalog.llm_cache
+    assert cache.name == "acme.llm-cache" and cache.partitions == 6
+    assert not cache.copartitioned and cache.value_types == (CacheEntry,)
+    assert cache.configs() == {
+        "cleanup.policy": "compact,delete",
+        "retention.ms": str(LLM_CACHE_RETENTION_MS),
+        "segment.ms": str(24 * 3600 * 1000),
+    }
+    assert LLM_CACHE_RETENTION_MS == 7 * 24 * 3600 * 1000
 
 
 def test_only_the_tasks_topic_accepts_json() -> None:
