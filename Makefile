@@ -1,10 +1,12 @@
-# Everything a fresh machine needs is set up here: the virtualenv, the dependencies and the
-# Kafka broker's jars (fetched once from Maven Central into the cache). Set BATON_BOOTSTRAP to
-# use an existing cluster instead of the local broker.
+# Everything a fresh machine needs is set up here: the virtualenv, the dependencies, Debian's
+# chromium (for the approval inbox's browser tests) and the Kafka broker's jars (fetched once
+# from Maven Central into the cache). Set BATON_BOOTSTRAP to use an existing cluster instead of
+# the local broker.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CHROMIUM_STAMP := $(VENV)/.chromium
 
 .PHONY: setup demo test check lint types unit integration bench clean
 
@@ -14,7 +16,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
-setup: $(STAMP)
+# Playwright drives Debian's chromium package (/usr/bin/chromium); it never downloads browsers.
+$(CHROMIUM_STAMP): | $(STAMP)
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium)
+	touch $@
+
+setup: $(STAMP) $(CHROMIUM_STAMP)
 	$(BIN)/baton kafka fetch
 
 demo: setup

@@ -1,33 +1,77 @@
-"""The HTTP API every coordinator worker serves.
+"""The HTTP API every coordinator worker serves, and the reviewers' approval inbox.
 
 - ``POST /v1/tasks``: submit a task (the JSON form of TaskSubmitted; ``task_id`` optional).
 - ``GET /v1/runs/{run_id}``: a run's committed state. Any worker answers: one that does not
   own the run forwards the request to the owner.
+- ``GET /v1/approvals``: the open approval requests the caller may decide (and has not yet),
+  from every coordinator: this worker asks the others and merges their answers.
+- ``GET /v1/approvals/{approval_id}``: one open request, from its run's owner.
+- ``POST /v1/approvals/{approval_id}/decision``: approve or reject. The worker signs the
+  decision with its key and publishes it to ``approvals.decided``; the run's coordinator
+  weighs it.
+- ``GET /``, ``GET /static/{name}``: the approval inbox (``streams.web``).
 - ``GET /healthz``: liveness, and which partitions this worker owns.
+
+The approval endpoints need ``Authorization: Bearer <token>``, a reviewer's token from the
+access file. Their checks exist to give precise errors; the coordinator checks every decision
+again and is the authority. Approval ids are ``<run id>/<step>/<n>``: give them
+percent-encoded (``%2F``) or as they are.
 
 Errors are JSON ``{"error": "..."}`` with a precise status.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import faust
 import faust.web
 import httpx
 import orjson
+from aiohttp import web as aioweb
+from aiokafka.errors import KafkaError
 from faust.exceptions import ConsumerNotStarted
-from pydantic import ValidationError
+from faust.web.exceptions import WebError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from streams import web as inbox
+from streams._access import Identity
 from streams.coordinator import CoordinatorRuntime, RunState
-from topics import TaskSubmitted, describe_validation_error, partition_for
+from topics import (
+    ApprovalRequested,
+    ApprovalVerdict,
+    TaskSubmitted,
+    describe_validation_error,
+    partition_for,
+    sign_decision,
+)
 
-__all__ = ["install_api", "run_view"]
+__all__ = ["approval_view", "install_api", "run_view"]
+
+log = logging.getLogger(__name__)
 
 _MAX_BODY = 1_000_000
+_MAX_REASON = 2000
 _FORWARDED = "X-Baton-Forwarded"
+#: How long ``GET /v1/approvals`` waits for another coordinator before listing without it.
+_PEER_TIMEOUT = 3.0
+_OWNER_TIMEOUT = 10.0
+_PAGE_HEADERS = {
+    # The inbox loads nothing from anywhere else and runs no inline script.
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 
 
 def run_view(state: RunState) -> dict[str, Any]:
@@ -37,6 +81,20 @@ def run_view(state: RunState) -> dict[str, Any]:
     view["steps"] = [
         {"step": name, **step.model_dump(mode="json")} for name, step in state.steps.items()
     ]
+    return view
+
+
+def approval_view(request: ApprovalRequested, state: RunState | None) -> dict[str, Any]:
+    """The JSON view of an open approval request: its fields, and the votes counted so far."""
+    view: dict[str, Any] = request.model_dump(mode="json")
+    step = state.steps.get(request.step) if state is not None else None
+    approval = step.approval if step is not None else None
+    votes = (
+        approval.votes
+        if approval is not None and approval.approval_id == request.approval_id
+        else []
+    )
+    view["votes"] = [vote.model_dump(mode="json") for vote in votes]
     return view
 
 
@@ -50,8 +108,343 @@ def _processing(app: faust.App) -> list[str]:
         return []
 
 
+class _Refused(WebError):
+    """A request answered with an error: a status, a message, and maybe headers."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, code=status)
+        self.headers = headers or {}
+
+
+class _View(faust.web.View):
+    """A view whose refusals are JSON ``{"error": ...}`` with their status and headers."""
+
+    async def on_request_error(self, request: Any, exc: WebError) -> Any:
+        return self.json(
+            {"error": exc.detail}, status=exc.code, headers=getattr(exc, "headers", None)
+        )
+
+
+class _DecisionBody(BaseModel):
+    """The body of ``POST /v1/approvals/{id}/decision``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    verdict: ApprovalVerdict
+    reason: str | None = Field(default=None, max_length=_MAX_REASON)
+
+
+def _run_of(approval_id: str) -> str | None:
+    """The run an approval id (``<run>/<step>/<n>``) belongs to; ``None`` if it is not one."""
+    parts = approval_id.rsplit("/", 2)
+    if len(parts) != 3 or not all(parts) or not parts[2].isdigit():
+        return None
+    return parts[0]
+
+
+def _deadline_key(item: dict[str, Any]) -> tuple[datetime, str]:
+    try:
+        deadline = datetime.fromisoformat(str(item.get("deadline")))
+    except ValueError:
+        deadline = datetime.max.replace(tzinfo=UTC)
+    return deadline, str(item.get("approval_id"))
+
+
+def _cause(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__
+
+
+class _ApprovalEndpoints:
+    """What the ``/v1/approvals`` endpoints do, apart from the HTTP plumbing.
+
+    Args:
+        runtime: The coordinator this worker runs (its open requests, runs and keys).
+        http: The client that asks the other coordinators.
+    """
+
+    def __init__(self, runtime: CoordinatorRuntime, http: httpx.AsyncClient) -> None:
+        self.runtime = runtime
+        self.http = http
+        # Decisions this worker published and the coordinator may not have counted yet, by
+        # approval id: a second POST from the same reviewer gets its 409 at once.
+        self._sent: dict[str, set[str]] = {}
+
+    def identify(self, request: Any) -> Identity:
+        """The reviewer behind the request's bearer token.
+
+        Raises:
+            _Refused: 401, without a token or with one nobody holds.
+        """
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _Refused(
+                401,
+                "authentication needed: send Authorization: Bearer <token>",
+                {"WWW-Authenticate": 'Bearer realm="baton"'},
+            )
+        identity = self.runtime.access.authenticate(token.strip())
+        if identity is None:
+            raise _Refused(
+                401,
+                "the bearer token is not valid",
+                {"WWW-Authenticate": 'Bearer realm="baton", error="invalid_token"'},
+            )
+        return identity
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _decided_by(self, approval_id: str, view: dict[str, Any]) -> set[str]:
+        voted = {str(vote["approver"]) for vote in view["votes"]}
+        return voted | self._sent.get(approval_id, set())
+
+    def local(self, identity: Identity) -> dict[str, Any]:
+        """This worker's open requests that the reviewer may decide and has not decided."""
+        items = []
+        for approval_id, request in list(self.runtime.approvals.items()):
+            if not self.runtime.access.allows(request.approvers, identity.principal):
+                continue
+            view = approval_view(request, self.runtime.state_of(request.run_id))
+            if identity.principal not in self._decided_by(approval_id, view):
+                items.append(view)
+        return {
+            "approvals": sorted(items, key=_deadline_key),
+            "reviewer": identity.principal,
+            "partitions": sorted(self.runtime.ready),
+            "partial": [],
+        }
+
+    async def everywhere(self, request: Any, identity: Identity) -> dict[str, Any]:
+        """The open requests from every coordinator; the ones that did not answer named."""
+        mine = self.local(identity)
+        peers = sorted(
+            {url for url in self.runtime.assignor.owners.values() if url} - {self.runtime.url}
+        )
+        answers = await asyncio.gather(*(self._ask(url, request) for url in peers))
+        items: dict[str, dict[str, Any]] = {i["approval_id"]: i for i in mine["approvals"]}
+        accounted = set(self.runtime.ready)
+        partial: list[dict[str, Any]] = []
+        for url, answer in zip(peers, answers, strict=True):
+            if isinstance(answer, str):
+                partial.append({"worker": url, "error": answer})
+                # Its partitions are missing, and named by naming it.
+                accounted.update(p for p, u in self.runtime.assignor.owners.items() if u == url)
+                continue
+            for item in answer["approvals"]:
+                items.setdefault(str(item.get("approval_id")), item)
+            accounted.update(answer.get("partitions", []))
+        unserved = sorted(set(range(self.runtime.catalog.partitions)) - accounted)
+        if unserved:
+            partial.append(
+                {
+                    "partitions": unserved,
+                    "error": "no coordinator serves these partitions right now "
+                    "(they are being taken over); their requests are missing",
+                }
+            )
+        return {
+            "approvals": sorted(items.values(), key=_deadline_key),
+            "reviewer": identity.principal,
+            "partial": partial,
+        }
+
+    async def _ask(self, url: str, request: Any) -> dict[str, Any] | str:
+        """Another coordinator's own requests, or why it did not give them."""
+        headers = {_FORWARDED: self.runtime.url}
+        if "Authorization" in request.headers:
+            headers["Authorization"] = request.headers["Authorization"]
+        try:
+            response = await self.http.get(
+                f"{url}/v1/approvals", headers=headers, timeout=_PEER_TIMEOUT
+            )
+        except httpx.HTTPError as exc:
+            return f"did not answer: {_cause(exc)}"
+        if response.status_code != 200:
+            return f"answered {response.status_code}: {response.text[:200]}"
+        try:
+            body = response.json()
+        except ValueError:
+            return "answered with something that is not JSON"
+        if not isinstance(body, dict) or not isinstance(body.get("approvals"), list):
+            return "answered without a list of approvals"
+        return body
+
+    def open_request(self, approval_id: str, identity: Identity) -> dict[str, Any]:
+        """One of this worker's open requests, if the reviewer may decide it.
+
+        Raises:
+            _Refused: 404 (no such open request) or 403 (not one of its approvers).
+        """
+        request = self.runtime.approvals.get(approval_id)
+        if request is None:
+            raise _Refused(
+                404, f"no open approval request {approval_id!r} (decided, escalated or unknown)"
+            )
+        if not self.runtime.access.allows(request.approvers, identity.principal):
+            raise _Refused(
+                403,
+                f"{identity.principal} may not decide {approval_id!r}: "
+                f"its approvers are {', '.join(request.approvers)}",
+            )
+        return approval_view(request, self.runtime.state_of(request.run_id))
+
+    # -- routing to the run's owner ------------------------------------------------------------
+
+    def owner(self, request: Any, approval_id: str) -> str | None:
+        """``None`` when this worker owns the request's run, else the owner's address.
+
+        Raises:
+            _Refused: 404 for an id that is not an approval id; 503 while nobody serves the
+                run's partition.
+        """
+        run_id = _run_of(approval_id)
+        if run_id is None:
+            raise _Refused(404, f"no open approval request {approval_id!r}: not an approval id")
+        owned, owner = self.runtime.owner_of(run_id)
+        if owned:
+            return None
+        if owner is None or owner == self.runtime.url or request.headers.get(_FORWARDED):
+            partition = partition_for(run_id, self.runtime.catalog.partitions)
+            raise _Refused(
+                503, f"partition {partition} of run {run_id!r} is being taken over; retry"
+            )
+        return owner
+
+    async def forward(
+        self, web: Any, request: Any, owner: str, method: str, path: str, body: bytes = b""
+    ) -> Any:
+        """Ask the run's owner, and pass its answer on."""
+        headers = {_FORWARDED: self.runtime.url}
+        if "Authorization" in request.headers:
+            headers["Authorization"] = request.headers["Authorization"]
+        if body:
+            headers["Content-Type"] = "application/json"
+        try:
+            response = await self.http.request(
+                method,
+                f"{owner}{path}",
+                headers=headers,
+                content=body or None,
+                timeout=_OWNER_TIMEOUT,
+            )
+        except httpx.HTTPError as exc:
+            raise _Refused(502, f"the run's owner {owner} did not answer: {_cause(exc)}") from None
+        challenge = response.headers.get("WWW-Authenticate")
+        return web.bytes(
+            response.content,
+            content_type="application/json",
+            status=response.status_code,
+            headers={"WWW-Authenticate": challenge} if challenge else None,
+        )
+
+    # -- deciding ------------------------------------------------------------------------------
+
+    def signing_key(self) -> tuple[str, bytes]:
+        """The key this worker signs decisions with.
+
+        Raises:
+            _Refused: 503, when the access file names none for this worker.
+        """
+        signing = self.runtime.access.signing_key
+        if signing is None:
+            raise _Refused(503, "this worker has no signing key (`sign_with` in the access file)")
+        return signing
+
+    @staticmethod
+    def parse_decision(body: bytes) -> _DecisionBody:
+        """The decision a request body holds.
+
+        Raises:
+            _Refused: 413, 400 (not a JSON object) or 422 (naming the bad field).
+        """
+        if len(body) > _MAX_BODY:
+            raise _Refused(413, f"body over {_MAX_BODY} bytes")
+        try:
+            fields = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise _Refused(400, f"body is not JSON: {exc}") from None
+        if not isinstance(fields, dict):
+            raise _Refused(400, 'body must be a JSON object: {"verdict": "approve"|"reject"}')
+        try:
+            decision = _DecisionBody.model_validate(fields)
+        except ValidationError as exc:
+            raise _Refused(422, describe_validation_error(exc)) from None
+        reason = (decision.reason or "").strip() or None
+        if decision.verdict == ApprovalVerdict.reject and reason is None:
+            raise _Refused(422, "reason: a rejection needs a reason")
+        return decision.model_copy(update={"reason": reason})
+
+    async def decide(
+        self, approval_id: str, identity: Identity, decision: _DecisionBody
+    ) -> dict[str, Any]:
+        """Sign the reviewer's decision and publish it for the run's coordinator.
+
+        Raises:
+            _Refused: 404, 403, 409 (decided already), 503 (cannot sign or publish).
+        """
+        key_id, key = self.signing_key()
+        view = self.open_request(approval_id, identity)
+        if identity.principal in self._decided_by(approval_id, view):
+            raise _Refused(409, f"{identity.principal} has decided {approval_id!r} already")
+        signed = sign_decision(
+            approval_id=approval_id,
+            run_id=view["run_id"],
+            verdict=decision.verdict,
+            approver=identity.principal,
+            reason=decision.reason,
+            key_id=key_id,
+            key=key,
+        )
+        topic = self.runtime.catalog.approvals_decided
+        try:
+            await self.runtime.plain.send_and_wait(
+                topic.name,
+                self.runtime.codec.encode(signed),
+                key=signed.run_id.encode(),
+                partition=partition_for(signed.run_id, topic.partitions),
+            )
+        except KafkaError as exc:
+            raise _Refused(503, f"could not publish the decision ({exc}); try again") from None
+        for closed in [a for a in self._sent if a not in self.runtime.approvals]:
+            del self._sent[closed]
+        self._sent.setdefault(approval_id, set()).add(identity.principal)
+        return {
+            "approval_id": approval_id,
+            "verdict": signed.verdict.value,
+            "approver": identity.principal,
+        }
+
+
+_Handler = Callable[[aioweb.Request], Awaitable[aioweb.StreamResponse]]
+
+
+@aioweb.middleware
+async def _json_errors(request: aioweb.Request, handler: _Handler) -> aioweb.StreamResponse:
+    """Under ``/v1/``, routing errors (404, 405) and crashes answer JSON too."""
+    if not request.path.startswith("/v1/"):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except aioweb.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        message = f"{request.method} {request.path}: {exc.reason}"
+        return aioweb.json_response({"error": message}, status=exc.status, headers=headers)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return aioweb.json_response(
+            {"error": f"{request.method} {request.path}: internal error (see the worker's log)"},
+            status=500,
+        )
+
+
 def install_api(app: faust.App, runtime: CoordinatorRuntime, http: httpx.AsyncClient) -> None:
-    """Add the API's pages to the worker's Faust app."""
+    """Add the API's pages and the approval inbox to the worker's Faust app."""
+    # Faust types ``app.web`` as its driver-neutral base; the worker runs the aiohttp driver.
+    server: aioweb.Application = app.web.web_app  # type: ignore[attr-defined]
+    server.middlewares.append(_json_errors)
+    approvals = _ApprovalEndpoints(runtime, http)
+    assets = inbox.read_assets()
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
@@ -118,3 +511,54 @@ def install_api(app: faust.App, runtime: CoordinatorRuntime, http: httpx.AsyncCl
             return self.json(
                 {"run_id": task.task_id, "status_url": f"/v1/runs/{task.task_id}"}, status=202
             )
+
+    # Registered before the single request's page, whose pattern would match it too.
+    @app.page("/v1/approvals/{approval_id:.+}/decision")
+    class Decision(_View):
+        """Approve or reject an open request."""
+
+        async def post(self, request: Any, approval_id: str) -> Any:
+            identity = approvals.identify(request)
+            body = await request.read()
+            decision = approvals.parse_decision(body)
+            approvals.signing_key()  # before forwarding: a worker that cannot sign says so
+            owner = approvals.owner(request, approval_id)
+            if owner is not None:
+                path = f"/v1/approvals/{quote(approval_id, safe='')}/decision"
+                return await approvals.forward(self, request, owner, "POST", path, body)
+            accepted = await approvals.decide(approval_id, identity, decision)
+            return self.json(accepted, status=202)
+
+    @app.page("/v1/approvals/{approval_id:.+}")
+    class OneApproval(_View):
+        """One open request."""
+
+        async def get(self, request: Any, approval_id: str) -> Any:
+            identity = approvals.identify(request)
+            owner = approvals.owner(request, approval_id)
+            if owner is not None:
+                path = f"/v1/approvals/{quote(approval_id, safe='')}"
+                return await approvals.forward(self, request, owner, "GET", path)
+            return self.json(approvals.open_request(approval_id, identity))
+
+    @app.page("/v1/approvals")
+    class Approvals(_View):
+        """The open requests the caller may decide."""
+
+        async def get(self, request: Any) -> Any:
+            identity = approvals.identify(request)
+            if request.headers.get(_FORWARDED):
+                return self.json(approvals.local(identity))
+            return self.json(await approvals.everywhere(request, identity))
+
+    @app.page("/")
+    async def index(web: Any, request: Any) -> Any:
+        content, content_type = assets["index.html"]
+        return web.bytes(content, headers={"Content-Type": content_type, **_PAGE_HEADERS})
+
+    @app.page("/static/{name}")
+    async def static(web: Any, request: Any, name: str) -> Any:
+        if name not in assets or name == "index.html":
+            return web.json({"error": f"no file {name!r}"}, status=404)
+        content, content_type = assets[name]
+        return web.bytes(content, headers={"Content-Type": content_type, **_PAGE_HEADERS})

@@ -40,7 +40,18 @@ def settings() -> Settings:
 
 def _register() -> None:
     # Imported here so that each group module can import ``main`` helpers from this one.
-    from streams.cli import _bench, _demo, _dlq, _kafka, _runs, _topics, _worker, _workflows
+    from streams.cli import (
+        _approvals,
+        _bench,
+        _demo,
+        _dlq,
+        _kafka,
+        _runs,
+        _topics,
+        _usage,
+        _worker,
+        _workflows,
+    )
 
     main.add_command(_kafka.kafka)
     main.add_command(_topics.topics_group)
@@ -48,10 +59,12 @@ def _register() -> None:
     main.add_command(_workflows.workflows_group)
     main.add_command(_runs.submit)
     main.add_command(_runs.runs_group)
+    main.add_command(_usage.usage)
     main.add_command(_demo.demo)
     main.add_command(_dlq.dlq_group)
     main.add_command(_dlq.replay_command)
     main.add_command(_bench.bench)
+    main.add_command(_approvals.approvals_group)
 
 
 _register()

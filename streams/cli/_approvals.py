@@ -1,0 +1,197 @@
+"""``baton approvals list|show|approve|reject``: decide approval requests from a terminal.
+
+The commands talk to a worker's HTTP API (``BATON_API_URL``, default the local worker) as the
+reviewer whose bearer token is given by ``--token`` or ``BATON_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import quote
+
+import click
+import httpx
+from rich.markup import escape
+from rich.table import Table
+
+from streams.cli._main import console, err_console, settings
+from topics import ConfigurationError, PermanentError, RetryableError
+
+__all__ = ["approvals_group"]
+
+_TOKEN_HELP = "Your reviewer token (default: the BATON_TOKEN environment variable)."
+
+
+def _call(method: str, path: str, token: str | None, body: dict[str, Any] | None = None) -> Any:
+    """One API call; an error answer becomes a one-line error naming what went wrong."""
+    if not token:
+        raise ConfigurationError("no reviewer token: give --token or set BATON_TOKEN")
+    api = settings().api
+    try:
+        response = httpx.request(
+            method,
+            f"{api}{path}",
+            headers={"Authorization": f"Bearer {token}"},
+            json=body,
+            timeout=15,
+        )
+    except httpx.HTTPError as exc:
+        raise RetryableError(
+            f"no worker API at {api} ({exc}): start `baton worker` or set BATON_API_URL"
+        ) from None
+    if response.is_success:
+        return response.json()
+    try:
+        said = str(response.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        said = response.text.strip()[:200] or response.reason_phrase
+    status = response.status_code
+    if status == 401:
+        raise ConfigurationError(f"not signed in: {said} (check --token or BATON_TOKEN)")
+    if status == 403:
+        raise PermanentError(f"not allowed: {said}")
+    if status == 404:
+        raise PermanentError(f"not found: {said}")
+    if status == 409:
+        raise PermanentError(f"already decided: {said}")
+    if status in (502, 503):
+        raise RetryableError(f"try again: {said}")
+    raise PermanentError(f"the API answered {status}: {said}")
+
+
+def _money(value: Any) -> str:
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        return str(value)
+    return f"${amount.normalize():f}" if amount < Decimal("0.01") else f"${amount:.2f}"
+
+
+def _left(deadline: str) -> str:
+    """Time until a deadline, in its two largest units (``2h 5m``)."""
+    seconds = int((datetime.fromisoformat(deadline) - datetime.now(UTC)).total_seconds())
+    if seconds <= 0:
+        return "due now"
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size or (unit == "s" and not parts):
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+        if len(parts) == 2:
+            break
+    return " ".join(parts)
+
+
+def _votes(item: dict[str, Any]) -> str:
+    approvals = [v["approver"] for v in item["votes"] if v["verdict"] == "approve"]
+    named = f": {', '.join(approvals)}" if approvals else ""
+    return f"{len(approvals)}/{item['quorum']}{named}"
+
+
+def _warn_partial(answer: dict[str, Any]) -> None:
+    for part in answer.get("partial", []):
+        where = part.get("worker") or f"partitions {part.get('partitions')}"
+        err_console.print(
+            f"[yellow]incomplete:[/] {escape(str(where))}: {escape(str(part.get('error')))}",
+            highlight=False,
+        )
+
+
+@click.group("approvals")
+def approvals_group() -> None:
+    """See and decide approval requests (as a reviewer: --token or BATON_TOKEN)."""
+
+
+@approvals_group.command("list")
+@click.option("--token", envvar="BATON_TOKEN", help=_TOKEN_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def list_approvals(token: str | None, as_json: bool) -> None:
+    """The open requests you may decide (and have not yet), soonest deadline first."""
+    answer = _call("GET", "/v1/approvals", token)
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+        return
+    _warn_partial(answer)
+    items = answer["approvals"]
+    if not items:
+        console.print(f"nothing waits for {escape(answer['reviewer'])}")
+        return
+    table = Table(title=f"waiting for {escape(answer['reviewer'])}", title_justify="left")
+    for column in ("approval id", "workflow", "step", "reason", "cost", "level", "votes", "left"):
+        table.add_column(column, overflow="fold")
+    for item in items:
+        table.add_row(
+            escape(item["approval_id"]),
+            escape(item["workflow"]),
+            escape(item["step"]),
+            escape(item["reason"]),
+            _money(item["cost_usd"]),
+            str(item["level"]),
+            escape(_votes(item)),
+            _left(item["deadline"]),
+        )
+    console.print(table)
+
+
+@approvals_group.command("show")
+@click.argument("approval_id")
+@click.option("--token", envvar="BATON_TOKEN", help=_TOKEN_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def show(approval_id: str, token: str | None, as_json: bool) -> None:
+    """One open request: why, who may decide, the votes so far and the context."""
+    item = _call("GET", f"/v1/approvals/{quote(approval_id, safe='')}", token)
+    if as_json:
+        click.echo(json.dumps(item, indent=2))
+        return
+    console.print(f"[bold]{escape(item['approval_id'])}[/]  {escape(item['reason'])}")
+    rows = [
+        ("workflow", item["workflow"]),
+        ("run", item["run_id"]),
+        ("step", item["step"]),
+        ("tenant", item["tenant"]),
+        ("cost so far", _money(item["cost_usd"])),
+        ("deadline", f"{item['deadline']} ({_left(item['deadline'])})"),
+        ("level", str(item["level"])),
+        ("approvers", ", ".join(item["approvers"])),
+        ("votes", _votes(item)),
+    ]
+    for name, value in rows:
+        console.print(f"  {name:<12} {escape(value)}", highlight=False)
+    for vote in item["votes"]:
+        why = f": {vote['reason']}" if vote.get("reason") else ""
+        console.print(f"    {escape(vote['approver'])} {vote['verdict']}{escape(why)}")
+    console.print("context:")
+    console.print(escape(json.dumps(item["context"], indent=2, ensure_ascii=False)))
+
+
+def _decide(approval_id: str, verdict: str, reason: str | None, token: str | None) -> None:
+    body: dict[str, Any] = {"verdict": verdict}
+    if reason:
+        body["reason"] = reason
+    answer = _call("POST", f"/v1/approvals/{quote(approval_id, safe='')}/decision", token, body)
+    done = "approved" if verdict == "approve" else "rejected"
+    console.print(
+        f"{done} {escape(answer['approval_id'])} as {escape(answer['approver'])} "
+        "(signed and sent; the run's coordinator records it)"
+    )
+
+
+@approvals_group.command("approve")
+@click.argument("approval_id")
+@click.option("--reason", help="Why (recorded with your vote).")
+@click.option("--token", envvar="BATON_TOKEN", help=_TOKEN_HELP)
+def approve(approval_id: str, reason: str | None, token: str | None) -> None:
+    """Approve a request (one vote towards its quorum)."""
+    _decide(approval_id, "approve", reason, token)
+
+
+@approvals_group.command("reject")
+@click.argument("approval_id")
+@click.option("--reason", required=True, help="Why (recorded; the run ends `rejected`).")
+@click.option("--token", envvar="BATON_TOKEN", help=_TOKEN_HELP)
+def reject(approval_id: str, reason: str, token: str | None) -> None:
+    """Reject a request: the run ends `rejected`."""
+    _decide(approval_id, "reject", reason, token)
