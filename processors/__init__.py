@@ -7,6 +7,7 @@ from processors._agent import AgentParams, AgentProcessor
 from processors._anthropic import AnthropicProvider
 from processors._breaker import Breakers
 from processors._build import build_processors
+from processors._cache import MemoryResponseCache, ResponseCache, cache_key, cacheable
 from processors._catalog import ModelCatalog, RouteSpec, ScriptRule, load_model_catalog
 from processors._errors import (
     CircuitOpen,
@@ -81,6 +82,7 @@ __all__ = [
     "LlmParams",
     "LlmProcessor",
     "LocalSourceSpec",
+    "MemoryResponseCache",
     "ModelCatalog",
     "ModelClient",
     "OpenAIProvider",
@@ -93,6 +95,7 @@ __all__ = [
     "ProviderUnavailable",
     "PythonToolSpec",
     "RetrieveParams",
+    "ResponseCache",
     "RetrieveProcessor",
     "RouteSpec",
     "ScriptRule",
@@ -125,6 +128,8 @@ __all__ = [
     "ValidateRule",
     "ValidationFailed",
     "build_processors",
+    "cache_key",
+    "cacheable",
     "compile_expression",
     "compile_template",
     "execute",

@@ -13,6 +13,9 @@ of two outputs:
 The coordinator dispatches each call whose ``arguments_error`` is null as its own durable
 ``tool`` step, answers the others with their error, and sends the next turn with every
 result appended as a ``{"role": "tool", ...}`` message.
+
+A turn at temperature 0 is cached like an ``llm`` step (the tools offered are part of the
+key): the same conversation gets the same answer, or the same tool calls, without a call.
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from processors._breaker import Breakers
+from processors._cache import ResponseCache
 from processors._catalog import ModelCatalog
 from processors._llm import ModelClient, structured_answer
 from processors._processor import StepOutput, parse_params
 from processors._provider import Completion, Message, Provider, ToolCall, ToolDefinition
 from processors._schema import check_schema, schema_problems
-from topics import ConfigurationError, StepKind, StepRequested
+from topics import ConfigurationError, StepKind, StepRequested, Usage
 
 __all__ = ["AgentParams", "AgentProcessor", "agent_output"]
 
@@ -59,6 +63,11 @@ class AgentParams(BaseModel):
     output_schema: dict[str, JsonValue] | None = Field(
         default=None, description="JSON Schema the final answer must satisfy."
     )
+    cache: bool = Field(
+        default=True,
+        description="Whether a repeated turn may be answered from the response cache "
+        "(only at temperature 0).",
+    )
 
     @model_validator(mode="after")
     def _tool_names_unique(self) -> Self:
@@ -81,6 +90,7 @@ class AgentProcessor:
         clock: The current time, to keep retries inside the step's deadline.
         max_retry_wait: The longest single wait (seconds) sat out in-process.
         breakers: The circuit breakers (share one set with the llm processor).
+        cache: The response cache (share one with the llm processor); ``None``: none.
     """
 
     kind = StepKind.agent
@@ -96,6 +106,7 @@ class AgentProcessor:
         clock: Callable[[], datetime] = _utcnow,
         max_retry_wait: float = 30.0,
         breakers: Breakers | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self._model = ModelClient(
             catalog,
@@ -106,6 +117,7 @@ class AgentProcessor:
             clock=clock,
             max_retry_wait=max_retry_wait,
             breakers=breakers,
+            cache=cache,
         )
         self.breakers = self._model.breakers
 
@@ -131,19 +143,26 @@ class AgentProcessor:
                 check_schema(tool.parameters)
             except ConfigurationError as exc:
                 raise ConfigurationError(f"tool {tool.name!r}: parameters: {exc}") from None
-        completion, usage = await self._model.complete(
+        schema = params.output_schema
+
+        def read(completion: Completion, usage: Usage) -> dict[str, JsonValue]:
+            if not completion.tool_calls and schema is not None:
+                content = structured_answer(completion.text, schema, usage)
+                return {"type": "final", "content": content}
+            return agent_output(completion, params.tools)
+
+        output, usage = await self._model.answer(
             request,
             params.route,
             params.messages,
             temperature=params.temperature,
             max_tokens=params.max_tokens,
-            output_schema=params.output_schema,
+            output_schema=schema,
+            read=read,
             tools=params.tools or None,
+            cache=params.cache,
         )
-        if not completion.tool_calls and params.output_schema is not None:
-            content = structured_answer(completion.text, params.output_schema, usage)
-            return StepOutput({"type": "final", "content": content}, usage)
-        return StepOutput(agent_output(completion, params.tools), usage)
+        return StepOutput(output, usage)
 
 
 def agent_output(completion: Completion, tools: list[ToolDefinition]) -> dict[str, JsonValue]:

@@ -8,6 +8,7 @@ import httpx
 
 from processors._agent import AgentProcessor
 from processors._breaker import Breakers
+from processors._cache import ResponseCache
 from processors._catalog import ModelCatalog
 from processors._llm import LlmProcessor
 from processors._processor import Processor
@@ -26,6 +27,7 @@ def build_processors(
     http_client: httpx.AsyncClient,
     environ: Mapping[str, str],
     tools: ToolRegistry | None = None,
+    cache: ResponseCache | None = None,
 ) -> dict[StepKind, Processor]:
     """One processor per step kind this package implements.
 
@@ -37,11 +39,12 @@ def build_processors(
         http_client: The shared HTTP client for providers and tools (it must not retry).
         environ: Where API keys and tool secrets are read, e.g. ``os.environ``.
         tools: The tool registry (``tools.yaml``), if the worker has one.
+        cache: The response cache llm steps and agent turns share, if the worker has one.
     """
     breakers = Breakers()  # one breaker per provider, whichever step kind calls it
     processors: list[Processor] = [
-        LlmProcessor(catalog, http_client, environ, breakers=breakers),
-        AgentProcessor(catalog, http_client, environ, breakers=breakers),
+        LlmProcessor(catalog, http_client, environ, breakers=breakers, cache=cache),
+        AgentProcessor(catalog, http_client, environ, breakers=breakers, cache=cache),
         TransformProcessor(),
         ValidateProcessor(),
     ]

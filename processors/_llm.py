@@ -7,6 +7,10 @@ few times, waiting what ``Retry-After`` asked for or backing off exponentially w
 permanent errors never are. When the far side asks for a longer wait than this processor will
 sit out, or the step's deadline would pass, the failure is reported at once with its
 ``retry_after`` so the coordinator can schedule a delayed retry instead.
+
+With a response cache (``processors._cache``), ``ModelClient.answer`` serves a repeated call
+from it: no provider call, no tokens, no cost, and the original call's cost reported as
+``saved_usd``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import random
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
@@ -26,14 +30,30 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from processors._anthropic import AnthropicProvider
 from processors._breaker import Breakers
+from processors._cache import ResponseCache, cache_key, cacheable
 from processors._catalog import ModelCatalog, RouteSpec
 from processors._errors import CircuitOpen, OutputSchemaViolation
 from processors._openai import OpenAIProvider
 from processors._processor import StepOutput, parse_params
-from processors._provider import ChatMessage, Completion, Message, Provider, ToolDefinition
+from processors._provider import (
+    ChatMessage,
+    Completion,
+    Message,
+    Provider,
+    ToolCall,
+    ToolDefinition,
+)
 from processors._schema import check_schema, schema_problems
 from processors._scripted import ScriptedProvider
-from topics import ConfigurationError, RetryableError, StepKind, StepRequested, Usage
+from topics import (
+    CachedToolCall,
+    CacheEntry,
+    ConfigurationError,
+    RetryableError,
+    StepKind,
+    StepRequested,
+    Usage,
+)
 
 __all__ = [
     "LlmParams",
@@ -49,6 +69,7 @@ logger = logging.getLogger(__name__)
 _BACKOFF_FIRST = 0.2
 _BACKOFF_MAX = 10.0
 _BACKOFF_JITTER = 0.2
+_T = TypeVar("_T")
 _FENCED = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\r?\n(?P<body>.*?)\r?\n?[ \t]*```", re.DOTALL)
 
 
@@ -57,7 +78,11 @@ def _utcnow() -> datetime:
 
 
 class LlmParams(BaseModel):
-    """What the coordinator sends an ``llm`` step (templates already rendered)."""
+    """What the coordinator sends an ``llm`` step (templates already rendered).
+
+    ``temperature`` defaults to 0, which makes the call cacheable: a repeated call is served
+    from the response cache unless ``cache`` is false.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -67,6 +92,11 @@ class LlmParams(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1, description="Cap on completion tokens.")
     output_schema: dict[str, JsonValue] | None = Field(
         default=None, description="JSON Schema the answer must satisfy; the output is the JSON."
+    )
+    cache: bool = Field(
+        default=True,
+        description="Whether a repeated call may be answered from the response cache "
+        "(only at temperature 0).",
     )
 
 
@@ -95,6 +125,7 @@ class ModelClient:
             ``Retry-After`` ends the attempt and is left to the coordinator's delayed retry.
         breakers: The circuit breakers, shared by every processor of the worker that calls
             models (a new set when not given).
+        cache: The response cache ``answer`` uses; ``None``: every call goes to the model.
     """
 
     def __init__(
@@ -108,8 +139,10 @@ class ModelClient:
         clock: Callable[[], datetime] = _utcnow,
         max_retry_wait: float = 30.0,
         breakers: Breakers | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self._catalog = catalog
+        self._cache = cache
         self.breakers = breakers or Breakers()
         self._providers: Mapping[str, Provider] = providers or default_providers(
             http_client, environ
@@ -126,6 +159,92 @@ class ModelClient:
         """
         return self._catalog.route(name)
 
+    async def answer(
+        self,
+        request: StepRequested,
+        route_name: str,
+        messages: Sequence[Message],
+        *,
+        temperature: float,
+        max_tokens: int | None,
+        output_schema: Mapping[str, JsonValue] | None,
+        read: Callable[[Completion, Usage], _T],
+        tools: Sequence[ToolDefinition] | None = None,
+        cache: bool = True,
+    ) -> tuple[_T, Usage]:
+        """The step's output from one completion: the cached one for this call, else the model's.
+
+        A hit makes no provider call; its usage has no tokens and no cost, ``cached`` set,
+        ``saved_usd`` what the original call cost, and the provider and model that answered
+        it. After a miss, the answer is cached once ``read`` has accepted it, so an answer
+        that breaks the output schema is never served again.
+
+        Args:
+            request: The step the call is for.
+            route_name: The route to call.
+            messages: The conversation.
+            temperature: Sampling temperature (only 0 is cached).
+            max_tokens: Cap on completion tokens, or ``None`` for the route's.
+            output_schema: JSON Schema the answer must satisfy, if any.
+            read: Turns a completion (and its usage) into the step's output; raises when the
+                answer is unusable.
+            tools: Tools the model may ask to call.
+            cache: Whether this step may use the cache (it is used only when the client has
+                one and the call is cacheable: see ``processors._cache``).
+
+        Returns:
+            What ``read`` returned, and the usage.
+
+        Raises:
+            UnknownRoute: The route is not in the catalog.
+            ConfigurationError: The route's provider is not available here, or its config
+                is unusable.
+            RetryableError: Still failing after the in-process retries (its subclasses say how).
+            PermanentError: The provider refused the call, or ``read`` refused the answer.
+        """
+        route = self._catalog.route(route_name)
+        store = self._cache if cache and cacheable(route, temperature) else None
+        key = None
+        if store is not None:
+            key = cache_key(
+                route_name,
+                route,
+                messages,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                output_schema=output_schema,
+                tools=tools,
+            )
+            entry = await store.get(key)
+            if entry is not None:
+                logger.debug(
+                    "run %s step %s: answered from the cache (saved $%s)",
+                    request.run_id,
+                    request.step,
+                    entry.cost_usd,
+                )
+                usage = Usage(
+                    route=route_name,
+                    provider=entry.provider,
+                    model=entry.model,
+                    cached=True,
+                    saved_usd=entry.cost_usd,
+                )
+                return read(_completion_of(entry), usage), usage
+        completion, usage = await self.complete(
+            request,
+            route_name,
+            messages,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            output_schema=output_schema,
+            tools=tools,
+        )
+        output = read(completion, usage)
+        if store is not None and key is not None:
+            await store.put(_entry_of(key, completion, usage, self._clock()))
+        return output, usage
+
     async def complete(
         self,
         request: StepRequested,
@@ -138,6 +257,8 @@ class ModelClient:
         tools: Sequence[ToolDefinition] | None = None,
     ) -> tuple[Completion, Usage]:
         """One completion on ``route_name`` for the step ``request``, retried as it may be.
+
+        Always calls the model: ``answer`` is the same call with the response cache in front.
 
         Returns:
             The completion, and what it used and cost (exactly, from the catalog's prices).
@@ -224,6 +345,30 @@ class ModelClient:
         return backoff + random.uniform(0, _BACKOFF_JITTER)
 
 
+def _entry_of(key: str, completion: Completion, usage: Usage, now: datetime) -> CacheEntry:
+    return CacheEntry(
+        key=key,
+        route=usage.route or "",
+        provider=usage.provider or "",
+        model=usage.model or "",
+        text=completion.text,
+        tool_calls=[CachedToolCall(**call.model_dump()) for call in completion.tool_calls],
+        input_tokens=completion.input_tokens,
+        output_tokens=completion.output_tokens,
+        cost_usd=usage.cost_usd,
+        created_at=now,
+    )
+
+
+def _completion_of(entry: CacheEntry) -> Completion:
+    return Completion(
+        text=entry.text,
+        input_tokens=entry.input_tokens,
+        output_tokens=entry.output_tokens,
+        tool_calls=tuple(ToolCall.model_validate(call.model_dump()) for call in entry.tool_calls),
+    )
+
+
 class LlmProcessor:
     """Runs ``llm`` steps.
 
@@ -237,6 +382,7 @@ class LlmProcessor:
         max_retry_wait: The longest single wait (seconds) sat out in-process; a longer
             ``Retry-After`` ends the attempt and is left to the coordinator's delayed retry.
         breakers: The circuit breakers (share one set with the agent processor).
+        cache: The response cache (share one with the agent processor); ``None``: none.
     """
 
     kind = StepKind.llm
@@ -252,6 +398,7 @@ class LlmProcessor:
         clock: Callable[[], datetime] = _utcnow,
         max_retry_wait: float = 30.0,
         breakers: Breakers | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self._model = ModelClient(
             catalog,
@@ -262,11 +409,12 @@ class LlmProcessor:
             clock=clock,
             max_retry_wait=max_retry_wait,
             breakers=breakers,
+            cache=cache,
         )
         self.breakers = self._model.breakers
 
     async def run(self, request: StepRequested) -> StepOutput:
-        """Call the step's route and check the answer.
+        """Call the step's route (or answer from the cache) and check the answer.
 
         Raises:
             InvalidParams: The params are not an llm step's.
@@ -281,17 +429,25 @@ class LlmProcessor:
         self._model.route(params.route)
         if params.output_schema is not None:
             check_schema(params.output_schema)  # before the call: a bad schema costs nothing
-        completion, usage = await self._model.complete(
+        schema = params.output_schema
+
+        def read(completion: Completion, usage: Usage) -> JsonValue:
+            if schema is None:
+                return completion.text
+            answer: JsonValue = structured_answer(completion.text, schema, usage)
+            return answer
+
+        output, usage = await self._model.answer(
             request,
             params.route,
             params.messages,
             temperature=params.temperature,
             max_tokens=params.max_tokens,
-            output_schema=params.output_schema,
+            output_schema=schema,
+            read=read,
+            cache=params.cache,
         )
-        if params.output_schema is None:
-            return StepOutput(completion.text, usage)
-        return StepOutput(structured_answer(completion.text, params.output_schema, usage), usage)
+        return StepOutput(output, usage)
 
 
 def structured_answer(text: str, schema: Mapping[str, JsonValue], usage: Usage) -> Any:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from topics import ConfigurationError, RetryTier, TopicCatalog
+from topics import LLM_CACHE_RETENTION_MS, ConfigurationError, RetryTier, TopicCatalog
 
 __all__ = ["Settings", "load_settings"]
 
@@ -53,9 +53,19 @@ class Settings(BaseModel):
         api_url: Where commands reach a worker's HTTP API; default ``http://127.0.0.1:<web_port>``.
         models_file: The model catalog (``models.yaml``); unset, there are no model routes
             and ``llm`` steps fail with ``UnknownRoute``.
+        tools_file: The tool registry (``tools.yaml``): HTTP and python tools, retrieval
+            sources. Unset, ``tool`` and ``retrieve`` steps have nothing to call.
         processor_concurrency: Steps one processor kind runs at once in one worker.
         retry_tiers: The delayed-retry tiers, shortest first (``5s,1m,10m``): each is a
             topic whose requests wait that long before they run again.
+        policies_file: Organisation-wide policies (``policies.yaml``): approval gates, ...
+        access_file: Reviewers (bearer tokens -> identity and groups) and the keys approval
+            decisions are signed with (``access.yaml``).
+        approval_webhook: A URL told (POST, JSON) about every approval request and escalation.
+        cache_ttl: Seconds a model answer in the response cache is served for repeated
+            calls (temperature 0, steps that did not opt out), shared by every worker
+            through the ``llm-cache`` topic. ``0`` turns the cache off. At most 7 days, how
+            long the topic keeps entries.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -75,7 +85,12 @@ class Settings(BaseModel):
     web_port: int = Field(default=6066, ge=1, le=65535)
     api_url: str | None = None
     models_file: Path | None = None
+    tools_file: Path | None = None
     processor_concurrency: int = Field(default=256, ge=1, le=10_000)
+    policies_file: Path | None = None
+    access_file: Path | None = None
+    approval_webhook: str | None = Field(default=None, pattern=r"^https?://")
+    cache_ttl: float = Field(default=86_400.0, ge=0, le=LLM_CACHE_RETENTION_MS / 1000)
     retry_tiers: str = Field(
         default="5s,1m,10m", pattern=r"^\s*\d+(ms|s|m|h)\s*(,\s*\d+(ms|s|m|h)\s*)*$"
     )

@@ -90,8 +90,11 @@ class RetryRelay(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._consumer.stop()
-        await self._producer.stop()
+        # (A worker that failed to start stops services that never started.)
+        if hasattr(self, "_consumer"):
+            await self._consumer.stop()
+        if hasattr(self, "_producer"):
+            await self._producer.stop()
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         """Forget what was held for partitions that move elsewhere."""

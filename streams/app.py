@@ -10,6 +10,10 @@
 
 Separate consumer groups let processors scale apart from coordinators
 (``baton worker --processors llm --no-coordinator`` on more machines).
+
+A worker that runs ``llm`` or ``agent`` processors shares the **response cache** with every
+other one through the ``llm-cache`` topic (``streams._cache``); it reads the topic before its
+processors take requests.
 """
 
 from __future__ import annotations
@@ -23,11 +27,20 @@ import faust
 import httpx
 import mode
 
-from processors import ModelCatalog, build_processors, load_model_catalog
+from processors import (
+    ModelCatalog,
+    build_processors,
+    cacheable,
+    load_model_catalog,
+    load_tools,
+)
 from streams import _faust_fixes
+from streams._access import load_access
 from streams._api import install_api
+from streams._cache import KafkaResponseCache
 from streams._config import Settings
 from streams._emitter import Emitter
+from streams._policies import load_policies
 from streams._processing import ProcessorAgents
 from streams._relay import RetryRelay
 from streams._workflows import WorkflowBook, WorkflowFeed
@@ -38,7 +51,14 @@ from topics import Codec, StepKind, TopicCatalog
 __all__ = ["PROCESSOR_KINDS", "Worker", "build_worker"]
 
 #: The step kinds this release has processors for.
-PROCESSOR_KINDS = (StepKind.llm, StepKind.transform, StepKind.validate)
+PROCESSOR_KINDS = (
+    StepKind.llm,
+    StepKind.agent,
+    StepKind.tool,
+    StepKind.retrieve,
+    StepKind.transform,
+    StepKind.validate,
+)
 
 
 class _Resources(mode.Service):
@@ -50,14 +70,20 @@ class _Resources(mode.Service):
         http: httpx.AsyncClient,
         runtime: CoordinatorRuntime | None,
         relay: RetryRelay | None,
+        cache: KafkaResponseCache | None = None,
     ) -> None:
         super().__init__()
         self.feed = feed
         self.http = http
         self.runtime = runtime
         self.relay = relay
+        self.cache = cache
 
     async def on_start(self) -> None:
+        # Started before anything else: the agents start after this service, so processors
+        # take their first request with the cache read.
+        if self.cache is not None:
+            await self.cache.start()
         if self.runtime is not None:
             await self.runtime.start()
             self.feed.on_poison = self.runtime.dead_letter_record
@@ -71,6 +97,8 @@ class _Resources(mode.Service):
         if self.runtime is not None:
             await self.runtime.stop()
             await self.feed.stop()
+        if self.cache is not None:
+            await self.cache.stop()
         await self.http.aclose()
 
 
@@ -118,6 +146,7 @@ def build_worker(
         environ: Where provider API keys are read from (default ``os.environ``).
     """
     _faust_fixes.apply()
+    env = dict(os.environ if environ is None else environ)
     catalog: TopicCatalog = settings.catalog()
     codec = Codec()
     book = WorkflowBook()
@@ -150,8 +179,18 @@ def build_worker(
         canonical_url=url,
         web_tables_enabled=False,
     )
+    models = (
+        load_model_catalog(settings.models_file)
+        if settings.models_file
+        else ModelCatalog(routes={})
+    )
+    # Coordinators describe agents' tools to their models; processors call them.
+    tools = load_tools(settings.tools_file) if settings.tools_file else None
     runtime = None
     if coordinator:
+        access = load_access(settings.access_file, env)
+        policies = load_policies(settings.policies_file)
+        policies.check_routes(models.routes, settings.policies_file)
         runtime = CoordinatorRuntime(
             bootstrap=bootstrap,
             catalog=catalog,
@@ -160,17 +199,22 @@ def build_worker(
             worker_id=settings.worker_id,
             exactly_once=settings.processing_guarantee == "exactly_once",
             session_timeout=settings.session_timeout,
+            policies=policies,
+            access=access,
+            webhook=settings.approval_webhook,
+            models=models,
+            tools=tools,
         )
         install_api(app, runtime, http)
     agents = None
+    cache = None
     chosen = list(PROCESSOR_KINDS if kinds is None else kinds)
     if chosen:
-        models = (
-            load_model_catalog(settings.models_file)
-            if settings.models_file
-            else ModelCatalog(routes={})
-        )
-        built = build_processors(models, http, dict(os.environ if environ is None else environ))
+        calls_models = {StepKind.llm, StepKind.agent} & set(chosen)
+        # No cache (no consumer, no producer) when no route's calls could be cached.
+        if settings.cache_ttl > 0 and calls_models and _any_cacheable(models):
+            cache = KafkaResponseCache(bootstrap, catalog, codec, ttl_s=settings.cache_ttl)
+        built = build_processors(models, http, env, tools, cache=cache)
         agents = ProcessorAgents(
             app,
             catalog,
@@ -194,5 +238,10 @@ def build_worker(
         if coordinator
         else None
     )
-    app.add_dependency(_Resources(feed, http, runtime, relay))
+    app.add_dependency(_Resources(feed, http, runtime, relay, cache))
     return Worker(app=app, runtime=runtime, processors=agents, book=book)
+
+
+def _any_cacheable(models: ModelCatalog) -> bool:
+    """Whether any route of the model catalog has calls the response cache may keep."""
+    return any(cacheable(route, temperature=0.0) for route in models.routes.values())

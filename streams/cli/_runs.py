@@ -7,6 +7,7 @@ import getpass
 import json
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from rich.table import Table
 
 from streams._client import BatonClient
 from streams.cli._main import console, settings
+from streams.cli._usage import usd
 from streams.localkafka import resolve_bootstrap
 from topics import (
     ConfigurationError,
@@ -30,7 +32,7 @@ from topics import (
     describe_validation_error,
 )
 
-__all__ = ["print_result", "runs_group", "submit"]
+__all__ = ["print_result", "runs_group", "steps_table", "submit"]
 
 
 def _tasks_from(
@@ -162,9 +164,11 @@ def print_result(result: RunResult) -> None:
         duration = f"{step.duration_ms:.0f} ms" if step.duration_ms is not None else "-"
         tokens = step.usage.input_tokens + step.usage.output_tokens
         route = f" via {step.usage.route}" if step.usage.route else ""
+        cached = f" (cached, saved {usd(step.usage.saved_usd)})" if step.usage.cached else ""
         console.print(
-            f"  {step.step:<16} {step.outcome.value:<10} attempts {step.attempts}  "
-            f"{duration:>8}  {tokens:>5} tokens{escape(route)}"
+            f"  {escape(step.step):<16} {step.outcome.value:<10} attempts {step.attempts}  "
+            f"{duration:>8}  {tokens:>5} tokens  {usd(step.usage.cost_usd)}"
+            f"{escape(route)}{cached}"
         )
     if result.output is not None:
         console.print(f"  output: {escape(json.dumps(result.output, ensure_ascii=False))}")
@@ -202,24 +206,61 @@ def show(run_id: str, as_json: bool) -> None:
     )
     if view.get("reason"):
         console.print(f"reason: {escape(view['reason'])}")
+    console.print(steps_table(view))
+    if view.get("output") is not None:
+        console.print("output: " + escape(json.dumps(view["output"], ensure_ascii=False)))
+
+
+def steps_table(view: dict[str, Any]) -> Table:
+    """A run's steps as ``GET /v1/runs/{id}`` returns them: timing, tokens, cost, route, cache.
+
+    The last row is the run's total (its own usage: every attempt of every step).
+    """
     table = Table(title_justify="left")
-    for column in ("step", "phase", "attempts", "duration", "tokens", "cost", "route"):
-        table.add_column(column)
+    table.add_column("step")
+    table.add_column("phase")
+    for column in ("attempts", "duration", "tokens in", "tokens out", "cost"):
+        table.add_column(column, justify="right")
+    table.add_column("route")
+    table.add_column("cache")
     for step in view["steps"]:
-        usage = step.get("usage", {})
+        usage = step.get("usage") or {}
         duration = step.get("duration_ms")
         table.add_row(
-            step["step"],
+            escape(step["step"]),
             step["phase"],
             str(step.get("attempt", 0)),
             f"{duration:.0f} ms" if duration is not None else "-",
-            str(usage.get("input_tokens", 0) + usage.get("output_tokens", 0)),
-            f"${float(usage.get('cost_usd', 0)):.6f}",
-            step.get("route") or "",
+            str(usage.get("input_tokens", 0)),
+            str(usage.get("output_tokens", 0)),
+            usd(usage.get("cost_usd", 0)),
+            escape(step.get("route") or usage.get("route") or ""),
+            _cache_cell(usage),
         )
-    console.print(table)
-    if view.get("output") is not None:
-        console.print("output: " + escape(json.dumps(view["output"], ensure_ascii=False)))
+    total = view.get("usage") or {}
+    hits = sum(1 for step in view["steps"] if (step.get("usage") or {}).get("cached"))
+    saved = Decimal(str(total.get("saved_usd", 0)))
+    table.add_section()
+    table.add_row(
+        "total",
+        "",
+        str(view.get("dispatches", "")),
+        "",
+        str(total.get("input_tokens", 0)),
+        str(total.get("output_tokens", 0)),
+        usd(total.get("cost_usd", 0)),
+        "",
+        f"{hits} {'hit' if hits == 1 else 'hits'}, saved {usd(saved)}" if hits or saved else "",
+        style="bold",
+    )
+    return table
+
+
+def _cache_cell(usage: dict[str, Any]) -> str:
+    saved = Decimal(str(usage.get("saved_usd", 0)))
+    if usage.get("cached"):
+        return f"hit, saved {usd(saved)}"
+    return f"saved {usd(saved)}" if saved else ""
 
 
 @runs_group.command("cancel")
