@@ -37,9 +37,12 @@ def check_routes(workflow: Workflow, models: ModelCatalog, origin: str) -> None:
     for name, step in workflow.spec.steps.items():
         if not isinstance(step, LlmStep):
             continue
-        fixed = [("model", step.model)] + [
-            (f"fallback[{i}]", route) for i, route in enumerate(step.fallback)
-        ]
+        fixed = (
+            [("model", step.model)]
+            + [(f"fallback[{i}]", route) for i, route in enumerate(step.fallback)]
+            + [(f"routes[{i}].model", rule.model) for i, rule in enumerate(step.routes)]
+            + [(f"cascade[{i}]", route) for i, route in enumerate(step.cascade)]
+        )
         for field, route in fixed:
             if not is_template(route) and route not in models.routes:
                 problems.append(f"steps.{name}.{field}: unknown route {route!r} ({known})")

@@ -42,6 +42,10 @@ class Batch:
         self._store = store
         self._changelog = changelog
         self._pending: dict[bytes, RunState] = {}
+        #: After the commit: the states it saved, by key.
+        self.saved: dict[bytes, RunState] = {}
+        #: Events worth acting on once the batch is committed (approval requests).
+        self.emitted: list[Any] = []
 
     def get(self, key: bytes) -> RunState | None:
         """A run's state as of this point of the batch."""
@@ -82,6 +86,7 @@ class Batch:
         # Finished runs are rarely read again: keep them as their compact bytes.
         for key, state in self._pending.items():
             self._store[key] = encoded[key] if state.finished else state
+        self.saved = dict(self._pending)
         self._pending.clear()
 
 

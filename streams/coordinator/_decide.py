@@ -16,17 +16,25 @@ The policies live beside it: ``_transition`` (sequencing, dispatch, results), ``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from processors import ToolRegistry
+from streams._access import Access
+from streams._policies import Policies
+from streams.coordinator._agents import call_finished, on_turn
+from streams.coordinator._approvals import on_decision
+from streams.coordinator._budgets import MODEL_KINDS, budget_for, settle
 from streams.coordinator._failures import after_failure, check_deadlines, redrive
+from streams.coordinator._flow import advance
+from streams.coordinator._ledger import SpendLedger
 from streams.coordinator._state import RunState, StepPhase, StepState
 from streams.coordinator._transition import Transition, add_usage
 from streams.workflow import Workflow
 from topics import (
     DEFAULT_RETRY_TIERS,
-    Budget,
+    ApprovalDecision,
     Codec,
     ControlAction,
     ControlCommand,
@@ -42,7 +50,7 @@ from topics import (
 
 __all__ = ["Context", "Decision", "Inbound", "decide"]
 
-Inbound = TaskSubmitted | StepResult | TimerFired | ControlCommand
+Inbound = TaskSubmitted | StepResult | TimerFired | ControlCommand | ApprovalDecision
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,14 @@ class Context:
         tiers: The delayed-retry tiers, shortest first.
         catalog: The topics (named in dead letters); ``None`` leaves dead letters out.
         codec: Encodes the request a dead letter keeps; ``None`` leaves dead letters out.
+        policies: The organisation's policies (approval gates, ...).
+        access: Reviewers' groups and the keys decisions are signed with.
+        models: The model catalog (prices, output caps) budget estimates use; ``None``
+            estimates tokens only.
+        ledger: The tenants' spend ledger (verdicts on reservations); ``None`` when no
+            tenant has a ceiling.
+        tools: The tool registry (it describes an agent's tools to its model); ``None``
+            when the coordinator has no ``tools.yaml``.
     """
 
     now: datetime
@@ -63,6 +79,11 @@ class Context:
     tiers: tuple[RetryTier, ...] = DEFAULT_RETRY_TIERS
     catalog: TopicCatalog | None = None
     codec: Codec | None = None
+    policies: Policies = field(default_factory=Policies)
+    access: Access = field(default_factory=Access)
+    models: Any = None
+    ledger: SpendLedger | None = None
+    tools: ToolRegistry | None = None
 
 
 @dataclass(frozen=True)
@@ -89,7 +110,19 @@ def decide(state: RunState | None, event: Inbound, context: Context) -> Decision
         return _on_result(state, event, context)
     if isinstance(event, TimerFired):
         return _on_timer(state, context)
+    if isinstance(event, ApprovalDecision):
+        return _on_decision(state, event, context)
     return _on_control(state, event, context)
+
+
+def _on_decision(state: RunState | None, decision: ApprovalDecision, context: Context) -> Decision:
+    if state is None:
+        return Decision(dead_letter=f"approval decision for unknown run {decision.run_id!r}")
+    t = Transition(state, context.workflow, context)
+    on_decision(t, decision)
+    if t.running and t.workflow is not None:
+        advance(t)
+    return t.decision()
 
 
 def _on_task(state: RunState | None, task: TaskSubmitted, context: Context) -> Decision:
@@ -114,13 +147,13 @@ def _on_task(state: RunState | None, task: TaskSubmitted, context: Context) -> D
         tenant=task.tenant,
         labels=task.labels,
         input=task.input,
-        budget=_tighten(workflow, task.budget),
+        budget=budget_for(workflow, task.budget, context.policies),
         steps={name: StepState() for name in workflow.order},
         started_at=context.now,
     )
     t = Transition(state, workflow, context)
     t.note("run_started", detail={"workflow_version": workflow.content_hash})
-    t.advance()
+    advance(t)
     return t.decision()
 
 
@@ -131,22 +164,42 @@ def _on_result(state: RunState | None, result: StepResult, context: Context) -> 
         return Decision(dead_letter=f"step result for unknown step {result.step!r}")
     t = Transition(state, context.workflow, context)
     step = state.steps[result.step]
-    if state.finished:
-        t.note("result_ignored", result.step, result.attempt, {"reason": "the run has ended"})
-        return t.decision()
-    if step.phase != StepPhase.dispatched or step.attempt != result.attempt:
-        reason = (
-            "a result for this attempt was already settled"
-            if result.attempt == step.attempt
-            else f"attempt {result.attempt} is not the one in flight ({step.attempt})"
+    late = (
+        state.finished
+        or step.phase != StepPhase.dispatched
+        or step.attempt != result.attempt
+        or bool(step.waiting_on)  # an agent turn already settled, waiting for its tools
+    )
+    if late:
+        if state.finished:
+            reason = "the run has ended"
+        elif result.attempt == step.attempt:
+            reason = "a result for this attempt was already settled"
+        else:
+            reason = f"attempt {result.attempt} is not the one in flight ({step.attempt})"
+        if result.usage is not None and (result.usage.cost_usd or result.usage.input_tokens):
+            # Too late to use, not too late to pay for: the money is accounted for.
+            t.set(usage=add_usage(t.get("usage"), result.usage))
+            t.set_step(result.step, usage=add_usage(step.usage, result.usage))
+            if t.workflow is not None and t.spec(result.step).kind in MODEL_KINDS:
+                settle(t, result.step, result.attempt, result.usage)
+        t.note(
+            "result_ignored", result.step, result.attempt, {"reason": reason}, usage=result.usage
         )
-        t.note("result_ignored", result.step, result.attempt, {"reason": reason})
         return t.decision()
     if t.workflow is None:
         return Decision(dead_letter=f"workflow version {state.workflow_version} is not deployed")
+    kind = t.spec(result.step).kind
+    if kind in MODEL_KINDS:
+        settle(t, result.step, result.attempt, result.usage)
+        t.set_step(result.step, estimate=None, reservation=None)
     duration_ms = (result.finished_at - result.started_at).total_seconds() * 1000
-    if result.status == StepStatus.ok:
+    if result.status == StepStatus.ok and kind == "agent":
+        on_turn(t, result.step, result.attempt, result.output, result.usage, duration_ms)
+    elif result.status == StepStatus.ok:
         t.succeed(result.step, result.attempt, result.output, result.usage, duration_ms)
+        if step.call is not None:
+            call_finished(t, result.step)
     else:
         error = result.error or StepError(
             error_class="UnknownError", message="failed without an error", retryable=False
@@ -163,7 +216,7 @@ def _on_result(state: RunState | None, result: StepResult, context: Context) -> 
         )
         after_failure(t, result.step, error)
     if t.running:
-        t.advance()
+        advance(t)
     return t.decision()
 
 
@@ -173,7 +226,7 @@ def _on_timer(state: RunState | None, context: Context) -> Decision:
     t = Transition(state, context.workflow, context)
     check_deadlines(t)
     if t.running:
-        t.advance()
+        advance(t)
     return t.decision()
 
 
@@ -228,29 +281,6 @@ def _reject(
     t = Transition(state, workflow, context)
     t.finish(RunStatus.rejected, reason)
     return t.decision()
-
-
-def _tighten(workflow: Workflow, asked: Budget | None) -> Budget:
-    """The workflow's budget, tightened (never loosened) by the task's."""
-    spec = workflow.spec.budget
-    base = Budget(
-        max_steps=spec.max_steps,
-        max_tokens=spec.max_tokens,
-        max_cost_usd=spec.max_cost_usd,
-        max_seconds=spec.deadline,
-    )
-    if asked is None:
-        return base
-
-    def tighter(a: Any, b: Any) -> Any:
-        return b if a is None else a if b is None else min(a, b)
-
-    return Budget(
-        max_steps=tighter(base.max_steps, asked.max_steps),
-        max_tokens=tighter(base.max_tokens, asked.max_tokens),
-        max_cost_usd=tighter(base.max_cost_usd, asked.max_cost_usd),
-        max_seconds=tighter(base.max_seconds, asked.max_seconds),
-    )
 
 
 def _json_path(root: str, path: Any) -> str:

@@ -3,7 +3,8 @@
 After an attempt fails (its processor reported an error, or its deadline passed):
 
 1. a validate step whose ``on_fail`` still allows it sends an earlier step back with the
-   errors fed back;
+   errors fed back (an llm step with a ``cascade`` moves one route up it, to a stronger
+   model); an llm step whose own answer missed its output schema moves up its cascade too;
 2. an error the step's ``retry.errors`` covers, with attempts left on the current route, is
    retried after a backoff, waiting in a retry tier (``baton.retry.<tier>``);
 3. otherwise an ``llm`` step with fallback routes left moves to the next one at once; an
@@ -17,6 +18,9 @@ from __future__ import annotations
 import hashlib
 from datetime import timedelta
 
+from processors import TemplateRenderError
+from streams.coordinator._approvals import check_approval_deadlines
+from streams.coordinator._flow import advance
 from streams.coordinator._state import StepPhase, StepState
 from streams.coordinator._transition import Transition
 from streams.workflow import BackoffSpec, LlmStep, RetrySpec, ValidateStep
@@ -38,6 +42,8 @@ VALIDATION_FAILED = "ValidationFailed"
 STEP_TIMEOUT = "StepTimeout"
 #: The error class a processor reports when the provider's circuit breaker is open.
 CIRCUIT_OPEN = "CircuitOpen"
+#: The error class of a model answer that is not JSON or misses the step's output schema.
+OUTPUT_SCHEMA_VIOLATION = "OutputSchemaViolation"
 
 # Failures of the step itself, not of the route: another model would fail the same way.
 _NO_FALLBACK = frozenset(
@@ -80,7 +86,7 @@ def _covered(policy: RetrySpec, error: StepError) -> bool:
 def after_failure(t: Transition, name: str, error: StepError) -> None:
     """Decide what follows one failed attempt of a step."""
     step = t.steps[name]
-    spec = t.wf.step(name)
+    spec = t.spec(name)
     history = [
         *step.history,
         AttemptRecord(
@@ -95,6 +101,18 @@ def after_failure(t: Transition, name: str, error: StepError) -> None:
         and t.steps[spec.on_fail.retry_step].reruns < spec.on_fail.max
     ):
         _rerun(t, spec.on_fail.retry_step, name, error.message)
+        return
+    if (
+        isinstance(spec, LlmStep)
+        and error.error_class == OUTPUT_SCHEMA_VIOLATION
+        and step.cascade_level < len(spec.cascade)
+    ):
+        try:
+            _cascade(t, name, f"{error.error_class}: {error.message}")
+        except TemplateRenderError as exc:
+            t.fail_step(name, "TemplateRenderError", f"steps.{name}: {exc}")
+            return
+        t.dispatch(name)
         return
     can_fall_back = (
         isinstance(spec, LlmStep)
@@ -137,12 +155,13 @@ def _exhausted(t: Transition, name: str, error: StepError) -> None:
     step = t.steps[name]
     catalog = t.context.catalog
     codec = t.context.codec
-    if catalog is not None and codec is not None:
+    if catalog is not None and codec is not None and step.call is None:
+        # (A tool call an agent asked for answers the model with its error instead.)
         try:
             payload = codec.encode(t.request(name, step.attempt))
         except Exception:  # the request itself cannot be rebuilt (a template): keep the rest
             payload = b""
-        kind = t.wf.step(name).kind
+        kind = t.spec(name).kind
         topic = catalog.steps(kind)
         t.emit.append(
             DeadLetter(
@@ -178,6 +197,8 @@ def _rerun(t: Transition, target: str, validator: str, message: str) -> None:
                 usage=old.usage,
                 history=old.history,
                 routes=old.routes,
+                cascade_level=old.cascade_level,
+                calls_made=old.calls_made,
                 output=old.output if name == target else None,
             ),
         )
@@ -187,7 +208,23 @@ def _rerun(t: Transition, target: str, validator: str, message: str) -> None:
         target,
         detail={"validator": validator, "errors": message, "rerun": old_target.reruns + 1},
     )
-    t.advance()
+    spec = t.wf.step(target)
+    if isinstance(spec, LlmStep) and old_target.cascade_level < len(spec.cascade):
+        _cascade(t, target, validator)
+    advance(t)
+
+
+def _cascade(t: Transition, name: str, why: str) -> None:
+    """Move an llm step one route up its cascade (a stronger model) for its next attempt."""
+    step = t.steps[name]
+    t.set_step(name, cascade_level=step.cascade_level + 1, routes=[], route_index=0, tries=0)
+    t.set_step(name, routes=t._routes(name))
+    t.note(
+        "step_cascaded",
+        name,
+        step.attempt,
+        {"from": step.current_route, "to": t.steps[name].current_route, "because": why},
+    )
 
 
 def check_deadlines(t: Transition) -> None:
@@ -196,7 +233,8 @@ def check_deadlines(t: Transition) -> None:
     if cap is not None and t.now >= t.old.started_at + timedelta(seconds=cap):
         t.finish(RunStatus.budget_exceeded, f"deadline: the run took over {cap:g}s")
         return
-    for name in t.wf.order:
+    check_approval_deadlines(t)
+    for name in list(t.steps):
         if not t.running:
             return
         step = t.steps[name]
@@ -204,7 +242,7 @@ def check_deadlines(t: Transition) -> None:
             continue
         if step.deadline_at > t.now:
             continue
-        timeout = t.wf.timeout(name)
+        timeout = t.timeout(name)
         t.note("step_timed_out", name, step.attempt, {"timeout_s": timeout, "tries": step.tries})
         after_failure(
             t,
@@ -222,7 +260,7 @@ def redrive(t: Transition, name: str, reason: str) -> bool:
     if t.steps[name].phase != StepPhase.failed:
         return False
     for other, step in list(t.steps.items()):
-        if not step.phase.done:
+        if not step.phase.done and step.call is None:
             t.replace_step(
                 other,
                 StepState(
@@ -232,9 +270,10 @@ def redrive(t: Transition, name: str, reason: str) -> bool:
                     history=step.history,
                     feedback=step.feedback,
                     output=step.output,
+                    calls_made=step.calls_made,
                 ),
             )
     t.set(status=None, reason=None, finished_at=None, output=None)
     t.note("run_redriven", name, detail={"reason": reason})
-    t.advance()
+    advance(t)
     return True

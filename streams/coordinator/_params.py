@@ -1,8 +1,12 @@
 """What a step's request carries: its parameters with templates rendered, per kind.
 
-``llm`` steps get their messages rendered here (the coordinator needs them anyway, to know
-what it is sending and what it may cost); ``transform`` and ``validate`` steps get their
-templates and the run context, and the processor renders them.
+``llm`` and ``agent`` steps get their messages rendered here (the coordinator needs them
+anyway, to know what it is sending and what it may cost); so do ``tool`` arguments and
+``retrieve`` queries. ``transform`` and ``validate`` steps get their templates and the run
+context, and the processor renders them.
+
+A tool call an agent's model asked for carries the model's arguments exactly as given: they
+are data, never rendered as templates.
 """
 
 from __future__ import annotations
@@ -12,23 +16,56 @@ from typing import Any
 import orjson
 from pydantic import JsonValue
 
-from processors import TemplateRenderError, compile_template
+from processors import (
+    TemplateRenderError,
+    ToolRegistry,
+    UnknownTool,
+    compile_template,
+    render_value,
+)
 from streams.coordinator._state import StepState
-from streams.workflow import LlmStep, StepSpec, TransformStep, ValidateStep
+from streams.workflow import (
+    AgentStep,
+    LlmStep,
+    RetrieveStep,
+    StepSpec,
+    ToolStep,
+    TransformStep,
+    ValidateStep,
+)
 
 __all__ = ["request_params"]
 
 
 def request_params(
-    spec: StepSpec, step: StepState, context: dict[str, Any]
+    spec: StepSpec,
+    step: StepState,
+    context: dict[str, Any],
+    tools: ToolRegistry | None = None,
 ) -> tuple[JsonValue, JsonValue]:
     """The ``params`` and ``context`` of a step's next request.
 
+    Args:
+        spec: The step's definition.
+        step: Its state.
+        context: What templates see.
+        tools: The tool registry, which describes an agent's tools to its model.
+
     Raises:
         TemplateRenderError: A template does not render.
+        UnknownTool: An agent lists a tool the registry does not have.
     """
+    if step.call is not None:
+        return {"tool": step.call.tool, "args": step.call.arguments}, None
     if isinstance(spec, LlmStep):
         return _llm(spec, step, context), None
+    if isinstance(spec, AgentStep):
+        return _agent(spec, step, context, tools), None
+    if isinstance(spec, ToolStep):
+        return {"tool": spec.tool, "args": render_value(spec.args, context)}, None
+    if isinstance(spec, RetrieveStep):
+        query = compile_template(spec.query).render(context)
+        return {"source": spec.source, "query": _text(query), "top_k": spec.top_k}, None
     if isinstance(spec, TransformStep):
         return {"output": spec.output}, context
     assert isinstance(spec, ValidateStep)
@@ -44,6 +81,45 @@ def _llm(spec: LlmStep, step: StepState, context: dict[str, Any]) -> JsonValue:
     route = step.current_route
     if route is None:
         raise TemplateRenderError("no route to send to")
+    return {
+        "route": route,
+        "messages": _messages(spec, step, context),
+        "temperature": spec.temperature,
+        "max_tokens": spec.max_tokens,
+        "output_schema": spec.output_schema,
+        "cache": spec.cache,
+    }
+
+
+def _agent(
+    spec: AgentStep, step: StepState, context: dict[str, Any], tools: ToolRegistry | None
+) -> JsonValue:
+    route = step.current_route
+    if route is None:
+        raise TemplateRenderError("no route to send to")
+    offered: list[JsonValue] = []
+    if spec.tools:
+        if tools is None:
+            raise UnknownTool(
+                f"the agent's tools ({', '.join(spec.tools)}) need a tool registry: "
+                "set tools_file (BATON_TOOLS_FILE) on the coordinator"
+            )
+        offered = list(tools.describe(spec.tools))
+    return {
+        "route": route,
+        "messages": [*_messages(spec, step, context), *step.conversation],
+        "tools": offered,
+        "temperature": spec.temperature,
+        "max_tokens": spec.max_tokens,
+        "output_schema": spec.output_schema,
+        "cache": spec.cache,
+    }
+
+
+def _messages(
+    spec: LlmStep | AgentStep, step: StepState, context: dict[str, Any]
+) -> list[JsonValue]:
+    """The prompt's messages, rendered, with validation feedback when the step is re-run."""
     messages: list[JsonValue] = []
     if spec.messages is not None:
         for message in spec.messages:
@@ -66,13 +142,7 @@ def _llm(spec: LlmStep, step: StepState, context: dict[str, Any]) -> JsonValue:
                 f"{problems}\nAnswer again, fixing these problems.",
             }
         )
-    return {
-        "route": route,
-        "messages": messages,
-        "temperature": spec.temperature,
-        "max_tokens": spec.max_tokens,
-        "output_schema": spec.output_schema,
-    }
+    return messages
 
 
 def _text(value: JsonValue) -> str:

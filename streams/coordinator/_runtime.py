@@ -24,15 +24,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
+from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
 
+from processors import ModelCatalog, ToolRegistry
+from streams._access import Access
 from streams._emitter import run_id_of
+from streams._policies import Policies
 from streams._workflows import WorkflowBook, WorkflowFeed
 from streams.coordinator._assignor import CopartitionedAssignor
 from streams.coordinator._batch import AtLeastOnceBatch, Batch, ExactlyOnceBatch, Store
 from streams.coordinator._decide import Context, Inbound, decide
+from streams.coordinator._ledger import SpendLedger
 from streams.coordinator._state import RunState
 from streams.coordinator._wakeups import WakeIndex
 from streams.workflow import Workflow
@@ -46,6 +52,7 @@ from topics import (
     RetryableError,
     RunEvent,
     RunResult,
+    SpendRecorded,
     StepRequested,
     TaskSubmitted,
     TimerFired,
@@ -95,6 +102,11 @@ class CoordinatorRuntime(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
         worker_id: str,
         exactly_once: bool,
         session_timeout: float = 15.0,
+        policies: Policies | None = None,
+        access: Access | None = None,
+        webhook: str | None = None,
+        models: ModelCatalog | None = None,
+        tools: ToolRegistry | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.bootstrap = bootstrap
@@ -107,6 +119,17 @@ class CoordinatorRuntime(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
         self.exactly_once = exactly_once
         self.session_timeout = session_timeout
         self.clock = clock
+        self.policies = policies or Policies()
+        self.access = access or Access()
+        self.webhook = webhook
+        self.models = models
+        self.tools = tools
+        #: The tenants' spend ledger, read from ``baton.spend`` (when a tenant has a ceiling).
+        self.ledger = SpendLedger(self.policies) if self.policies.tenants else None
+        #: Open approval requests of the runs this worker owns, by approval id.
+        self.approvals: dict[str, ApprovalRequested] = {}
+        self._by_run: dict[str, set[str]] = {}
+        self._notifications: asyncio.Queue[ApprovalRequested] = asyncio.Queue()
         self.group_id = f"{catalog.prefix}-coordinator"
         self.assignor = CopartitionedAssignor(url, catalog.partitions)
         self.wakeups = WakeIndex()
@@ -115,7 +138,13 @@ class CoordinatorRuntime(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
         self.events_processed = 0
         self._inputs: dict[str, Topic] = {
             t.name: t
-            for t in (catalog.tasks, catalog.step_results, catalog.control, catalog.timers)
+            for t in (
+                catalog.tasks,
+                catalog.step_results,
+                catalog.control,
+                catalog.timers,
+                catalog.approvals_decided,
+            )
         }
         self._routes: dict[type[Event], Topic] = {
             RunEvent: catalog.run_events,
@@ -125,6 +154,7 @@ class CoordinatorRuntime(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
             TimerFired: catalog.timers,
             TaskSubmitted: catalog.tasks,
             ControlCommand: catalog.control,
+            SpendRecorded: catalog.spend,
         }
         self._transactional: dict[int, AIOKafkaProducer] = {}
         self._suspended: set[int] = set()
@@ -170,7 +200,18 @@ class CoordinatorRuntime(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
             asyncio.create_task(self._consume(), name="coordinator-consume"),
             asyncio.create_task(self._restore_partitions(), name="coordinator-restore"),
             asyncio.create_task(self._fire_wakeups(), name="coordinator-wakeups"),
+            asyncio.create_task(self._notify(), name="coordinator-webhook"),
         ]
+        if self.ledger is not None:
+            self._ledger_reader = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                isolation_level="read_committed",
+                fetch_max_wait_ms=20,
+            )
+            await self._ledger_reader.start()
+            self._tasks.append(asyncio.create_task(self._follow_ledger(), name="spend-ledger"))
 
     async def stop(self) -> None:
         """Finish the batch in hand, then leave."""
@@ -185,6 +226,8 @@ class CoordinatorRuntime(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
         for producer in self._transactional.values():
             await producer.stop()
         await self._restorer.stop()
+        if self.ledger is not None:
+            await self._ledger_reader.stop()
         await self.plain.stop()
 
     # -- rebalancing -------------------------------------------------------------------------
@@ -218,6 +261,9 @@ class CoordinatorRuntime(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
         self._restoring.discard(partition)
         self.stores.pop(partition, None)
         self.wakeups.retain({key.decode() for store in self.stores.values() for key in store})
+        for run_id in [r for r in self._by_run if self._partition(r) == partition]:
+            for approval_id in self._by_run.pop(run_id):
+                self.approvals.pop(approval_id, None)
         producer = self._transactional.pop(partition, None)
         if producer is not None:
             with contextlib.suppress(KafkaError):
@@ -275,6 +321,7 @@ class CoordinatorRuntime(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
                 state = RunState.from_bytes(raw)
                 store[key] = state  # busy soon: keep it decoded
                 wake = state.next_wake()
+                self._index(key.decode(errors="replace"), state)
             except ValueError as exc:  # orjson and pydantic errors both are ValueErrors
                 # Not a run state (written by someone else): keep it out, keep the bytes.
                 del store[key]
@@ -338,6 +385,7 @@ class CoordinatorRuntime(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
         offsets: dict[TopicPartition, int],
         items: list[tuple[TopicPartition, Any]],
     ) -> None:
+        emitted = [r for r in unit.emitted if isinstance(r, ApprovalRequested)]
         try:
             await unit.commit(offsets)
         except Exception:
@@ -348,6 +396,11 @@ class CoordinatorRuntime(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
                 self.consumer.seek(tp, min(r.offset for t, r in items if t == tp))
             return
         self.events_processed += len(items)
+        for key, state in unit.saved.items():
+            self._index(key.decode(), state)
+        if self.webhook:
+            for request in emitted:
+                self._notifications.put_nowait(request)
 
     def _batch(self, partition: int) -> Batch:
         store = self.stores[partition]
@@ -389,6 +442,11 @@ class CoordinatorRuntime(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
                 tiers=self.catalog.retry_tiers,
                 catalog=self.catalog,
                 codec=self.codec,
+                policies=self.policies,
+                access=self.access,
+                models=self.models,
+                ledger=self.ledger,
+                tools=self.tools,
             ),
         )
         if decision.dead_letter is not None:
@@ -403,11 +461,23 @@ class CoordinatorRuntime(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
             )
         for event in decision.emit:
             await self._emit(unit, event)
+            if isinstance(event, ApprovalRequested):
+                unit.emitted.append(event)
         if decision.state is not None:
             unit.put(key, decision.state)
             self.wakeups.schedule(run_id, decision.state.next_wake())
 
     async def _emit(self, unit: Batch, event: Event) -> None:
+        if isinstance(event, SpendRecorded):
+            spend = self.catalog.spend
+            tenant = event.tenant.encode()
+            await unit.send(
+                spend.name,
+                tenant,
+                self.codec.encode(event),
+                partition_for(event.tenant, spend.partitions),
+            )
+            return
         if isinstance(event, StepRequested):
             topic = (
                 self.catalog.retry(event.retry_tier)
@@ -486,6 +556,101 @@ class CoordinatorRuntime(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
         except RetryableError as exc:
             log.warning("workflow definitions are not caught up: %s", exc)
 
+    # -- approvals -------------------------------------------------------------------------
+
+    def _partition(self, run_id: str) -> int:
+        return partition_for(run_id, self.catalog.partitions)
+
+    def _index(self, run_id: str, state: RunState) -> None:
+        """Keep the open approval requests of one run in the index the API reads."""
+        for approval_id in self._by_run.pop(run_id, set()):
+            self.approvals.pop(approval_id, None)
+        if state.finished:
+            return
+        ids = set()
+        for name, step in state.steps.items():
+            approval = step.approval
+            if approval is None:
+                continue
+            self.approvals[approval.approval_id] = ApprovalRequested(
+                approval_id=approval.approval_id,
+                run_id=run_id,
+                step=name,
+                workflow=state.workflow,
+                tenant=state.tenant,
+                reason=approval.reason,
+                approvers=approval.approvers,
+                quorum=approval.quorum,
+                level=approval.level,
+                deadline=approval.deadline,
+                context=approval.context,
+                cost_usd=state.usage.cost_usd,
+                requested_at=approval.requested_at,
+            )
+            ids.add(approval.approval_id)
+        if ids:
+            self._by_run[run_id] = ids
+
+    async def _notify(self) -> None:
+        """Tell the webhook about each new request and escalation (best effort, retried)."""
+        async with httpx.AsyncClient(timeout=10) as http:
+            while True:
+                request = await self._notifications.get()
+                if not self.webhook:
+                    continue
+                body = {"event": "approval_requested", **request.model_dump(mode="json")}
+                try:
+                    async for attempt in AsyncRetrying(
+                        stop=stop_after_attempt(3),
+                        wait=wait_exponential(multiplier=0.5, max=5),
+                        reraise=True,
+                    ):
+                        with attempt:
+                            response = await http.post(self.webhook, json=body)
+                            response.raise_for_status()
+                except (httpx.HTTPError, OSError) as exc:
+                    log.warning("webhook for %s failed: %s", request.approval_id, exc)
+
+    # -- the spend ledger ----------------------------------------------------------------------
+
+    async def _follow_ledger(self) -> None:
+        """Apply ``baton.spend`` in order; nudge our runs whose reservations got a verdict."""
+        assert self.ledger is not None
+        reader = self._ledger_reader
+        topic = self.catalog.spend.name
+        tps = [TopicPartition(topic, p) for p in range(self.catalog.spend.partitions)]
+        reader.assign(tps)
+        longest = max(c.window for c in self.policies.tenants.values())
+        since = int((self.clock().timestamp() - longest - 600) * 1000)
+        starts = await reader.offsets_for_times({tp: since for tp in tps})
+        for tp in tps:
+            found = starts.get(tp)
+            if found is None:
+                await reader.seek_to_end(tp)
+            else:
+                reader.seek(tp, found.offset)
+        while True:
+            batch = await reader.getmany(timeout_ms=500, max_records=2000)
+            for records in batch.values():
+                for record in records:
+                    try:
+                        entry = self.codec.decode(record.value, SpendRecorded)
+                    except DecodeError as exc:
+                        await self.dead_letter_record(record, exc.reason)
+                        continue
+                    verdict = self.ledger.apply(entry)
+                    if verdict is not None and self._partition(entry.run_id) in self.ready:
+                        await self._wake(entry.run_id)
+
+    async def _wake(self, run_id: str) -> None:
+        event = TimerFired(run_id=run_id, fired_at=self.clock())
+        await self.plain.send(
+            self.catalog.timers.name,
+            self.codec.encode(event),
+            key=run_id.encode(),
+            partition=self._partition(run_id),
+        )
+
     # -- timers --------------------------------------------------------------------------------
 
     async def _fire_wakeups(self) -> None:
@@ -493,13 +658,7 @@ class CoordinatorRuntime(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
             await asyncio.sleep(0.2)
             now = self.clock()
             for run_id in self.wakeups.pop_due(now.timestamp()):
-                event = TimerFired(run_id=run_id, fired_at=now)
-                await self.plain.send(
-                    self.catalog.timers.name,
-                    self.codec.encode(event),
-                    key=run_id.encode(),
-                    partition=partition_for(run_id, self.catalog.partitions),
-                )
+                await self._wake(run_id)
 
     async def dead_letter_record(self, record: Any, reason: str) -> None:
         """Send a record read outside a batch (workflows, the changelog) to the dead letters."""

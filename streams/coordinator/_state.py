@@ -11,9 +11,25 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from topics import AttemptRecord, Budget, RunStatus, StepError, Timestamp, Usage
+from topics import (
+    ApprovalVerdict,
+    AttemptRecord,
+    Budget,
+    RunStatus,
+    StepError,
+    Timestamp,
+    Usage,
+)
 
-__all__ = ["RunState", "StepPhase", "StepState"]
+__all__ = [
+    "AgentCall",
+    "ApprovalState",
+    "Reservation",
+    "RunState",
+    "StepPhase",
+    "StepState",
+    "Vote",
+]
 
 
 class StepPhase(StrEnum):
@@ -29,6 +45,94 @@ class StepPhase(StrEnum):
     def done(self) -> bool:
         """Whether steps after this one may start (it succeeded or was skipped)."""
         return self in (StepPhase.succeeded, StepPhase.skipped)
+
+
+class Vote(BaseModel):
+    """One accepted decision."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    approver: str
+    verdict: ApprovalVerdict
+    reason: str | None = None
+    at: Timestamp
+
+
+class ApprovalState(BaseModel):
+    """An approval request that is open.
+
+    Attributes:
+        approval_id: The request's id (``<run>/<step>/<n>``; each escalation gets a new one).
+        level: 0 for the first ask, then one more per escalation.
+        approvers: Who may decide at this level.
+        quorum: Distinct approvals needed.
+        deadline: When it escalates, or ends as the step's ``on_timeout`` says.
+        reason: Why approval is needed.
+        context: What reviewers see.
+        requested_at: When it was asked.
+        policy: The policy that asked (a gate in front of a step), or ``None`` for an
+            approval step.
+        votes: The approvals accepted so far.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    approval_id: str
+    level: int = 0
+    approvers: list[str]
+    quorum: int = 1
+    deadline: Timestamp
+    reason: str = ""
+    context: JsonValue = None
+    requested_at: Timestamp
+    policy: str | None = None
+    votes: list[Vote] = Field(default_factory=list)
+
+
+class Reservation(BaseModel):
+    """A model call's estimated cost, reserved in the tenant's ledger, awaiting its verdict.
+
+    Attributes:
+        reservation_id: ``<run>/<step>/<attempt>``.
+        estimate: The call's estimated usage (what was reserved).
+        at: When it was reserved.
+        check_at: When the step looks for the verdict again if not told.
+        tier: The retry tier the attempt waits in once admitted (a retry).
+        wait_s: How long it waits there.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    reservation_id: str
+    estimate: Usage
+    at: Timestamp
+    check_at: Timestamp
+    tier: str | None = None
+    wait_s: float | None = None
+
+
+class AgentCall(BaseModel):
+    """What makes a step a tool call an agent's model asked for.
+
+    Attributes:
+        agent: The agent step whose turn asked for it.
+        turn: The turn (1 for the first model call).
+        index: The call's place among the turn's calls.
+        call_id: The model's id for the call; its result answers it.
+        tool: The tool asked for.
+        arguments: The arguments the model gave (sent as they are: never rendered).
+        key: The idempotency key every attempt carries.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    agent: str
+    turn: int
+    index: int
+    call_id: str
+    tool: str
+    arguments: dict[str, JsonValue] = Field(default_factory=dict)
+    key: str
 
 
 class StepState(BaseModel):
@@ -50,6 +154,19 @@ class StepState(BaseModel):
         route_index: Which of ``routes`` attempts go to now.
         history: Every failed attempt, oldest first.
         feedback: Validation errors to feed back to the next execution.
+        approval: The approval request open for this step (an approval step, or a policy
+            gate in front of it).
+        approvals_asked: Approval requests made for this step so far (numbers their ids).
+        cleared: Policies whose approval this step has.
+        estimate: The estimated usage of the model call in flight (for the run's caps).
+        reservation: The tenant-ledger reservation of the model call about to be made.
+        cascade_level: How far up its ``cascade`` an llm step has moved (0: not at all).
+        call: Set on a tool call an agent asked for (a step the workflow does not name).
+        turn: Model turns an agent step has finished.
+        conversation: An agent's messages after its prompt: the model's tool calls and
+            their results, turn by turn.
+        waiting_on: The tool calls (step names) the agent's current turn waits for.
+        calls_made: Tool calls the agent step has asked for in its whole life (names them).
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -69,6 +186,17 @@ class StepState(BaseModel):
     route_index: int = 0
     history: list[AttemptRecord] = Field(default_factory=list)
     feedback: list[str] = Field(default_factory=list)
+    approval: ApprovalState | None = None
+    approvals_asked: int = 0
+    cleared: list[str] = Field(default_factory=list)
+    estimate: Usage | None = None
+    reservation: Reservation | None = None
+    cascade_level: int = 0
+    call: AgentCall | None = None
+    turn: int = 0
+    conversation: list[JsonValue] = Field(default_factory=list)
+    waiting_on: list[str] = Field(default_factory=list)
+    calls_made: int = 0
 
     @property
     def current_route(self) -> str | None:
@@ -127,6 +255,11 @@ class RunState(BaseModel):
         if self.finished:
             return None
         due = [s.deadline_at for s in self.steps.values() if s.phase == StepPhase.dispatched]
+        for step in self.steps.values():
+            if step.approval is not None:
+                due.append(step.approval.deadline)
+            if step.reservation is not None and step.phase == StepPhase.pending:
+                due.append(step.reservation.check_at)
         if self.budget.max_seconds is not None:
             due.append(self.started_at + timedelta(seconds=self.budget.max_seconds))
         present = [d for d in due if d is not None]

@@ -17,10 +17,11 @@ from pydantic import JsonValue
 from processors import TemplateRenderError, compile_expression, render_value
 from streams.coordinator._params import request_params
 from streams.coordinator._state import RunState, StepPhase, StepState
-from streams.workflow import StepSpec, Workflow
+from streams.workflow import DEFAULT_TIMEOUTS, AgentStep, LlmStep, StepSpec, ToolStep, Workflow
 from topics import (
     Budget,
     Event,
+    PermanentError,
     RetryTier,
     RunEvent,
     RunResult,
@@ -106,6 +107,32 @@ class Transition:
         assert self.workflow is not None, "a running run always has its workflow"
         return self.workflow
 
+    def spec(self, name: str) -> StepSpec:
+        """A step's definition; for a tool call an agent asked for, a ``tool`` step's.
+
+        A call gets its agent's ``tool_retry`` and ``tool_timeout``; its arguments are not in
+        the definition (they are the model's, in ``StepState.call``, and are never rendered).
+        """
+        call = self.steps[name].call if name in self.steps else None
+        if call is None:
+            return self.wf.step(name)
+        agent = self.wf.step(call.agent)
+        assert isinstance(agent, AgentStep)
+        return ToolStep(
+            kind="tool",
+            tool=call.tool,
+            retry=agent.tool_retry,
+            timeout=agent.tool_timeout,
+            description=f"tool call {call.index + 1} of {call.agent}'s turn {call.turn}",
+        )
+
+    def timeout(self, name: str) -> float:
+        """Seconds an attempt of a step may take."""
+        if self.steps[name].call is None:
+            return self.wf.timeout(name)
+        spec = self.spec(name)
+        return spec.timeout if spec.timeout is not None else DEFAULT_TIMEOUTS["tool"]
+
     @property
     def running(self) -> bool:
         """Whether the run has not ended (so far in this transition)."""
@@ -156,8 +183,22 @@ class Transition:
     # -- the template context ----------------------------------------------------------------
 
     def template_context(self, upstream_of: str | None = None) -> dict[str, Any]:
-        """What templates see: input, steps (all, or those before a step), run."""
-        names = self.wf.upstream[upstream_of] if upstream_of else self.steps.keys()
+        """What templates see: input, steps (all, or those before a step), run.
+
+        For a tool call an agent asked for: what its agent sees, and ``call`` (the tool, its
+        arguments, the agent and the turn), so policies can test the arguments.
+        """
+        call = self.steps[upstream_of].call if upstream_of else None
+        if call is not None:
+            context = self.template_context(call.agent)
+            context["call"] = {
+                "tool": call.tool,
+                "arguments": call.arguments,
+                "agent": call.agent,
+                "turn": call.turn,
+            }
+            return context
+        names = self.wf.upstream[upstream_of] if upstream_of else self.wf.order
         return {
             "input": self.old.input,
             "steps": {
@@ -172,42 +213,7 @@ class Transition:
             },
         }
 
-    # -- moving forward --------------------------------------------------------------------
-
-    def advance(self) -> None:
-        """Skip or dispatch every step that is ready; complete the run when all are done."""
-        progressed = True
-        while progressed and self.running:
-            progressed = False
-            for name in self.wf.order:
-                if self.get("status") is not None:
-                    return
-                if self.steps[name].phase != StepPhase.pending:
-                    continue
-                spec = self.wf.step(name)
-                if not all(self.steps[dep].phase.done for dep in spec.after):
-                    continue
-                runs = self._condition(name, spec)
-                if runs is None:
-                    return
-                if runs:
-                    self.dispatch(name)
-                else:
-                    self.set_step(name, phase=StepPhase.skipped)
-                    self.note("step_skipped", name, detail={"when": _when_text(spec)})
-                    progressed = True
-        if self.running and all(s.phase.done for s in self.steps.values()):
-            self._complete()
-
-    def _condition(self, name: str, spec: StepSpec) -> bool | None:
-        """Whether the step runs; ``None`` when the condition failed (the run has failed)."""
-        if spec.when is None or isinstance(spec.when, bool):
-            return spec.when is not False
-        try:
-            return compile_expression(spec.when).holds(self.template_context(name))
-        except TemplateRenderError as exc:
-            self.fail_step(name, "TemplateRenderError", f"steps.{name}.when: {exc}")
-            return None
+    # -- moving forward: see _flow.advance --------------------------------------------------
 
     def request(
         self,
@@ -222,11 +228,16 @@ class Transition:
         Raises:
             TemplateRenderError: A template of the step does not render.
         """
-        spec = self.wf.step(name)
+        spec = self.spec(name)
         step = self.steps[name]
-        params, step_context = request_params(spec, step, self.template_context(name))
+        params, step_context = request_params(
+            spec, step, self.template_context(name), self.context.tools
+        )
         start = not_before or self.now
-        key = f"{self.old.run_id}/{name}" + (f"/rerun-{step.reruns}" if step.reruns else "")
+        if step.call is not None:
+            key = step.call.key
+        else:
+            key = f"{self.old.run_id}/{name}" + (f"/rerun-{step.reruns}" if step.reruns else "")
         return StepRequested(
             run_id=self.old.run_id,
             step=name,
@@ -239,16 +250,23 @@ class Transition:
             params=params,
             context=step_context,
             dispatched_at=self.now,
-            deadline_at=start + timedelta(seconds=self.wf.timeout(name)),
+            deadline_at=start + timedelta(seconds=self.timeout(name)),
             not_before=not_before,
             retry_tier=tier.name if tier else None,
         )
 
     def dispatch(self, name: str, wait: tuple[RetryTier, float] | None = None) -> None:
-        """Send the next attempt of a step, now or after waiting in a retry tier."""
+        """Send the next attempt of a step, now or after waiting in a retry tier.
+
+        A model step's attempt first passes its budget checks (``_budgets.admit``), which
+        may stop the run or park the step until an approval or a ledger verdict.
+        """
+        from streams.coordinator._budgets import MODEL_KINDS, admit
+
         budget: Budget = self.old.budget
         dispatches: int = self.get("dispatches")
         if budget.max_steps is not None and dispatches >= budget.max_steps:
+            self.note("budget_exceeded", name, detail={"cap": "max_steps"})
             self.finish(
                 RunStatus.budget_exceeded,
                 f"max_steps: {budget.max_steps} step attempts used; {name} not started",
@@ -262,14 +280,33 @@ class Transition:
                 self.fail_step(name, "TemplateRenderError", f"steps.{name}: {exc}")
                 return
             step = self.steps[name]
+        held = step.reservation
+        if wait is None and held is not None and held.tier is not None:
+            tier = next((t for t in self.context.tiers if t.name == held.tier), None)
+            if tier is not None:
+                wait = (tier, held.wait_s or tier.delay_s)
         tier, seconds = wait if wait is not None else (None, 0.0)
         not_before = self.now + timedelta(seconds=seconds) if tier is not None else None
         attempt = step.attempt + 1
+
+        def rebuild() -> StepRequested:
+            return self.request(name, attempt, not_before=not_before, tier=tier)
+
         try:
-            request = self.request(name, attempt, not_before=not_before, tier=tier)
+            request = rebuild()
+            estimate: Usage | None = None
+            if request.kind in MODEL_KINDS:
+                admitted = admit(self, name, request, rebuild, wait)
+                if admitted is None:
+                    return
+                request, estimate = admitted
         except TemplateRenderError as exc:
             self.fail_step(name, "TemplateRenderError", f"steps.{name}: {exc}")
             return
+        except PermanentError as exc:  # an agent's tool the registry lacks
+            self.fail_step(name, type(exc).__name__, f"steps.{name}: {exc}")
+            return
+        step = self.steps[name]
         self.emit.append(request)
         self.set_step(
             name,
@@ -279,30 +316,55 @@ class Transition:
             dispatched_at=self.now,
             deadline_at=request.deadline_at,
             route=step.current_route,
+            estimate=estimate,
         )
         self.set(dispatches=dispatches + 1)
-        detail: dict[str, JsonValue] = {"kind": self.wf.step(name).kind}
+        detail: dict[str, JsonValue] = {"kind": self.spec(name).kind}
+        if step.call is not None:
+            detail["tool"] = step.call.tool
+            detail["idempotency_key"] = step.call.key
         if step.current_route is not None:
             detail["route"] = step.current_route
+        if estimate is not None:
+            detail["estimate"] = {
+                "input_tokens": estimate.input_tokens,
+                "output_tokens": estimate.output_tokens,
+                "cost_usd": str(estimate.cost_usd),
+            }
         if tier is not None:
             detail["retry_tier"] = tier.name
             detail["not_before"] = request.not_before.isoformat() if request.not_before else None
         self.note("step_dispatched", name, attempt, detail)
 
     def _routes(self, name: str) -> list[str]:
-        """An llm step's route and fallbacks, rendered once (empty for other kinds)."""
-        from streams.workflow import LlmStep
+        """A model step's route and fallbacks, rendered when it is first dispatched.
 
-        spec = self.wf.step(name)
-        if not isinstance(spec, LlmStep):
+        The route is the cascade's at the step's ``cascade_level`` when it has moved up,
+        else the first routing rule's whose ``when`` holds, else ``model``.
+        """
+        spec = self.spec(name)
+        if not isinstance(spec, LlmStep | AgentStep):
             return []
         context = self.template_context(name)
+        level = self.steps[name].cascade_level
+        if level and isinstance(spec, LlmStep) and spec.cascade:
+            first, where = spec.cascade[min(level, len(spec.cascade)) - 1], "cascade"
+        else:
+            first, where = spec.model, "model"
+            for index, rule in enumerate(spec.routes):
+                try:
+                    holds = compile_expression(rule.when).holds(context)
+                except TemplateRenderError as exc:
+                    raise TemplateRenderError(f"routes[{index}].when: {exc}") from None
+                if holds:
+                    first, where = rule.model, f"routes[{index}].model"
+                    break
         chain: list[str] = []
-        for index, source in enumerate([spec.model, *spec.fallback]):
+        for index, source in enumerate([first, *spec.fallback]):
             route = render_value(source, context)
-            where = "model" if index == 0 else f"fallback[{index - 1}]"
+            at = where if index == 0 else f"fallback[{index - 1}]"
             if not isinstance(route, str) or not route:
-                raise TemplateRenderError(f"{where}: yields {route!r}, not a route name")
+                raise TemplateRenderError(f"{at}: yields {route!r}, not a route name")
             if route not in chain:
                 chain.append(route)
         return chain
@@ -321,38 +383,31 @@ class Transition:
             deadline_at=None,
             usage=add_usage(step.usage, usage),
             duration_ms=ms,
+            estimate=None,
+            reservation=None,
         )
         self.note("step_succeeded", name, attempt, duration_ms=ms, usage=usage)
 
     def fail_step(self, name: str, error_class: str, message: str) -> None:
-        """The step failed for good: it ends the run."""
+        """The step failed for good: it ends the run.
+
+        Except a tool call an agent asked for: its error goes back to the model instead.
+        """
         step = self.steps[name]
         if step.error is None or step.error.error_class != error_class:
             self.set_step(
                 name, error=StepError(error_class=error_class, message=message, retryable=False)
             )
         self.set_step(name, phase=StepPhase.failed, deadline_at=None)
+        if step.call is not None:
+            from streams.coordinator._agents import call_finished
+
+            self.note("tool_call_failed", name, step.attempt, {"error_class": error_class})
+            call_finished(self, name)
+            return
         attempts = self.steps[name].attempt
         tried = f" after {attempts} attempts" if attempts > 1 else ""
         self.finish(RunStatus.failed, f"step {name} failed{tried}: {error_class}: {message}")
-
-    def _complete(self) -> None:
-        spec_output = self.wf.spec.output
-        context = self.template_context()
-        try:
-            if spec_output is None:
-                sinks = self.wf.sinks
-                output: JsonValue = (
-                    context["steps"][sinks[0]]["output"]
-                    if len(sinks) == 1
-                    else {name: context["steps"][name]["output"] for name in sinks}
-                )
-            else:
-                output = render_value(spec_output, context)
-        except TemplateRenderError as exc:
-            self.finish(RunStatus.failed, f"output: {exc}")
-            return
-        self.finish(RunStatus.completed, output=output)
 
     def finish(
         self, status: RunStatus, reason: str | None = None, *, output: JsonValue = None
@@ -363,17 +418,15 @@ class Transition:
         ended = status != RunStatus.completed
         summaries = []
         if self.workflow is not None:
-            for name in self.wf.order:
-                step = self.steps.get(name)
-                if step is None:  # rejected before the run had steps
-                    continue
+            # The workflow's steps, then the tool calls agents made, in the order asked.
+            for name, step in self.steps.items():
                 outcome = _OUTCOMES.get(step.phase)
                 if outcome is None:
                     outcome = StepOutcome.cancelled if ended else StepOutcome.pending
                 summaries.append(
                     StepSummary(
                         step=name,
-                        kind=self.wf.step(name).kind,
+                        kind=self.spec(name).kind,
                         outcome=outcome,
                         attempts=step.attempt,
                         duration_ms=step.duration_ms,
@@ -407,7 +460,3 @@ class Transition:
 def text_of(value: JsonValue) -> str:
     """A value as message text (JSON when it is not a string)."""
     return value if isinstance(value, str) else orjson.dumps(value).decode()
-
-
-def _when_text(spec: StepSpec) -> str:
-    return str(spec.when).lower() if isinstance(spec.when, bool) else str(spec.when)

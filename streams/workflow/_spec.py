@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -24,15 +24,23 @@ from pydantic import (
 )
 
 __all__ = [
+    "AgentStep",
+    "RetrieveStep",
     "DEFAULT_TIMEOUTS",
+    "PRINCIPAL_PATTERN",
+    "ApprovalStep",
+    "EscalationLevel",
     "BackoffSpec",
     "BudgetSpec",
     "Duration",
     "LlmStep",
     "Message",
     "OnFail",
+    "Principal",
+    "RouteRule",
     "RetrySpec",
     "StepSpec",
+    "ToolStep",
     "TransformStep",
     "ValidateRule",
     "ValidateStep",
@@ -77,7 +85,15 @@ Duration = Annotated[
 StepName = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 #: How long an attempt of each kind may take before it is dispatched again.
-DEFAULT_TIMEOUTS: dict[str, float] = {"llm": 120.0, "transform": 30.0, "validate": 30.0}
+DEFAULT_TIMEOUTS: dict[str, float] = {
+    "llm": 120.0,
+    "agent": 120.0,  # one turn: one model call
+    "tool": 60.0,
+    "retrieve": 30.0,
+    "transform": 30.0,
+    "validate": 30.0,
+    "approval": 86400.0,  # people: a day per level unless the workflow says otherwise
+}
 
 
 class _Spec(BaseModel):
@@ -144,10 +160,16 @@ class Message(_Spec):
     content: str
 
 
-class LlmStep(_StepBase):
-    """A chat completion through a model route of the catalog."""
+class RouteRule(_Spec):
+    """A routing rule: when the condition holds, use this route."""
 
-    kind: Literal["llm"]
+    when: str = Field(min_length=1, description="Expression over input, steps, run.")
+    model: str = Field(min_length=1, description="The route (name or template).")
+
+
+class _ModelStep(_StepBase):
+    """What llm steps and agent turns have in common: a route, a prompt, the call's settings."""
+
     model: str = Field(
         min_length=1,
         description="Route name from the model catalog (`fast`), or a template choosing one.",
@@ -167,14 +189,84 @@ class LlmStep(_StepBase):
         description="Routes tried in order when the current one fails for good (or its "
         "provider's circuit is open).",
     )
+    routes: list[RouteRule] = Field(
+        default_factory=list,
+        description="Routing rules, first match wins; `model` when none matches.",
+    )
+    cache: bool = Field(
+        default=True,
+        description="Serve an identical earlier answer from the response cache (temperature 0 "
+        "only); false always calls the model.",
+    )
 
     @model_validator(mode="after")
-    def _one_way_to_prompt(self) -> LlmStep:
+    def _one_way_to_prompt(self) -> Self:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give either `prompt` (with an optional `system`) or `messages`")
         if self.messages is not None and self.system is not None:
             raise ValueError("`system` goes with `prompt`; with `messages`, add a system message")
         return self
+
+
+class LlmStep(_ModelStep):
+    """A chat completion through a model route of the catalog."""
+
+    kind: Literal["llm"]
+    cascade: list[str] = Field(
+        default_factory=list,
+        description="Stronger routes for the re-runs a validate step's on_fail asks for: the "
+        "first re-run uses the first, and so on (the last one keeps being used).",
+    )
+
+
+class ToolStep(_StepBase):
+    """Calls one tool of the registry (``tools.yaml``) with templated arguments."""
+
+    kind: Literal["tool"]
+    tool: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="Tool name in tools.yaml."
+    )
+    args: dict[str, JsonValue] = Field(
+        default_factory=dict, description="The arguments; template strings are rendered."
+    )
+
+
+class RetrieveStep(_StepBase):
+    """Fetches context from a source of the registry: a local collection or a search endpoint."""
+
+    kind: Literal["retrieve"]
+    source: str = Field(min_length=1, description="Source name in tools.yaml `sources`.")
+    query: str = Field(min_length=1, description="What to look for (a template).")
+    top_k: int = Field(default=5, ge=1, le=100, description="How many passages at most.")
+
+
+class AgentStep(_ModelStep):
+    """A bounded agent: model turns that may call the allowed tools, each call its own step.
+
+    Every tool call the model asks for is dispatched as a durable ``tool`` step (in parallel
+    within a turn), gated by the approval policies and counted in the budgets; the results
+    go back to the model in the next turn, up to ``max_turns`` turns.
+    """
+
+    kind: Literal["agent"]
+    tools: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]] = Field(
+        default_factory=list, description="The tools the model may call (names in tools.yaml)."
+    )
+    max_turns: int = Field(default=5, ge=1, le=50, description="Model turns at most.")
+    tool_timeout: Duration | None = Field(
+        default=None, description="How long one tool call may take (default: the tool kind's)."
+    )
+    tool_retry: RetrySpec = Field(
+        default_factory=RetrySpec, description="Retry policy of each tool call."
+    )
+
+    @field_validator("tools")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"listed more than once: {', '.join(repeated)}")
+        return value
 
 
 class TransformStep(_StepBase):
@@ -216,7 +308,56 @@ class ValidateStep(_StepBase):
         return self
 
 
-StepSpec = Annotated[LlmStep | TransformStep | ValidateStep, Field(discriminator="kind")]
+PRINCIPAL_PATTERN = r"^(user|group):[A-Za-z0-9_.@-]+$"
+Principal = Annotated[str, Field(pattern=PRINCIPAL_PATTERN)]
+
+
+class EscalationLevel(_Spec):
+    """One level of an escalation path: who decides once the previous level timed out."""
+
+    approvers: list[Principal] = Field(min_length=1)
+    quorum: int = Field(default=1, ge=1, le=20)
+    timeout: Duration | None = Field(default=None, description="Default: the step's timeout.")
+
+
+def _levels(value: Any) -> Any:
+    """``escalate_to`` accepts a list of principals as shorthand for one level."""
+    if isinstance(value, list) and value and all(isinstance(item, str) for item in value):
+        return [{"approvers": value}]
+    return value
+
+
+class ApprovalStep(_StepBase):
+    """People decide: the run waits until enough allowed approvers approve, or one rejects."""
+
+    kind: Literal["approval"]
+    approvers: list[Principal] = Field(min_length=1, description="user:<id> or group:<name>.")
+    quorum: int = Field(default=1, ge=1, le=20, description="Distinct approvals needed.")
+    escalate_to: Annotated[list[EscalationLevel], BeforeValidator(_levels)] = Field(
+        default_factory=list, description="Who decides, level by level, when a level times out."
+    )
+    on_timeout: Literal["reject", "approve", "fail"] = Field(
+        default="reject", description="What happens when the last level times out."
+    )
+    reason: str = Field(default="", description="Why approval is needed (a template).")
+    show: JsonValue = Field(
+        default=None,
+        description="What reviewers see (templates rendered); default: the input and the "
+        "outputs of the steps before this one.",
+    )
+
+    @model_validator(mode="after")
+    def _quorum_possible(self) -> ApprovalStep:
+        users = [a for a in self.approvers if a.startswith("user:")]
+        if not any(a.startswith("group:") for a in self.approvers) and self.quorum > len(users):
+            raise ValueError(f"quorum {self.quorum} needs at least {self.quorum} approvers")
+        return self
+
+
+StepSpec = Annotated[
+    LlmStep | AgentStep | ToolStep | RetrieveStep | TransformStep | ValidateStep | ApprovalStep,
+    Field(discriminator="kind"),
+]
 
 
 class BudgetSpec(_Spec):

@@ -24,8 +24,12 @@ from processors import TemplateError, compile_expression, compile_template, is_t
 from processors import references as template_references
 from streams.workflow._spec import (
     DEFAULT_TIMEOUTS,
+    AgentStep,
+    ApprovalStep,
     LlmStep,
+    RetrieveStep,
     StepSpec,
+    ToolStep,
     TransformStep,
     ValidateStep,
     WorkflowSpec,
@@ -232,7 +236,7 @@ def _upstream(spec: WorkflowSpec, order: tuple[str, ...]) -> dict[str, frozenset
 def _check_schemas(spec: WorkflowSpec, problems: list[str]) -> None:
     schemas: list[tuple[str, dict[str, Any]]] = [("input", spec.input)]
     for name, step in spec.steps.items():
-        if isinstance(step, LlmStep) and step.output_schema is not None:
+        if isinstance(step, LlmStep | AgentStep) and step.output_schema is not None:
             schemas.append((f"steps.{name}.output_schema", step.output_schema))
         if isinstance(step, ValidateStep) and step.schema_ is not None:
             schemas.append((f"steps.{name}.schema", step.schema_))
@@ -259,16 +263,26 @@ def _templates_of(name: str, step: StepSpec) -> Iterator[tuple[str, str, bool, f
     base = f"steps.{name}"
     if isinstance(step.when, str):
         yield f"{base}.when", step.when, True, frozenset()
-    if isinstance(step, LlmStep):
+    if isinstance(step, LlmStep | AgentStep):
         yield f"{base}.model", step.model, False, frozenset()
         for index, route in enumerate(step.fallback):
             yield f"{base}.fallback[{index}]", route, False, frozenset()
+        for index, route_rule in enumerate(step.routes):
+            yield f"{base}.routes[{index}].when", route_rule.when, True, frozenset()
+            yield f"{base}.routes[{index}].model", route_rule.model, False, frozenset()
+        for index, route in enumerate(step.cascade if isinstance(step, LlmStep) else []):
+            yield f"{base}.cascade[{index}]", route, False, frozenset()
         if step.prompt is not None:
             yield f"{base}.prompt", step.prompt, False, frozenset()
         if step.system is not None:
             yield f"{base}.system", step.system, False, frozenset()
         for index, message in enumerate(step.messages or []):
             yield f"{base}.messages[{index}].content", message.content, False, frozenset()
+    elif isinstance(step, ToolStep):
+        for where, text in _strings(step.args, f"{base}.args"):
+            yield where, text, False, frozenset()
+    elif isinstance(step, RetrieveStep):
+        yield f"{base}.query", step.query, False, frozenset()
     elif isinstance(step, TransformStep):
         for where, text in _strings(step.output, f"{base}.output"):
             yield where, text, False, frozenset()
@@ -277,6 +291,10 @@ def _templates_of(name: str, step: StepSpec) -> Iterator[tuple[str, str, bool, f
             yield where, text, False, frozenset()
         for index, rule in enumerate(step.rules):
             yield f"{base}.rules[{index}].check", rule.check, True, frozenset({"value"})
+    elif isinstance(step, ApprovalStep):
+        yield f"{base}.reason", step.reason, False, frozenset()
+        for where, text in _strings(step.show, f"{base}.show"):
+            yield where, text, False, frozenset()
 
 
 def _check_templates(
@@ -345,7 +363,8 @@ def _check_reachable(spec: WorkflowSpec, problems: list[str]) -> None:
             if expression or is_template(source):
                 feeds[name] |= _reads(where, source, expression, extra, []) & set(spec.steps)
     useful: set[str] = set()
-    frontier = [n for n, s in spec.steps.items() if isinstance(s, ValidateStep)]
+    # Steps with an effect of their own are useful even when nobody reads their output.
+    frontier = [n for n, s in spec.steps.items() if isinstance(s, ValidateStep | ApprovalStep)]
     for where, source in _strings(spec.output, "output"):
         if is_template(source):
             frontier += _reads(where, source, False, frozenset(), []) & set(spec.steps)

@@ -129,16 +129,19 @@ def failed(
 class Run:
     """Drives one run through decide(), keeping its state and everything emitted."""
 
-    def __init__(self, workflow: Workflow | None, now: datetime = T0) -> None:
+    def __init__(self, workflow: Workflow | None, now: datetime = T0, **context: Any) -> None:
         self.workflow = workflow
         self.now = now
+        self.context = context
         self.state: RunState | None = None
         self.emitted: list[Event] = []
         self.last: Decision = Decision()
 
     def send(self, event: Any, *, at: datetime | None = None) -> Decision:
         before = self.state.model_dump() if self.state else None
-        decision = decide(self.state, event, Context(now=at or self.now, workflow=self.workflow))
+        decision = decide(
+            self.state, event, Context(now=at or self.now, workflow=self.workflow, **self.context)
+        )
         if self.state is not None:
             assert self.state.model_dump() == before, "decide modified the state it was given"
         if decision.state is not None:
@@ -180,6 +183,7 @@ def test_a_linear_run_dispatches_in_order_and_completes_once() -> None:
         "temperature": 0.0,
         "max_tokens": None,
         "output_schema": None,
+        "cache": True,
     }
     assert a.deadline_at == T0 + timedelta(seconds=120)
     assert run.types() == ["run_started", "step_dispatched"]

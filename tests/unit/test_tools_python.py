@@ -248,7 +248,7 @@ async def test_a_callable_is_found_through_its_entry_point(
         (
             "missing",
             r"tools\.order_status\.entry_point: no entry point 'missing' in group baton\.tools "
-            r"\(installed: .*broken, order_status, three",
+            r"\(installed: .*broken, (clock, )?order_status, three",
         ),
         ("broken", r"'broken' \(no_such_module_anywhere:order_status\) cannot be loaded: "),
         ("three", "'three' is not callable"),

@@ -39,11 +39,11 @@ def _write(tmp_path: Path, data: Any) -> Path:
 
 
 def test_the_example_loads() -> None:
-    registry = load_tools(EXAMPLE, callables={"order_status": lambda args: {}})
+    registry = load_tools(EXAMPLE)  # its python tool is baton's own, a real entry point
 
-    assert set(registry.tools) == {"ticket_reply", "order_status"}
+    assert set(registry.tools) == {"ticket_reply", "clock"}
     assert isinstance(registry.tool("ticket_reply"), HttpToolSpec)
-    assert isinstance(registry.tool("order_status"), PythonToolSpec)
+    assert isinstance(registry.tool("clock"), PythonToolSpec)
     policies = registry.sources["policies"]
     assert isinstance(policies, LocalSourceSpec)
     assert policies.path == EXAMPLE.parent / "policies"  # relative to the file
@@ -54,24 +54,26 @@ def test_the_example_loads() -> None:
 
 
 def test_describe_offers_name_description_and_parameters() -> None:
-    registry = load_tools(EXAMPLE, callables={"order_status": lambda args: {}})
+    registry = load_tools(EXAMPLE)
 
-    (described,) = registry.describe(["order_status"])
+    (described,) = registry.describe(["clock"])
 
     assert described == {
-        "name": "order_status",
-        "description": "The status, carrier and tracking number of an order.",
+        "name": "clock",
+        "description": "The current date and time, in UTC and in a given timezone.",
         "parameters": {
             "type": "object",
-            "required": ["order_id"],
             "properties": {
-                "order_id": {"type": "string", "description": "The order number, e.g. A-10293."}
+                "timezone": {
+                    "type": "string",
+                    "description": "An IANA timezone, e.g. Europe/Paris.",
+                }
             },
         },
     }
-    assert [d["name"] for d in registry.describe()] == ["order_status", "ticket_reply"]
-    with pytest.raises(UnknownTool, match=r"'refund' is not registered \(known: order_status"):
-        registry.describe(["order_status", "refund"])
+    assert [d["name"] for d in registry.describe()] == ["clock", "ticket_reply"]
+    with pytest.raises(UnknownTool, match=r"'refund' is not registered \(known: clock"):
+        registry.describe(["clock", "refund"])
 
 
 def test_an_unknown_tool_is_permanent() -> None:

@@ -65,10 +65,12 @@ def test_unknown_steps_and_kinds() -> None:
         "  b: {kind: transform, output: 1, after: [a, polcy]}\n"
     ) == ["steps.b.after: unknown step 'polcy' (steps: a, b)"]
     assert _problems("workflow: w\nversion: 1\nsteps:\n  a: {kind: sql}\n") == [
-        "steps.a: unknown kind; use one of: llm, transform, validate"
+        "steps.a: unknown kind; "
+        "use one of: llm, agent, tool, retrieve, transform, validate, approval"
     ]
     assert _problems("workflow: w\nversion: 1\nsteps:\n  a: {output: 1}\n") == [
-        "steps.a: missing `kind`; use one of: llm, transform, validate"
+        "steps.a: missing `kind`; "
+        "use one of: llm, agent, tool, retrieve, transform, validate, approval"
     ]
 
 
