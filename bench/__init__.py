@@ -10,7 +10,10 @@ Modules: ``_suite`` (what runs, in what order), ``_plan`` (what a selection need
 (T7), ``_schedule`` (open-loop load), ``_latency`` and ``_readback`` (latencies from
 recorded timestamps), ``_stats`` (percentiles, histograms), ``_figures`` (targets and
 verdicts), ``_report`` (the JSON schema), ``_summary`` and ``_plot`` (output), ``_cli``
-(the command line), ``_processes`` (broker, workers, CPU), ``_kafka`` (topics).
+(the command line), ``_processes`` (broker, workers, CPU), ``_kafka`` (topics); for T9
+``_questions`` (the labelled workload, the two models' answers, the judge), ``_costload``
+(its workflows and model catalog), ``_chatserver`` (the loopback model server) and
+``_cost`` (the two arms under load).
 
 The public names load lazily, so the pure modules (and their unit tests) do not need the
 suite's optional dependencies (psutil, matplotlib).

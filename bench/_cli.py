@@ -72,6 +72,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--load", type=float, default=0.3, help="open-loop rate as a fraction of the maximum"
     )
+    parser.add_argument(
+        "--tasks", type=int, default=None, help="T9 tasks per question set (default 200)"
+    )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
     parser.add_argument(
         "--show",
@@ -98,6 +101,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bench") -> No
         value = getattr(args, name)
         if value is not None and value < 1:
             raise SystemExit(f"error: --{name} must be at least 1")
+    if args.tasks is not None and args.tasks < 10:
+        raise SystemExit("error: --tasks must be at least 10")
     if not 0 < args.load <= 1:
         raise SystemExit("error: --load must be in (0, 1]")
     options = Options(
@@ -110,6 +115,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bench") -> No
         open_seconds=args.seconds,
         warmup_runs=args.warmup,
         load_fraction=args.load,
+        tasks=args.tasks,
         plot=not args.no_plot,
         command=" ".join([prog, *map(shlex.quote, args_list)]),
     )

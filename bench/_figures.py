@@ -32,6 +32,7 @@ __all__ = [
     "t3",
     "t4",
     "t7",
+    "t9",
     "verdict",
 ]
 
@@ -45,6 +46,7 @@ TARGETS: dict[tuple[str, str], Target] = {
     ("T4", "at_least_once"): Target(better="higher", goal=500.0, stretch=1000.0),
     ("T4", "exactly_once"): Target(better="higher", goal=500.0, stretch=1000.0),
     ("T7", ""): Target(better="lower", goal=20.0),
+    ("T9", ""): Target(better="lower", goal=0.6),
 }
 
 #: What is not measured yet, and why.
@@ -74,11 +76,6 @@ NOT_MEASURED: dict[str, tuple[str, str]] = {
         "kill -9 a worker holding 100k runs: resume time, lost and duplicate results",
         "not built yet (tests/integration/test_crash.py checks correctness at 300 runs, "
         "not the 100k-run recovery time)",
-    ),
-    "T9": (
-        "cost of a mixed workload with routing + cache / always-strong model",
-        "cannot be measured: baton has no router or response cache yet, and there is no "
-        "labelled workload or judge",
     ),
 }
 
@@ -350,6 +347,112 @@ def t7(measurement: Measurement | None) -> Figure:
     )
 
 
+def t9(strong: Measurement | None, routed: Measurement | None) -> Figure:
+    """T9: the routed, cached arm's cost over the always-strong arm's, at equal quality."""
+    name = "cost with routing + cache / always-strong cost, labelled mixed workload"
+    definition = (
+        "Per round, one question set (labelled easy/hard, a share of exact repeats) runs "
+        "through two baton workers: always the strong route with the response cache off, "
+        "and label routing (hard -> strong, else fast) with cascade: [strong] on an answer "
+        "that misses the output schema, the cache on. Cost: the sum of the runs' "
+        "usage.cost_usd. Both arms of a round answer the same questions, so each round "
+        "gives one ratio; median of the rounds with min and max. Judged quality: share of "
+        "runs whose output's answer equals the labelled one. The target holds only when the "
+        "routed arm's quality is not below the strong arm's."
+    )
+    for label, measurement in (("always-strong arm", strong), ("routed arm", routed)):
+        problem = _cost_incomplete(measurement)
+        if problem:
+            return _failed("T9", name, "", definition, f"{label}: {problem}")
+    assert strong is not None and routed is not None
+    pairs = list(zip(strong.cost, routed.cost, strict=False))
+    if any(s.cost_usd <= 0 for s, _ in pairs):
+        return _failed("T9", name, "", definition, "the always-strong arm cost nothing")
+    value = spread([r.cost_usd / s.cost_usd for s, r in pairs])
+    routing_only = spread([(r.cost_usd + r.saved_usd) / s.cost_usd for s, r in pairs])
+    quality_strong = _pooled_quality(strong)
+    quality_routed = _pooled_quality(routed)
+    tasks = strong.cost[0].tasks
+    per_k = 1000 / tasks
+    absolute = [
+        AbsoluteFigure(
+            label="always-strong cost",
+            unit="$/1k tasks",
+            value=spread([s.cost_usd * per_k for s in strong.cost]),
+        ),
+        AbsoluteFigure(
+            label="routed + cached cost",
+            unit="$/1k tasks",
+            value=spread([r.cost_usd * per_k for r in routed.cost]),
+        ),
+        AbsoluteFigure(
+            label="judged quality, always-strong",
+            unit="%",
+            value=spread([100 * s.quality for s in strong.cost]),
+        ),
+        AbsoluteFigure(
+            label="judged quality, routed + cached",
+            unit="%",
+            value=spread([100 * r.quality for r in routed.cost]),
+        ),
+        AbsoluteFigure(
+            label="routing alone (cache's savings added back)", unit="ratio", value=routing_only
+        ),
+        AbsoluteFigure(
+            label=f"repeats answered from the cache (of {routed.cost[0].repeats})",
+            unit="runs",
+            value=spread([float(r.cached_repeats) for r in routed.cost]),
+        ),
+        AbsoluteFigure(
+            label="fast answers that missed the schema, asked again of strong",
+            unit="runs",
+            value=spread([float(sum(r.malformed_answers.values())) for r in routed.cost]),
+        ),
+    ]
+    figure = _measured(
+        "T9", name, "", "ratio", value, definition, absolute, [strong.key, routed.key]
+    )
+    settings = routed.cost_settings
+    cache = f"cache {settings.cache}" if settings is not None else "cache state unknown"
+    if quality_routed < quality_strong:
+        return figure.model_copy(
+            update={
+                "verdict": "misses",
+                "note": (
+                    f"judged quality is not equal: routed {quality_routed:.1%} vs "
+                    f"always-strong {quality_strong:.1%}, so the cost target does not hold "
+                    f"whatever the ratio; {cache}"
+                ),
+            }
+        )
+    return figure.model_copy(
+        update={
+            "note": f"equal judged quality ({quality_routed:.1%} vs {quality_strong:.1%}); {cache}"
+        }
+    )
+
+
+def _pooled_quality(measurement: Measurement) -> float:
+    tasks = sum(c.tasks for c in measurement.cost)
+    return sum(c.correct for c in measurement.cost) / tasks if tasks else 0.0
+
+
+def _cost_incomplete(measurement: Measurement | None) -> str | None:
+    """Why a T9 arm cannot give a figure: not run, or runs whose cost never came back."""
+    if measurement is None:
+        return "not run"
+    if not measurement.cost:
+        return "no repetitions"
+    lost = [c for c in measurement.cost if c.results < c.tasks]
+    if lost:
+        worst = min(lost, key=lambda c: c.results)
+        return (
+            f"{len(lost)} repetition(s) are missing run results, so their cost is unknown "
+            f"(worst: {worst.results} of {worst.tasks}; e.g. {worst.first_wrong})"
+        )
+    return None
+
+
 def busy_machine_notes(measurements: Mapping[str, Measurement], limit: float = 25.0) -> list[str]:
     """A note for every measurement during which other work used over ``limit``% of a core."""
     notes = []
@@ -397,5 +500,7 @@ def all_figures(measurements: Mapping[str, Measurement], selected: frozenset[str
     rows.extend(not_measured(i) for i in ("T5", "T6"))
     if "T7" in selected:
         rows.append(t7(get("micro/codec")))
-    rows.extend(not_measured(i) for i in ("T8", "T9"))
+    rows.append(not_measured("T8"))
+    if "T9" in selected:
+        rows.append(t9(get("cost/strong"), get("cost/routed")))
     return rows

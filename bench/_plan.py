@@ -9,7 +9,7 @@ from bench._figures import NOT_MEASURED
 __all__ = ["GUARANTEES", "MEASURED", "Plan", "parse_only", "plan"]
 
 #: The figures this suite measures.
-MEASURED = ("B1", "T1", "T2", "T3", "T4", "T7")
+MEASURED = ("B1", "T1", "T2", "T3", "T4", "T7", "T9")
 
 #: baton's processing guarantees, in the order they are measured.
 GUARANTEES = ("at_least_once", "exactly_once")
@@ -43,17 +43,19 @@ class Plan:
         raw_pipe: The raw pipe, closed loop (B1, T1).
         closed: Guarantees to run a closed-loop baton worker for (T1, T2, T4).
         open: Guarantees to run an open-loop baton worker for (T3).
+        cost: The labelled mixed workload, always-strong against routed + cached (T9).
     """
 
     codec: bool
     raw_pipe: bool
     closed: tuple[str, ...]
     open: tuple[str, ...]
+    cost: bool = False
 
     @property
     def needs_kafka(self) -> bool:
         """Whether any measurement needs the broker."""
-        return self.raw_pipe or bool(self.closed) or bool(self.open)
+        return self.raw_pipe or bool(self.closed) or bool(self.open) or self.cost
 
 
 def plan(selected: frozenset[str]) -> Plan:
@@ -68,4 +70,5 @@ def plan(selected: frozenset[str]) -> Plan:
         raw_pipe=bool(selected & {"B1", "T1"}),
         closed=tuple(g for g in GUARANTEES if g in closed),
         open=GUARANTEES if "T3" in selected else (),
+        cost="T9" in selected,
     )

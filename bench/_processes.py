@@ -168,7 +168,10 @@ def _clean_env(**more: str) -> dict[str, str]:
 
 
 class WorkerProcess(ManagedProcess):
-    """One ``baton worker`` (coordinator and processors) for one topic prefix."""
+    """One ``baton worker`` (coordinator and processors) for one topic prefix.
+
+    ``settings`` are more ``BATON_*`` variables for it (``BATON_CACHE_TTL``, ...).
+    """
 
     def __init__(
         self,
@@ -179,6 +182,7 @@ class WorkerProcess(ManagedProcess):
         models_file: Path,
         guarantee: str,
         worker_id: str,
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         self.catalog = catalog
         self.web_port = free_port()
@@ -191,6 +195,7 @@ class WorkerProcess(ManagedProcess):
             BATON_WEB_PORT=str(self.web_port),
             BATON_MODELS_FILE=str(models_file),
             BATON_PROCESSING_GUARANTEE=guarantee,
+            **(settings or {}),
         )
         super().__init__(
             f"worker {worker_id}",

@@ -19,6 +19,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "AbsoluteFigure",
     "BrokerInfo",
+    "CostRepetition",
+    "CostSettings",
     "CpuShare",
     "Figure",
     "Histogram",
@@ -172,11 +174,61 @@ class OpenLoopSettings(_Model):
     )
 
 
+class CostRepetition(_Model):
+    """One repetition of one arm of T9: a question set run through baton, judged and costed.
+
+    Money is in US dollars, summed exactly from the runs' usage and rounded to a float here.
+    """
+
+    question_set: int = Field(description="Which set (0 is the warm-up's).")
+    tasks: int
+    repeats: int = Field(description="Tasks that repeat an earlier one of the set exactly.")
+    results: int = Field(description="Runs that ended, whatever their status.")
+    completed: int
+    correct: int = Field(description="Runs whose output's answer is the labelled one.")
+    quality: float = Field(description="correct / tasks.")
+    cost_usd: float = Field(description="Sum of the runs' usage.cost_usd.")
+    saved_usd: float = Field(description="Sum of the runs' usage.saved_usd (cache hits).")
+    cached_runs: int = Field(description="Runs answered (at least partly) from the cache.")
+    cached_repeats: int = Field(description="Of those, exact repeats.")
+    multi_attempt_runs: int = Field(
+        description="Runs whose step took more than one attempt (cascade, retry)."
+    )
+    model_calls: dict[str, int] = Field(
+        default_factory=dict, description="Calls the model server answered, by model id."
+    )
+    malformed_answers: dict[str, int] = Field(
+        default_factory=dict,
+        description="Answers that were not the JSON asked for, by model id (server's count).",
+    )
+    provider_billed_usd: float = Field(
+        description="The server's side of the bill: the tokens it reported, at the prices."
+    )
+    first_wrong: str | None = Field(default=None, description="One run the judge refused.")
+
+
+class CostSettings(_Model):
+    """How T9 was run: the workload's shape, the routes, the cache, the load."""
+
+    workflow: str
+    tasks: int = Field(description="Tasks per question set, repeats included.")
+    repeats: int
+    distinct: int
+    hard: int = Field(description="Hard questions among the distinct ones.")
+    mislabelled: int = Field(description="Hard questions labelled easy.")
+    min_gap: int = Field(description="A repeat comes at least this many tasks after its first.")
+    seed: int
+    rate_per_s: float = Field(description="Tasks submitted per second, on a fixed schedule.")
+    guarantee: str
+    routes: dict[str, str] = Field(description="Route name -> model id and prices.")
+    cache: str = Field(description="Whether the worker's response cache was on, and its TTL.")
+
+
 class Measurement(_Model):
-    """What one subject (baton with a guarantee, the raw pipe, the codec) did."""
+    """What one subject (baton with a guarantee, the raw pipe, the codec, a T9 arm) did."""
 
     key: str
-    kind: Literal["closed_loop", "open_loop", "micro"]
+    kind: Literal["closed_loop", "open_loop", "micro", "cost"]
     subject: str
     guarantee: str | None = None
     process_role: str | None = Field(
@@ -199,6 +251,10 @@ class Measurement(_Model):
     bytes_per_run: dict[str, float] = Field(
         default_factory=dict, description="Value bytes written per run, by topic role."
     )
+    cost: list[CostRepetition] = Field(
+        default_factory=list, description="T9: each repetition's cost and judged quality."
+    )
+    cost_settings: CostSettings | None = None
     notes: list[str] = Field(default_factory=list)
 
 
@@ -235,6 +291,7 @@ class SuiteSettings(_Model):
     open_loop_seconds: float
     load_fraction: float
     payload_bytes: int
+    cost_tasks: int = Field(default=0, description="T9: tasks per question set.")
 
 
 class WorkloadInfo(_Model):

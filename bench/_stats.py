@@ -8,10 +8,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from bench._report import Histogram, Percentiles, Spread
+from bench._report import CpuShare, Histogram, Percentiles, Repetition, Spread
 
 __all__ = [
     "DEFAULT_EDGES_MS",
+    "cpu_shares",
     "histogram",
     "log_edges",
     "percentile",
@@ -91,6 +92,19 @@ def ratio(numerator: Spread, denominator: Spread) -> Spread:
         max=numerator.max / denominator.min,
         samples=[],
     )
+
+
+def cpu_shares(reps: Sequence[Repetition]) -> list[CpuShare]:
+    """Each process's CPU over the repetitions: the spread of its share, in order of appearance."""
+    roles: list[str] = []
+    for rep in reps:
+        roles.extend(role for role in rep.cpu_percent if role not in roles)
+    return [
+        CpuShare(
+            role=role, percent=spread([r.cpu_percent[role] for r in reps if role in r.cpu_percent])
+        )
+        for role in roles
+    ]
 
 
 def log_edges(low: float, high: float, per_decade: int) -> list[float]:

@@ -10,6 +10,8 @@ Order of a full run:
 3. The open-loop subjects: a fresh worker per guarantee, loaded at ``load_fraction`` of the
    runs/s its guarantee reached in step 2, repetitions round-robin again. Their topics are
    read back afterwards for the latencies.
+4. T9 (``bench._cost``): two workers, always-strong and routed + cached, on a labelled
+   mixed workload served by a loopback model server; question sets round-robin.
 """
 
 from __future__ import annotations
@@ -29,13 +31,14 @@ from importlib import metadata
 from pathlib import Path
 
 from bench._codec import measure_codec
+from bench._cost import CostPlan, measure_cost
 from bench._figures import all_figures, busy_machine_notes
 from bench._latency import run_latencies
 from bench._plan import MEASURED, Plan, plan
 from bench._processes import broker, machine
+from bench._questions import MixSpec
 from bench._readback import read_back
 from bench._report import (
-    CpuShare,
     Latency,
     Measurement,
     OpenLoopSettings,
@@ -45,7 +48,7 @@ from bench._report import (
     WorkloadInfo,
 )
 from bench._schedule import OpenLoopSchedule, latencies_from_schedule
-from bench._stats import histogram, percentiles, spread
+from bench._stats import cpu_shares, histogram, percentiles, spread
 from bench._subjects import BatonSubject, Bench, OpenLoopRun, RawPipeSubject, Subject
 from bench._workload import (
     EVENTS_DEFINITION,
@@ -93,6 +96,7 @@ class Options:
         open_seconds: Seconds of load per open-loop repetition (None: 5 quick, 20 full).
         warmup_runs: Closed-loop runs before measuring (None: 30 quick, 300 full).
         load_fraction: Open-loop rate as a fraction of the closed-loop maximum.
+        tasks: T9 tasks per question set (None: 100 quick, 200 full).
         plot: Write the PNG plot.
         command: The command line, recorded in the report.
     """
@@ -106,6 +110,7 @@ class Options:
     open_seconds: float | None = None
     warmup_runs: int | None = None
     load_fraction: float = 0.3
+    tasks: int | None = None
     plot: bool = True
     command: str = "python -m bench"
 
@@ -123,6 +128,7 @@ class Options:
             open_loop_seconds=self.open_seconds or (5.0 if self.quick else 20.0),
             load_fraction=self.load_fraction,
             payload_bytes=PAYLOAD_BYTES,
+            cost_tasks=self.tasks or (100 if self.quick else 200),
         )
 
     @property
@@ -225,6 +231,16 @@ async def _kafka_phases(
             await _open_phase(bench, chosen.open, settings, progress)
         except Exception as exc:
             _phase_failed("open loop", exc, progress)
+    if chosen.cost:
+        try:
+            cost = CostPlan(
+                spec=MixSpec(tasks=settings.cost_tasks, min_gap=min(40, settings.cost_tasks // 3)),
+                repetitions=settings.repetitions,
+                warmup_tasks=min(50, settings.cost_tasks),
+            )
+            progress.measurements.update(await measure_cost(bench, cost, progress.say))
+        except Exception as exc:
+            _phase_failed("T9", exc, progress)
 
 
 def _phase_failed(phase: str, exc: Exception, progress: _Progress) -> None:
@@ -294,20 +310,8 @@ def _closed_measurement(subject: Subject, reps: list[Repetition]) -> Measurement
         repetitions=reps,
         runs_per_s=spread([r.runs_per_s for r in reps]) if reps else None,
         events_per_s=spread([r.events_per_s for r in reps]) if reps else None,
-        cpu=_cpu(reps),
+        cpu=cpu_shares(reps),
     )
-
-
-def _cpu(reps: Sequence[Repetition]) -> list[CpuShare]:
-    roles: list[str] = []
-    for rep in reps:
-        roles.extend(role for role in rep.cpu_percent if role not in roles)
-    return [
-        CpuShare(
-            role=role, percent=spread([r.cpu_percent[role] for r in reps if role in r.cpu_percent])
-        )
-        for role in roles
-    ]
 
 
 async def _open_phase(
@@ -422,7 +426,7 @@ async def _open_measurement(
         repetitions=reps,
         runs_per_s=spread([r.runs_per_s for r in reps]),
         events_per_s=spread([r.events_per_s for r in reps]),
-        cpu=_cpu(reps),
+        cpu=cpu_shares(reps),
         latencies=latencies,
         open_loop=OpenLoopSettings(
             rate_per_s=schedule.rate_per_s,

@@ -24,6 +24,8 @@ def format_value(value: float, unit: str) -> str:
     """A number the way a person reads it for its unit."""
     if unit == "ratio":
         return f"{value:.2f}"
+    if unit == "runs" and float(value).is_integer():
+        return f"{value:,.0f}"
     if unit == "events/s" or abs(value) >= 1000:
         return f"{value:,.0f}"
     if abs(value) >= 100:

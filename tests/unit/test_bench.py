@@ -3,7 +3,6 @@ recorded stamps, figures and verdicts, the report schema. No broker, no subproce
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -190,12 +189,12 @@ class FakeClock:
         self.now += seconds
 
 
-def test_drive_submits_on_schedule_without_waiting_for_anything() -> None:
+async def test_drive_submits_on_schedule_without_waiting_for_anything() -> None:
     clock = FakeClock()
     sent: list[tuple[int, float]] = []
     schedule = OpenLoopSchedule(rate_per_s=4.0, count=8)
-    start, lateness = asyncio.run(
-        drive(schedule, lambda i: sent.append((i, clock.now)), clock, clock.sleep)
+    start, lateness = await drive(
+        schedule, lambda i: sent.append((i, clock.now)), clock, clock.sleep
     )
     assert start == 100.0
     assert [i for i, _ in sent] == list(range(8))
@@ -203,7 +202,7 @@ def test_drive_submits_on_schedule_without_waiting_for_anything() -> None:
     assert lateness == pytest.approx([0.0] * 8)
 
 
-def test_drive_sends_overdue_submissions_at_once_and_records_their_lateness() -> None:
+async def test_drive_sends_overdue_submissions_at_once_and_records_their_lateness() -> None:
     clock = FakeClock()
     sent: list[tuple[int, float]] = []
 
@@ -213,7 +212,7 @@ def test_drive_sends_overdue_submissions_at_once_and_records_their_lateness() ->
             clock.now += 0.55  # the generator stalls once (a GC pause, a busy core)
 
     schedule = OpenLoopSchedule(rate_per_s=10.0, count=10)
-    start, lateness = asyncio.run(drive(schedule, slow_submit, clock, clock.sleep))
+    start, lateness = await drive(schedule, slow_submit, clock, clock.sleep)
     # Nothing is skipped and later submissions keep the original schedule: 3..7 were due
     # during the stall and leave at once, 8 and 9 leave on time again.
     assert [i for i, _ in sent] == list(range(10))
