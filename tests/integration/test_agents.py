@@ -16,21 +16,18 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from streams._client import BatonClient
 from tests.fakes.anthropic_server import FakeAnthropicServer, MessageAnswer, ToolUse
 from tests.fakes.openai_server import FakeOpenAIServer, RecordedRequest
 from tests.fakes.tool_server import Delay, FakeToolServer, Json
+from tests.integration.approvals import publish, signed
 from tests.integration.workers import Cluster, Workers, run_events
 from topics import (
-    Codec,
     RunEvent,
     RunResult,
     RunStatus,
     TaskSubmitted,
-    partition_for,
-    sign_decision,
 )
 
 SIGNING_KEY = "agents-integration-key-0123456789"
@@ -347,7 +344,7 @@ async def test_a_tool_matching_an_approval_policy_waits_for_finance(
     assert asked.step == "help:1"
     assert not [r for r in tools.requests if r.path == "/refunds"], "nothing paid before approval"
     assert isinstance(asked.detail, dict)
-    await _approve(cluster, str(asked.detail["approval_id"]), "pay", "user:fin")
+    await publish(cluster, signed(str(asked.detail["approval_id"]), "user:fin", key=SIGNING_KEY))
     result = await result_of(cluster, "pay")
 
     assert result.status == RunStatus.completed, result.reason
@@ -376,27 +373,3 @@ async def test_local_and_http_retrieval_feed_an_llm_prompt(
 async def _with(cluster: Cluster, run_id: str, type_: str) -> list[RunEvent] | None:
     events = await run_events(cluster, run_id)
     return events if events_of(events, type_) else None
-
-
-async def _approve(cluster: Cluster, approval_id: str, run_id: str, approver: str) -> None:
-    decision = sign_decision(
-        approval_id=approval_id,
-        run_id=run_id,
-        verdict="approve",
-        approver=approver,
-        reason="refund ok",
-        key_id="k1",
-        key=SIGNING_KEY.encode(),
-    )
-    topic = cluster.catalog.approvals_decided
-    producer = AIOKafkaProducer(bootstrap_servers=cluster.bootstrap)
-    await producer.start()
-    try:
-        await producer.send_and_wait(
-            topic.name,
-            Codec().encode(decision),
-            key=run_id.encode(),
-            partition=partition_for(run_id, topic.partitions),
-        )
-    finally:
-        await producer.stop()

@@ -15,20 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from streams._client import BatonClient
 from tests.fakes.openai_server import ChatAnswer, Delay, FakeOpenAIServer, RecordedRequest
+from tests.integration.approvals import publish, signed
 from tests.integration.workers import Cluster, Workers, run_events
 from topics import (
     Budget,
-    Codec,
     RunEvent,
     RunResult,
     RunStatus,
     TaskSubmitted,
     partition_for,
-    sign_decision,
 )
 
 # Per million tokens: a 55-token call costs $0.0055 on strong and $0.00055 on fast.
@@ -240,7 +238,9 @@ async def test_approval_on_breach_waits_for_finance_then_runs(
         assert not calls(provider, "ap"), "nothing is spent before the approval"
         assert isinstance(asked.detail, dict)
         assert str(asked.detail["reason"]).startswith("over budget: max_cost_usd")
-        await _decide(cluster, str(asked.detail["approval_id"]), "pricey", "user:fin")
+        await publish(
+            cluster, signed(str(asked.detail["approval_id"]), "user:fin", key=SIGNING_KEY)
+        )
         result = (await client.wait(["pricey"], timeout_s=60))["pricey"]
     assert result.status == RunStatus.completed, result.reason
     assert len(calls(provider, "ap")) == 1
@@ -345,27 +345,3 @@ async def _until(check: Any, timeout: float = 60.0) -> Any:
             return value
         await asyncio.sleep(0.2)
     raise AssertionError(f"not true within {timeout}s")
-
-
-async def _decide(cluster: Cluster, approval_id: str, run_id: str, approver: str) -> None:
-    decision = sign_decision(
-        approval_id=approval_id,
-        run_id=run_id,
-        verdict="approve",
-        approver=approver,
-        reason="worth it",
-        key_id="k1",
-        key=SIGNING_KEY.encode(),
-    )
-    topic = cluster.catalog.approvals_decided
-    producer = AIOKafkaProducer(bootstrap_servers=cluster.bootstrap)
-    await producer.start()
-    try:
-        await producer.send_and_wait(
-            topic.name,
-            Codec().encode(decision),
-            key=run_id.encode(),
-            partition=partition_for(run_id, topic.partitions),
-        )
-    finally:
-        await producer.stop()
