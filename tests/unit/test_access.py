@@ -111,5 +111,7 @@ def test_the_examples_load() -> None:
     assert access.signing_key is not None
     alice = access.authenticate("alice-secret-token")
     assert alice is not None and access.allows(["group:leads"], alice.principal)
+    carol = access.authenticate("carol-demo-token")
+    assert carol is not None and access.allows(["group:finance"], carol.principal)
     policies = load_policies(EXAMPLES / "policies.yaml")
     assert policies.approvals
