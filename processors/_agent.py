@@ -20,20 +20,15 @@ key): the same conversation gets the same answer, or the same tool calls, withou
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Self
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
-from processors._breaker import Breakers
-from processors._cache import ResponseCache
-from processors._catalog import ModelCatalog
-from processors._llm import ModelClient, structured_answer
+from processors._llm import ModelProcessor, structured_answer
 from processors._processor import StepOutput, parse_params
-from processors._provider import Completion, Message, Provider, ToolCall, ToolDefinition
+from processors._provider import Completion, Message, ToolCall, ToolDefinition
 from processors._schema import check_schema, schema_problems
 from topics import ConfigurationError, StepKind, StepRequested, Usage
 
@@ -78,48 +73,13 @@ class AgentParams(BaseModel):
         return self
 
 
-class AgentProcessor:
+class AgentProcessor(ModelProcessor):
     """Runs ``agent`` turns: one model call, tool calls handed back, never made.
 
-    Args:
-        catalog: The model catalog routes are looked up in.
-        http_client: Shared client for HTTP providers; it must not retry on its own.
-        environ: Where API keys are read, by the variable names routes give.
-        providers: Providers by catalog ``provider`` name (defaults to every built-in one).
-        sleep: How waits between in-process retries are spent.
-        clock: The current time, to keep retries inside the step's deadline.
-        max_retry_wait: The longest single wait (seconds) sat out in-process.
-        breakers: The circuit breakers (share one set with the llm processor).
-        cache: The response cache (share one with the llm processor); ``None``: none.
+    Constructed as ``ModelProcessor``; share breakers and cache with the llm processor.
     """
 
     kind = StepKind.agent
-
-    def __init__(
-        self,
-        catalog: ModelCatalog,
-        http_client: httpx.AsyncClient,
-        environ: Mapping[str, str],
-        *,
-        providers: Mapping[str, Provider] | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        clock: Callable[[], datetime] = _utcnow,
-        max_retry_wait: float = 30.0,
-        breakers: Breakers | None = None,
-        cache: ResponseCache | None = None,
-    ) -> None:
-        self._model = ModelClient(
-            catalog,
-            http_client,
-            environ,
-            providers=providers,
-            sleep=sleep,
-            clock=clock,
-            max_retry_wait=max_retry_wait,
-            breakers=breakers,
-            cache=cache,
-        )
-        self.breakers = self._model.breakers
 
     async def run(self, request: StepRequested) -> StepOutput:
         """Make the turn's model call and hand back its answer or its tool calls.

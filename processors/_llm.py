@@ -59,6 +59,7 @@ __all__ = [
     "LlmParams",
     "LlmProcessor",
     "ModelClient",
+    "ModelProcessor",
     "default_providers",
     "parse_json_answer",
     "structured_answer",
@@ -369,8 +370,8 @@ def _completion_of(entry: CacheEntry) -> Completion:
     )
 
 
-class LlmProcessor:
-    """Runs ``llm`` steps.
+class ModelProcessor:
+    """What the processors that call models (``llm``, ``agent``) are built from: a ModelClient.
 
     Args:
         catalog: The model catalog routes are looked up in.
@@ -381,11 +382,9 @@ class LlmProcessor:
         clock: The current time, to keep retries inside the step's deadline.
         max_retry_wait: The longest single wait (seconds) sat out in-process; a longer
             ``Retry-After`` ends the attempt and is left to the coordinator's delayed retry.
-        breakers: The circuit breakers (share one set with the agent processor).
-        cache: The response cache (share one with the agent processor); ``None``: none.
+        breakers: The circuit breakers (share one set between the model processors).
+        cache: The response cache (share one between the model processors); ``None``: none.
     """
-
-    kind = StepKind.llm
 
     def __init__(
         self,
@@ -412,6 +411,12 @@ class LlmProcessor:
             cache=cache,
         )
         self.breakers = self._model.breakers
+
+
+class LlmProcessor(ModelProcessor):
+    """Runs ``llm`` steps (constructed as ``ModelProcessor``)."""
+
+    kind = StepKind.llm
 
     async def run(self, request: StepRequested) -> StepOutput:
         """Call the step's route (or answer from the cache) and check the answer.

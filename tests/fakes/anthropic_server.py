@@ -20,21 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import pytest
 
+from tests.fakes._loopback import read_request
 from tests.fakes.openai_server import (
     Answer,
     ChatAnswer,
     ErrorStatus,
     FakeOpenAIServer,
     RecordedRequest,
-    _read_chunked,
 )
 
 __all__ = [
@@ -103,19 +101,13 @@ AnthropicResponder = Callable[[RecordedRequest], AnthropicAnswer]
 class FakeAnthropicServer(FakeOpenAIServer):
     """A loopback Anthropic Messages server whose answers tests script (see the module doc)."""
 
+    thread_name = "fake-anthropic"
+
     def __init__(self) -> None:
         super().__init__()
         self._default = MessageAnswer()  # type: ignore[assignment]  # base slots hold ours too
         self._message_ids = itertools.count(1)
         self._tool_ids = itertools.count(1)
-
-    def start(self) -> FakeAnthropicServer:
-        """Start serving on a free loopback port; returns the server."""
-        super().start()
-        return self
-
-    def __enter__(self) -> FakeAnthropicServer:
-        return self.start()
 
     def reply(self, answer: AnthropicAnswer | AnthropicResponder) -> None:
         """Set the default answer (a value, or a function of the request)."""
@@ -136,9 +128,12 @@ class FakeAnthropicServer(FakeOpenAIServer):
     async def _one_exchange(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
-        request = await _read_request(reader)
-        if request is None:
+        read = await read_request(reader)
+        if read is None:
             return False
+        request = RecordedRequest(
+            read.method, read.target, read.headers, read.raw_body, read.body, read.at
+        )
         with self._lock:
             self._requests.append(request)
             answer: AnthropicAnswer | AnthropicResponder | None = None
@@ -209,29 +204,6 @@ class FakeAnthropicServer(FakeOpenAIServer):
                 "output_tokens": answer.output_tokens,
             }
         return message
-
-
-async def _read_request(reader: asyncio.StreamReader) -> RecordedRequest | None:
-    """Read one request; ``None`` when the client closed the connection."""
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError:
-        return None
-    request_line, *lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
-    method, target, _ = request_line.split(" ", 2)
-    headers: dict[str, str] = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        raw = await _read_chunked(reader)
-    else:
-        raw = await reader.readexactly(int(headers.get("content-length", "0")))
-    try:
-        body = orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError:
-        body = None
-    return RecordedRequest(method, target, headers, raw, body, time.monotonic())
 
 
 def _error(kind: str, message: str) -> dict[str, Any]:

@@ -19,21 +19,16 @@ no route gets a 404, and is recorded like every other.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import struct
-import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from http import HTTPStatus
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import pytest
+
+from tests.fakes._loopback import LoopbackServer, disconnect, read_request
 
 __all__ = [
     "Delay",
@@ -161,56 +156,14 @@ class _Route:
     queue: deque[ToolAnswer | Responder] = field(default_factory=deque)
 
 
-class FakeToolServer:
+class FakeToolServer(LoopbackServer[RecordedRequest]):
     """A loopback HTTP server whose answers tests set per route (see the module doc)."""
 
+    thread_name = "fake-tools"
+
     def __init__(self) -> None:
-        self._lock = threading.Condition()
-        self._requests: list[RecordedRequest] = []
+        super().__init__()
         self._routes: dict[tuple[str, str], _Route] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._connections: set[asyncio.Task[Any]] = set()
-        self.port = 0
-
-    # -- lifecycle ------------------------------------------------------------------------
-
-    def start(self) -> FakeToolServer:
-        """Start serving on a free loopback port; returns the server."""
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, name="fake-tools", daemon=True)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._listen(), loop).result(timeout=10)
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, dropping open connections."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
-        self._loop = self._thread = None
-
-    def __enter__(self) -> FakeToolServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:<port>``."""
-        return f"http://127.0.0.1:{self.port}"
 
     # -- the script -----------------------------------------------------------------------
 
@@ -237,87 +190,18 @@ class FakeToolServer:
             self._requests.clear()
             self._routes.clear()
 
-    # -- what was seen --------------------------------------------------------------------
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        """Every request received so far, oldest first (a copy)."""
-        with self._lock:
-            return list(self._requests)
-
-    @property
-    def call_count(self) -> int:
-        """How many requests were received."""
-        with self._lock:
-            return len(self._requests)
-
-    def wait_for_requests(self, count: int, timeout: float = 5.0) -> list[RecordedRequest]:
-        """Block until ``count`` requests were received; fail after ``timeout`` seconds."""
-        with self._lock:
-            if not self._lock.wait_for(lambda: len(self._requests) >= count, timeout):
-                raise AssertionError(
-                    f"expected {count} requests within {timeout} s, got {len(self._requests)}"
-                )
-            return list(self._requests)
-
     # -- serving --------------------------------------------------------------------------
-
-    async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._serve, host="127.0.0.1", port=0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _shutdown(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        try:
-            while await self._one_exchange(reader, writer):
-                pass
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass
-        except asyncio.CancelledError:
-            pass  # the server is stopping; ending quietly keeps asyncio from logging it
-        finally:
-            self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
 
     async def _one_exchange(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
-        """Read one request and answer it; ``False`` when the connection is done."""
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.IncompleteReadError:
+        read = await read_request(reader)
+        if read is None:
             return False
-        request_line, *lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
-        method, target, _ = request_line.split(" ", 2)
-        headers: dict[str, str] = {}
-        for line in lines:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            raw = await _read_chunked(reader)
-        else:
-            raw = await reader.readexactly(int(headers.get("content-length", "0")))
-        try:
-            body = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            body = None
-        parts = urlsplit(target)
+        method, parts = read.method, urlsplit(read.target)
         query = parse_qs(parts.query, keep_blank_values=True)
         request = RecordedRequest(
-            method, target, parts.path, query, headers, raw, body, time.monotonic()
+            method, read.target, parts.path, query, read.headers, read.raw_body, read.body, read.at
         )
         with self._lock:
             self._requests.append(request)
@@ -365,36 +249,7 @@ class FakeToolServer:
             headers.setdefault("Content-Type", "application/json")
             payload = orjson.dumps({"error": answer.message})
             return await self._send(writer, answer.status, payload, headers)
-        if answer.reset:
-            sock = writer.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            writer.transport.abort()
-        return False
-
-    async def _send(
-        self, writer: asyncio.StreamWriter, status: int, body: bytes, headers: Mapping[str, str]
-    ) -> bool:
-        try:
-            reason = HTTPStatus(status).phrase
-        except ValueError:
-            reason = "Unknown"
-        lines = [f"HTTP/1.1 {status} {reason}", f"Content-Length: {len(body)}"]
-        lines += [f"{name}: {value}" for name, value in headers.items()]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
-        await writer.drain()
-        return True
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    body = bytearray()
-    while True:
-        size = int((await reader.readuntil(b"\r\n")).split(b";")[0].strip(), 16)
-        if size == 0:
-            await reader.readuntil(b"\r\n")
-            return bytes(body)
-        body += await reader.readexactly(size)
-        await reader.readexactly(2)
+        return disconnect(writer, reset=answer.reset)
 
 
 @pytest.fixture
