@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from streams.localkafka import LocalKafkaCluster
+from tests.integration.workers import Cluster, Workers
 
 _HERE = Path(__file__).parent
 
@@ -34,3 +35,14 @@ def kafka_cluster3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKa
         tmp_path_factory.mktemp("kafka3"), size=3, overrides=FAST_FENCING
     ) as cluster:
         yield cluster
+
+
+@pytest.fixture
+def workers(cluster: Cluster) -> Iterator[Workers]:
+    """The workers a test starts (``workers.start``), all stopped after it.
+
+    Needs the test module's ``cluster`` fixture.
+    """
+    started = Workers(cluster)
+    yield started
+    started.stop_all()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -215,20 +214,8 @@ sources:
             "BATON_APPROVAL_KEY": SIGNING_KEY,
         },
     )
-    assert cluster.baton("topics", "create").returncode == 0
-    for name, text in (("support", AGENT), ("narrow", NARROW), ("grounded", RETRIEVAL)):
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(text)
-        deployed = cluster.baton("workflows", "deploy", str(path))
-        assert deployed.returncode == 0, deployed.stderr
+    cluster.deploy(support=AGENT, narrow=NARROW, grounded=RETRIEVAL)
     return cluster
-
-
-@pytest.fixture
-def workers(cluster: Cluster) -> Iterator[Workers]:
-    started = Workers(cluster)
-    yield started
-    started.stop_all()
 
 
 async def submit(cluster: Cluster, run_id: str, workflow: str, text: str) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -106,20 +105,8 @@ def cluster(
         )
     )
     cluster = Cluster(kafka_bootstrap, topic_prefix, tmp_path / "home", models_file=models)
-    assert cluster.baton("topics", "create").returncode == 0
-    for name, text in (("three", THREE_CALLS), ("one", ONE_CALL), ("cascade", CASCADE)):
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(text)
-        deployed = cluster.baton("workflows", "deploy", str(path))
-        assert deployed.returncode == 0, deployed.stderr
+    cluster.deploy(three=THREE_CALLS, one=ONE_CALL, cascade=CASCADE)
     return cluster
-
-
-@pytest.fixture
-def workers(cluster: Cluster) -> Iterator[Workers]:
-    started = Workers(cluster)
-    yield started
-    started.stop_all()
 
 
 def policies(cluster: Cluster, text: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -65,19 +65,8 @@ def cluster(
         f"    input_usd_per_mtok: {PRICE}\n    output_usd_per_mtok: {PRICE}\n"
     )
     cluster = Cluster(kafka_bootstrap, topic_prefix, tmp_path / "home", models_file=models)
-    assert cluster.baton("topics", "create").returncode == 0
-    workflow = tmp_path / "one-call.yaml"
-    workflow.write_text(ONE_CALL)
-    deployed = cluster.baton("workflows", "deploy", str(workflow))
-    assert deployed.returncode == 0, deployed.stderr
+    cluster.deploy(**{"one-call": ONE_CALL})
     return cluster
-
-
-@pytest.fixture
-def workers(cluster: Cluster) -> Iterator[Workers]:
-    started = Workers(cluster)
-    yield started
-    started.stop_all()
 
 
 async def run(cluster: Cluster, run_id: str, tag: str) -> RunResult:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -58,13 +57,6 @@ def cluster(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> Cluster:
     deployed = cluster.baton("workflows", "deploy", str(workflow))
     assert deployed.returncode == 0, deployed.stderr
     return cluster
-
-
-@pytest.fixture
-def workers(cluster: Cluster) -> Iterator[Workers]:
-    started = Workers(cluster)
-    yield started
-    started.stop_all()
 
 
 @pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])

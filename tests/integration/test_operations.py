@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -69,13 +68,6 @@ def cluster(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> Cluster:
         workflow.write_text(text)
         assert cluster.baton("workflows", "deploy", str(workflow)).returncode == 0
     return cluster
-
-
-@pytest.fixture
-def workers(cluster: Cluster) -> Iterator[Workers]:
-    started = Workers(cluster)
-    yield started
-    started.stop_all()
 
 
 async def test_a_run_in_flight_is_cancelled_and_its_late_results_change_nothing(

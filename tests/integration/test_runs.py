@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -34,13 +33,6 @@ def cluster(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> Cluster:
     created = cluster.baton("topics", "create")
     assert created.returncode == 0, created.stderr
     return cluster
-
-
-@pytest.fixture
-def workers(cluster: Cluster) -> Iterator[Workers]:
-    started = Workers(cluster)
-    yield started
-    started.stop_all()
 
 
 def deploy(cluster: Cluster, path: Path) -> None:

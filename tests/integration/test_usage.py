@@ -84,12 +84,7 @@ def cluster(
         )
     )
     cluster = Cluster(kafka_bootstrap, topic_prefix, tmp_path / "home", models_file=models)
-    assert cluster.baton("topics", "create").returncode == 0
-    for name, text in (("one", ONE), ("two", TWO)):
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(text)
-        deployed = cluster.baton("workflows", "deploy", str(path))
-        assert deployed.returncode == 0, deployed.stderr
+    cluster.deploy(one=ONE, two=TWO)
     return cluster
 
 

@@ -66,6 +66,19 @@ class Cluster:
         env.update(more)
         return env
 
+    def deploy(self, **workflows: str) -> None:
+        """Create the topics and deploy these workflows (YAML texts, by file stem)."""
+        assert self.baton("topics", "create").returncode == 0
+        folder = self.home / "workflows"
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for stem, text in workflows.items():
+            path = folder / f"{stem}.yaml"
+            path.write_text(text)
+            paths.append(str(path))
+        deployed = self.baton("workflows", "deploy", *paths)
+        assert deployed.returncode == 0, deployed.stderr
+
     def baton(
         self, *args: str, timeout: float = 120, **env: str
     ) -> subprocess.CompletedProcess[str]:
