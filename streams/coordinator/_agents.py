@@ -26,16 +26,11 @@ from streams.coordinator._transition import Transition, add_usage
 from streams.workflow import AgentStep
 from topics import StepError, Usage
 
-__all__ = ["MAX_TURNS_EXCEEDED", "TOOL_CALL_REFUSED", "call_finished", "is_call", "on_turn"]
+__all__ = ["call_finished", "on_turn", "pending_calls"]
 
 MAX_TURNS_EXCEEDED = "MaxTurnsExceeded"
 TOOL_CALL_REFUSED = "ToolCallRefused"
 _MAX_RESULT_CHARS = 20_000  # what one tool result may put in the conversation
-
-
-def is_call(t: Transition, name: str) -> bool:
-    """Whether a step is a tool call an agent asked for."""
-    return t.steps[name].call is not None
 
 
 def on_turn(

@@ -51,10 +51,7 @@ def advance(t: Transition) -> None:
             elif not gate(t, name, _facts(name, spec)):
                 t.dispatch(name)
     for name in pending_calls(t):  # tool calls agents asked for: gated like any tool step
-        call = t.steps[name].call
-        assert call is not None
-        facts = {"name": name, "kind": "tool", "tool": call.tool, "agent": call.agent}
-        if t.running and not gate(t, name, facts):
+        if t.running and not gate(t, name, _facts(name, t.spec(name))):
             t.dispatch(name)
     if t.running and all(t.steps[name].phase.done for name in t.wf.order):
         _complete(t)

@@ -17,7 +17,7 @@ from pydantic import JsonValue
 from processors import TemplateRenderError, compile_expression, render_value
 from streams.coordinator._params import request_params
 from streams.coordinator._state import RunState, StepPhase, StepState
-from streams.workflow import DEFAULT_TIMEOUTS, AgentStep, LlmStep, StepSpec, ToolStep, Workflow
+from streams.workflow import DEFAULT_TIMEOUTS, AgentStep, LlmStep, StepSpec, Workflow
 from topics import (
     Budget,
     Event,
@@ -116,15 +116,7 @@ class Transition:
         call = self.steps[name].call if name in self.steps else None
         if call is None:
             return self.wf.step(name)
-        agent = self.wf.step(call.agent)
-        assert isinstance(agent, AgentStep)
-        return ToolStep(
-            kind="tool",
-            tool=call.tool,
-            retry=agent.tool_retry,
-            timeout=agent.tool_timeout,
-            description=f"tool call {call.index + 1} of {call.agent}'s turn {call.turn}",
-        )
+        return self.wf.tool_call_step(call.agent, call.tool)
 
     def timeout(self, name: str) -> float:
         """Seconds an attempt of a step may take."""

@@ -88,6 +88,31 @@ class Workflow:
         step = self.spec.steps[name]
         return step.timeout if step.timeout is not None else DEFAULT_TIMEOUTS[step.kind]
 
+    def tool_call_step(self, agent: str, tool: str) -> ToolStep:
+        """The ``tool`` step a call of ``agent``'s model to ``tool`` runs as (built once).
+
+        It has the agent's ``tool_retry`` and ``tool_timeout``; the call's arguments are the
+        model's, kept with the call, never part of a definition (nor rendered).
+        """
+        key = (agent, tool)
+        step = self._tool_call_steps.get(key)
+        if step is None:
+            spec = self.spec.steps[agent]
+            assert isinstance(spec, AgentStep)
+            step = ToolStep(
+                kind="tool",
+                tool=tool,
+                retry=spec.tool_retry,
+                timeout=spec.tool_timeout,
+                description=f"a tool call of agent {agent}",
+            )
+            self._tool_call_steps[key] = step
+        return step
+
+    @cached_property
+    def _tool_call_steps(self) -> dict[tuple[str, str], ToolStep]:
+        return {}
+
     @cached_property
     def sinks(self) -> tuple[str, ...]:
         """Steps nothing runs after."""
