@@ -38,6 +38,7 @@ __all__ = [
     "is_exhausted_step",
     "latest_by_id",
     "partitions_of",
+    "ranges_since",
     "read_dead_letters",
     "scan",
 ]
@@ -175,6 +176,22 @@ async def partitions_of(client: AIOKafkaConsumer, topic: Topic) -> list[TopicPar
             "(is BATON_TOPIC_PREFIX right? `baton topics create` creates the topics)"
         )
     return [TopicPartition(topic.name, p) for p in range(topic.partitions)]
+
+
+async def ranges_since(
+    client: AIOKafkaConsumer, tps: list[TopicPartition], since: datetime
+) -> dict[TopicPartition, tuple[int, int]]:
+    """For ``scan``: each partition from its first record at or after ``since`` to its end now.
+
+    Partitions with nothing that recent are left out.
+    """
+    starts = await client.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in tps})
+    ends = await client.end_offsets(tps)
+    return {
+        tp: (found.offset, ends[tp])
+        for tp, found in starts.items()
+        if found is not None and found.offset < ends[tp]
+    }
 
 
 async def scan(

@@ -28,11 +28,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from streams._deadletters import consumer, is_exhausted_step, partitions_of, scan
+from streams._deadletters import (
+    consumer,
+    is_exhausted_step,
+    partitions_of,
+    ranges_since,
+    scan,
+)
 from topics import (
     Codec,
     ConfigurationError,
@@ -443,13 +449,7 @@ async def replay_range(
     try:
         async with consumer(bootstrap) as client:
             tps = await partitions_of(client, topic)
-            starts = await client.offsets_for_times({tp: _epoch_ms(since) for tp in tps})
-            ends = await client.end_offsets(tps)
-            ranges: dict[TopicPartition, tuple[int, int]] = {
-                tp: (found.offset, ends[tp])
-                for tp, found in starts.items()
-                if found is not None and found.offset < ends[tp]
-            }
+            ranges = await ranges_since(client, tps, since)
             if progress is not None:
                 progress.started(sum(end - start for start, end in ranges.values()))
             async for record in scan(client, ranges, until_ms=_epoch_ms(until)):

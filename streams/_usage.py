@@ -19,10 +19,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
-from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from streams._deadletters import consumer, partitions_of, scan
+from streams._deadletters import consumer, partitions_of, ranges_since, scan
 from topics import Codec, ConfigurationError, DecodeError, RetryableError, RunEvent, TopicCatalog
 
 __all__ = [
@@ -186,13 +185,7 @@ async def read_usage(
     try:
         async with consumer(bootstrap) as client:
             tps = await partitions_of(client, catalog.run_events)
-            starts = await client.offsets_for_times({tp: _epoch_ms(since) for tp in tps})
-            ends = await client.end_offsets(tps)
-            ranges: dict[TopicPartition, tuple[int, int]] = {
-                tp: (found.offset, ends[tp])
-                for tp, found in starts.items()
-                if found is not None and found.offset < ends[tp]
-            }
+            ranges = await ranges_since(client, tps, since)
             async for record in scan(client, ranges):
                 try:
                     event = codec.decode(record.value, RunEvent)
@@ -204,7 +197,3 @@ async def read_usage(
     except KafkaError as exc:
         raise RetryableError(f"reading {catalog.run_events.name} failed: {exc}") from exc
     return summarize(events, by, since, until, skipped)
-
-
-def _epoch_ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
