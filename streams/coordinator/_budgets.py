@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from processors import ModelCatalog
 from streams.coordinator._approvals import BUDGET_GATE, ask_budget_approval
 from streams.coordinator._state import Reservation, StepPhase
 from topics import (
@@ -79,7 +80,7 @@ class _Breach:
     text: str
 
 
-def estimate(request: StepRequested, models: Any) -> Usage:
+def estimate(request: StepRequested, models: ModelCatalog | None) -> Usage:
     """What one model call may cost: tokens and money, from its request and the catalog."""
     params = request.params if isinstance(request.params, dict) else {}
     route = params.get("route")

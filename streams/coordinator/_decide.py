@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from processors import ToolRegistry
+from processors import ModelCatalog, ToolRegistry
 from streams._access import Access
 from streams._policies import Policies
 from streams.coordinator._agents import call_finished, on_turn
@@ -81,7 +81,7 @@ class Context:
     codec: Codec | None = None
     policies: Policies = field(default_factory=Policies)
     access: Access = field(default_factory=Access)
-    models: Any = None
+    models: ModelCatalog | None = None
     ledger: SpendLedger | None = None
     tools: ToolRegistry | None = None
 
