@@ -52,11 +52,23 @@ from topics._events import (
     Usage,
     WorkflowDefinition,
 )
+from topics._json import (
+    MAX_JSON_BYTES,
+    MAX_JSON_DEPTH,
+    JsonLimitExceeded,
+    check_json,
+    loads_json,
+)
 from topics._partitioning import partition_for
 from topics._registry import EVENT_TYPES, SchemaEntry, SchemaRegistry
 from topics._signing import decision_message, sign_decision, verify_decision
 
 __all__ = [
+    "MAX_JSON_BYTES",
+    "MAX_JSON_DEPTH",
+    "JsonLimitExceeded",
+    "check_json",
+    "loads_json",
     "DEFAULT_RETRY_TIERS",
     "EVENT_TYPES",
     "LLM_CACHE_RETENTION_MS",
