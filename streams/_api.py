@@ -36,7 +36,6 @@ import httpx
 import orjson
 from aiohttp import web as aioweb
 from aiokafka.errors import KafkaError
-from faust.exceptions import ConsumerNotStarted
 from faust.web.exceptions import WebError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -96,16 +95,6 @@ def approval_view(request: ApprovalRequested, state: RunState | None) -> dict[st
     )
     view["votes"] = [vote.model_dump(mode="json") for vote in votes]
     return view
-
-
-def _processing(app: faust.App) -> list[str]:
-    """The step topics this worker's processors consume (none when it runs no processors)."""
-    if app.producer_only:
-        return []
-    try:
-        return sorted({tp.topic for tp in app.consumer.assignment()})
-    except ConsumerNotStarted:
-        return []
 
 
 class _Refused(WebError):
@@ -438,8 +427,16 @@ async def _json_errors(request: aioweb.Request, handler: _Handler) -> aioweb.Str
         )
 
 
-def install_api(app: faust.App, runtime: CoordinatorRuntime, http: httpx.AsyncClient) -> None:
-    """Add the API's pages and the approval inbox to the worker's Faust app."""
+def install_api(
+    app: faust.App,
+    runtime: CoordinatorRuntime,
+    http: httpx.AsyncClient,
+    processing: Callable[[], list[str]] = list,
+) -> None:
+    """Add the API's pages and the approval inbox to the worker's Faust app.
+
+    ``processing`` names the step topics this worker's processors read (for ``/healthz``).
+    """
     # Faust types ``app.web`` as its driver-neutral base; the worker runs the aiohttp driver.
     server: aioweb.Application = app.web.web_app  # type: ignore[attr-defined]
     server.middlewares.append(_json_errors)
@@ -453,7 +450,7 @@ def install_api(app: faust.App, runtime: CoordinatorRuntime, http: httpx.AsyncCl
                 "ok": True,
                 "events_processed": runtime.events_processed,
                 "partitions": sorted(runtime.ready),
-                "processing": _processing(app),
+                "processing": processing(),
             }
         )
 

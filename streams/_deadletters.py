@@ -36,6 +36,7 @@ __all__ = [
     "DeadLetterScan",
     "consumer",
     "is_exhausted_step",
+    "letter_for",
     "latest_by_id",
     "partitions_of",
     "ranges_since",
@@ -45,6 +46,36 @@ __all__ = [
 
 #: Seconds a read may go without receiving anything before it is given up as stuck.
 STALL_TIMEOUT_S = 30.0
+
+
+def letter_for(
+    record: Any,
+    *,
+    error_class: str,
+    reason: str,
+    at: datetime,
+    run_id: str | None = None,
+    payload_type: str | None = None,
+) -> DeadLetter:
+    """The dead letter of a consumed Kafka record that cannot be handled: its bytes, whole.
+
+    Its id is the record's place (``topic/partition/offset``), so a record dead-lettered
+    again (at-least-once writers, a takeover reading it again) keeps one id.
+    """
+    offset = getattr(record, "offset", None)
+    return DeadLetter(
+        dead_letter_id=f"{record.topic}/{record.partition}/{offset if offset is not None else '-'}",
+        origin_topic=record.topic,
+        origin_partition=record.partition,
+        origin_offset=offset,
+        key=record.key,
+        payload=record.value or b"",
+        payload_type=payload_type,
+        error_class=error_class,
+        error=reason,
+        run_id=run_id,
+        at=at,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,10 @@ from topics import (
     ControlCommand,
     DeadLetter,
     Event,
+    JournalEntry,
     RunEvent,
+    RunEventBatch,
+    RunJournal,
     RunResult,
     RunStatus,
     SpendKind,
@@ -227,6 +230,26 @@ def full_events() -> list[Event]:
             cost_usd=Decimal("0.000179"),
             created_at=T0,
         ),
+        RunEventBatch(
+            events=[
+                RunEvent(run_id="ticket-1042", seq=0, type="run_started", at=T0),
+                RunEvent(
+                    run_id="ticket-1043",
+                    seq=3,
+                    type="step_dispatched",
+                    at=T1,
+                    step="draft",
+                    attempt=2,
+                    detail={"route": "fast"},
+                ),
+            ]
+        ),
+        RunJournal(
+            entries=[
+                JournalEntry(run_id="ticket-1042", record=b"\x01state"),
+                JournalEntry(run_id="ticket-1043", record=b""),
+            ]
+        ),
     ]
 
 
@@ -297,4 +320,6 @@ def minimal_events() -> list[Event]:
             output_tokens=0,
             created_at=T0,
         ),
+        RunEventBatch(events=[]),
+        RunJournal(entries=[]),
     ]

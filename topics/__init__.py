@@ -7,6 +7,7 @@ from topics._admin import TopicState, create_topics, describe_topics
 from topics._avro import avro_schema
 from topics._catalog import (
     DEFAULT_RETRY_TIERS,
+    DEFAULT_RUN_RETENTION_S,
     LLM_CACHE_RETENTION_MS,
     RetryTier,
     Topic,
@@ -32,9 +33,12 @@ from topics._events import (
     ControlCommand,
     DeadLetter,
     Event,
+    JournalEntry,
     Money,
     Record,
     RunEvent,
+    RunEventBatch,
+    RunJournal,
     RunResult,
     RunStatus,
     SpendKind,
@@ -59,7 +63,7 @@ from topics._json import (
     check_json,
     loads_json,
 )
-from topics._partitioning import partition_for
+from topics._partitioning import partition_for, run_id_of
 from topics._registry import EVENT_TYPES, SchemaEntry, SchemaRegistry
 from topics._signing import decision_message, sign_decision, verify_decision
 
@@ -70,6 +74,7 @@ __all__ = [
     "check_json",
     "loads_json",
     "DEFAULT_RETRY_TIERS",
+    "DEFAULT_RUN_RETENTION_S",
     "EVENT_TYPES",
     "LLM_CACHE_RETENTION_MS",
     "ApprovalDecision",
@@ -92,7 +97,10 @@ __all__ = [
     "Record",
     "RetryTier",
     "RetryableError",
+    "JournalEntry",
     "RunEvent",
+    "RunEventBatch",
+    "RunJournal",
     "RunResult",
     "SpendKind",
     "SpendRecorded",
@@ -120,6 +128,7 @@ __all__ = [
     "describe_topics",
     "describe_validation_error",
     "partition_for",
+    "run_id_of",
     "sign_decision",
     "verify_decision",
 ]

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from topics._avro import JSON_LOGICAL_TYPE, full_name
 from topics._catalog import Topic
 from topics._errors import DecodeError
-from topics._events import Event, TaskSubmitted
+from topics._events import Event, RunEvent, RunEventBatch, RunJournal, TaskSubmitted
 from topics._registry import EVENT_TYPES, SchemaRegistry
 
 __all__ = ["Codec", "describe_validation_error"]
@@ -82,6 +82,33 @@ class Codec:
         fastavro.schemaless_writer(buffer, schema, event.model_dump())
         return buffer.getvalue()
 
+    def encode_item(self, event: Event) -> bytes:
+        """An event's Avro body alone, to be framed into a batch by ``batch``."""
+        _, schema = self._writers[type(event)]
+        buffer = io.BytesIO()
+        fastavro.schemaless_writer(buffer, schema, event.model_dump())
+        return buffer.getvalue()
+
+    def batch(
+        self, batch_type: type[RunEventBatch] | type[RunJournal], items: list[bytes]
+    ) -> bytes:
+        """The wire bytes of a batch event from its items' Avro bodies.
+
+        ``RunEventBatch`` and ``RunJournal`` are one array field each; an Avro array is a
+        count, the items' bodies, and a zero. Items encoded one by one (``encode_item``,
+        ``journal_entry``) are framed without decoding or validating anything again.
+        """
+        header, _ = self._writers[batch_type]
+        if not items:
+            return header + b"\x00"
+        return b"".join((header, _long(len(items)), *items, b"\x00"))
+
+    @staticmethod
+    def journal_entry(run_id: str, record: bytes) -> bytes:
+        """The Avro body of one ``JournalEntry`` (a run id and a stored record)."""
+        name = run_id.encode()
+        return b"".join((_long(len(name)), name, _long(len(record)), record))
+
     @overload
     def decode(self, data: bytes | None, expected: type[E]) -> E: ...
 
@@ -132,6 +159,15 @@ class Codec:
             record = _with_defaults_converted(record, reader_raw, writer_raw, {}, {})
         return _validate(event_type, record, data)
 
+    def run_events(self, data: bytes | None) -> list[RunEvent]:
+        """The run events in a ``run-events`` record: a batch, or one event (older releases).
+
+        Raises:
+            DecodeError: The value is neither.
+        """
+        event = self.decode(data, (RunEventBatch, RunEvent))
+        return event.events if isinstance(event, RunEventBatch) else [event]  # type: ignore[list-item]
+
     def decode_for(self, topic: Topic, data: bytes | None, key: bytes | None = None) -> Event:
         """Decode a record value from a catalog topic (JSON too, where the topic accepts it).
 
@@ -160,6 +196,17 @@ class Codec:
             except UnicodeDecodeError:
                 raise DecodeError("task_id missing and the record key is not UTF-8", data) from None
         return _validate(TaskSubmitted, value, data)
+
+
+def _long(value: int) -> bytes:
+    """Avro's zig-zag varint encoding of a long."""
+    zigzag = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while zigzag & ~0x7F:
+        out.append((zigzag & 0x7F) | 0x80)
+        zigzag >>= 7
+    out.append(zigzag)
+    return bytes(out)
 
 
 def _validate(event_type: type[E], value: Any, data: bytes) -> E:

@@ -29,7 +29,10 @@ __all__ = [
     "MONEY_SCALE",
     "Money",
     "Record",
+    "JournalEntry",
     "RunEvent",
+    "RunEventBatch",
+    "RunJournal",
     "RunResult",
     "RunStatus",
     "SpendKind",
@@ -273,6 +276,37 @@ class RunEvent(Event):
     total_cost_usd: Money = Field(default=Decimal(0), description="Run cost so far.")
     total_tokens: int = Field(default=0, ge=0, description="Run tokens so far.")
     detail: JsonValue = Field(default=None, description="Type-specific detail.")
+
+
+class RunEventBatch(Event):
+    """The run events of one coordinator commit on one partition, in order. Key: null.
+
+    One record carries every event the commit produced, for all the partition's runs it
+    touched: a record per commit, not per event, keeps the audit trail's cost per run small.
+    Events of one run appear in ``seq`` order across records.
+    """
+
+    events: list[RunEvent] = Field(description="The events, in the order they happened.")
+
+
+class JournalEntry(Record):
+    """One run's state as one coordinator commit left it."""
+
+    run_id: str = Field(description="The run.")
+    record: bytes = Field(description="The run's stored state, as the run-state topic keeps it.")
+
+
+class RunJournal(Event):
+    """The run states one coordinator commit changed on one partition. Key: null.
+
+    The coordinator's write-ahead journal: every commit appends one record (or a few, when
+    large) with the new state of each run it changed, in the same transaction as the events
+    it emitted. The compacted ``run-state`` topic receives each run's state only now and then
+    (a flush), after which the journal before it is deleted; a worker taking a partition over
+    reads the run-state snapshots, then the journal since the last flush.
+    """
+
+    entries: list[JournalEntry] = Field(description="The runs' new states.")
 
 
 class AttemptRecord(Record):

@@ -87,16 +87,14 @@ def runtime(reviewers: Access, *, owns: set[int] | None = None) -> CoordinatorRu
         exactly_once=True,
         access=reviewers,
     )
-    made.plain = Producer()
-    made.ready = set(range(PARTITIONS)) if owns is None else owns
+    made.plain = Producer()  # type: ignore[assignment]  # records what it would publish
+    made.ready.update(set(range(PARTITIONS)) if owns is None else owns)
     return made
 
 
 def hold(owner: CoordinatorRuntime, state: RunState) -> None:
     """Give a run's state to the runtime, as its restore or a batch would."""
-    partition = partition_for(state.run_id, PARTITIONS)
-    owner.stores.setdefault(partition, {})[state.run_id.encode()] = state
-    owner._index(state.run_id, state)
+    owner.hold(state)
 
 
 def waiting(run_id: str = "r1", amount: int = 120) -> ApprovalRun:
@@ -278,7 +276,7 @@ async def test_the_list_merges_every_coordinator_and_names_one_that_does_not_ans
         }
         # A coordinator that does not answer is skipped, and named.
         gone = "http://127.0.0.1:9"
-        await there._release(3)  # as a rebalance would
+        await there.loop._release(3)  # as a rebalance would
         here.assignor.owners = {0: here.url, 1: here.url, 2: there.url, 3: gone}
         partial = (await client.get("/v1/approvals", headers=auth("bob"))).json()
     assert [p["worker"] for p in partial["partial"]] == [gone]
