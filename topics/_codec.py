@@ -11,19 +11,19 @@ Decoding never crashes deep in fastavro: every way bytes can be wrong ends in a
 from __future__ import annotations
 
 import io
-import json
 import struct
 from decimal import Decimal
 from typing import Any, TypeVar, overload
 
 import fastavro
 import orjson
-from pydantic import ValidationError
+from pydantic import JsonValue, ValidationError
 
 from topics._avro import JSON_LOGICAL_TYPE, full_name
 from topics._catalog import Topic
 from topics._errors import DecodeError
 from topics._events import Event, RunEvent, RunEventBatch, RunJournal, TaskSubmitted
+from topics._json import JsonLimitExceeded, loads_json
 from topics._registry import EVENT_TYPES, SchemaRegistry
 
 __all__ = ["Codec", "describe_validation_error"]
@@ -53,6 +53,12 @@ class Codec:
     def __init__(self, registry: SchemaRegistry | None = None) -> None:
         self._registry = registry or SchemaRegistry.load()
         self._writers: dict[type[Event], tuple[bytes, Any]] = {}
+        # Top-level JSON fields per type: kept out of pydantic's dump and validation (their
+        # values are JSON by construction, parsed by orjson within the limits, see decode).
+        self._json_fields: dict[type[Event], frozenset[str]] = {
+            t: frozenset(n for n, f in t.model_fields.items() if _is_json(f.annotation))
+            for t in EVENT_TYPES
+        }
         self._readers: dict[int, tuple[type[Event], Any, Any]] = {}
         self._older: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
         types_by_name = {full_name(t): t for t in EVENT_TYPES}
@@ -79,15 +85,24 @@ class Codec:
         header, schema = self._writers[type(event)]
         buffer = io.BytesIO()
         buffer.write(header)
-        fastavro.schemaless_writer(buffer, schema, event.model_dump())
+        fastavro.schemaless_writer(buffer, schema, self._dumped(event))
         return buffer.getvalue()
 
     def encode_item(self, event: Event) -> bytes:
         """An event's Avro body alone, to be framed into a batch by ``batch``."""
         _, schema = self._writers[type(event)]
         buffer = io.BytesIO()
-        fastavro.schemaless_writer(buffer, schema, event.model_dump())
+        fastavro.schemaless_writer(buffer, schema, self._dumped(event))
         return buffer.getvalue()
+
+    def _dumped(self, event: Event) -> dict[str, Any]:
+        json_fields = self._json_fields[type(event)]
+        if not json_fields:
+            return event.model_dump()
+        dumped = event.model_dump(exclude=json_fields)  # type: ignore[arg-type]  # a set
+        for name in json_fields:
+            dumped[name] = getattr(event, name)
+        return dumped
 
     def batch(
         self, batch_type: type[RunEventBatch] | type[RunJournal], items: list[bytes]
@@ -157,7 +172,17 @@ class Codec:
         if schema_id in self._older:
             reader_raw, writer_raw = self._older[schema_id]
             record = _with_defaults_converted(record, reader_raw, writer_raw, {}, {})
-        return _validate(event_type, record, data)
+        json_fields = self._json_fields[event_type]
+        if not json_fields:
+            return _validate(event_type, record, data)
+        # A JSON field was parsed by orjson, within the limits: it is a JSON value already,
+        # so pydantic validates the rest (walking a large JSON value twice is most of the
+        # cost of decoding a request), and the JSON values are set as they are.
+        fields: dict[str, Any] = record  # type: ignore[assignment]  # a record is a dict
+        values = {name: fields[name] for name in json_fields if name in fields}
+        event = _validate(event_type, {**fields, **dict.fromkeys(values)}, data)
+        event.__dict__.update(values)
+        return event
 
     def run_events(self, data: bytes | None) -> list[RunEvent]:
         """The run events in a ``run-events`` record: a batch, or one event (older releases).
@@ -185,8 +210,10 @@ class Codec:
             DecodeError: Not JSON, not an object, or not a valid task; says why.
         """
         try:
-            value = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            value = loads_json(data, what="a JSON task")
+        except JsonLimitExceeded as exc:
+            raise DecodeError(str(exc), data) from exc
+        except ValueError as exc:  # orjson's errors, bad UTF-8 included
             raise DecodeError(f"invalid JSON: {exc}", data) from exc
         if not isinstance(value, dict):
             raise DecodeError("a JSON task must be an object", data)
@@ -196,6 +223,10 @@ class Codec:
             except UnicodeDecodeError:
                 raise DecodeError("task_id missing and the record key is not UTF-8", data) from None
         return _validate(TaskSubmitted, value, data)
+
+
+def _is_json(annotation: object) -> bool:
+    return annotation is JsonValue
 
 
 def _long(value: int) -> bytes:

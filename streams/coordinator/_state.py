@@ -266,8 +266,12 @@ class RunState(BaseModel):
         return min(present) if present else None
 
     def to_bytes(self) -> bytes:
-        """The stored form."""
-        return self.model_dump_json(exclude_defaults=True).encode()
+        """The stored form: the fields that were ever set (the others have their defaults).
+
+        ``exclude_unset`` rather than ``exclude_defaults``: as compact in practice, without
+        comparing every field with its default on every transition of every run.
+        """
+        return self.model_dump_json(exclude_unset=True).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RunState:

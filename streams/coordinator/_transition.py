@@ -47,10 +47,14 @@ _OUTCOMES = {
 
 
 def add_usage(total: Usage, more: Usage | None) -> Usage:
-    """The sum of two usages (the route of the newer one is kept)."""
+    """The sum of two usages (the route of the newer one is kept).
+
+    Both are valid already (token counts are not negative, money is quantized), and so is
+    their sum: it is built without validating again, on every step of every run.
+    """
     if more is None:
         return total
-    return Usage(
+    return Usage.model_construct(
         input_tokens=total.input_tokens + more.input_tokens,
         output_tokens=total.output_tokens + more.output_tokens,
         cost_usd=total.cost_usd + more.cost_usd,
@@ -153,8 +157,10 @@ class Transition:
         """Record a run event."""
         seq = self.get("seq")
         total: Usage = self.get("usage")
+        # Every field comes from the run's valid state or from baton itself: a run event is
+        # built without validating it again (several per transition).
         self.emit.append(
-            RunEvent(
+            RunEvent.model_construct(
                 run_id=self.old.run_id,
                 seq=seq,
                 type=type_,
@@ -230,7 +236,9 @@ class Transition:
             key = step.call.key
         else:
             key = f"{self.old.run_id}/{name}" + (f"/rerun-{step.reruns}" if step.reruns else "")
-        return StepRequested(
+        # Built from the run's valid state and rendered templates (JSON by construction):
+        # not validated again. The processor that reads it validates what it received.
+        return StepRequested.model_construct(
             run_id=self.old.run_id,
             step=name,
             kind=StepKind(spec.kind),
@@ -416,7 +424,7 @@ class Transition:
                 if outcome is None:
                     outcome = StepOutcome.cancelled if ended else StepOutcome.pending
                 summaries.append(
-                    StepSummary(
+                    StepSummary.model_construct(
                         step=name,
                         kind=self.spec(name).kind,
                         outcome=outcome,
@@ -427,7 +435,7 @@ class Transition:
                 )
         total: Usage = self.get("usage")
         self.emit.append(
-            RunResult(
+            RunResult.model_construct(
                 run_id=self.old.run_id,
                 workflow=self.old.workflow,
                 workflow_version=self.old.workflow_version,
@@ -436,7 +444,7 @@ class Transition:
                 output=output,
                 reason=reason,
                 steps=summaries,
-                usage=Usage(
+                usage=Usage.model_construct(
                     input_tokens=total.input_tokens,
                     output_tokens=total.output_tokens,
                     cost_usd=total.cost_usd,
