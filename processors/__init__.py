@@ -52,6 +52,7 @@ from processors._templates import (
     is_template,
     references,
     render_value,
+    step_reads,
 )
 from processors._tool import ToolParams, ToolProcessor
 from processors._tools import (
@@ -138,4 +139,5 @@ __all__ = [
     "load_tools",
     "references",
     "render_value",
+    "step_reads",
 ]

@@ -34,6 +34,7 @@ __all__ = [
     "is_template",
     "references",
     "render_value",
+    "step_reads",
 ]
 
 _MAX_SOURCE = 20_000
@@ -248,3 +249,36 @@ def references(source: str, *, expression: bool = False) -> tuple[set[str], set[
             elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
                 steps.add(node.arg.value)
     return names, steps
+
+
+def step_reads(source: str, *, expression: bool = False) -> frozenset[str] | None:
+    """The steps a template reads, when it names each one (``steps.a``, ``steps['a']``).
+
+    Returns:
+        Their names, or ``None`` when it reads ``steps`` in another way (a loop over it, an
+        index computed at run time, the whole mapping): then it may read any of them.
+
+    Raises:
+        TemplateError: The source does not compile.
+    """
+    try:
+        tree = _ENV.parse("{{ " + source + " }}" if expression else source)
+    except TemplateSyntaxError as exc:
+        raise TemplateError(f"{source!r}: {exc.message}") from exc
+    loads = sum(
+        1 for node in tree.find_all(nodes.Name) if node.name == "steps" and node.ctx == "load"
+    )
+    named: set[str] = set()
+    accesses = 0
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        assert isinstance(node, nodes.Getattr | nodes.Getitem)
+        target = node.node
+        if not (isinstance(target, nodes.Name) and target.name == "steps"):
+            continue
+        if isinstance(node, nodes.Getattr):
+            named.add(node.attr)
+            accesses += 1
+        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            named.add(node.arg.value)
+            accesses += 1
+    return frozenset(named) if accesses == loads else None

@@ -17,7 +17,15 @@ from pydantic import JsonValue
 from processors import TemplateRenderError, compile_expression, render_value
 from streams.coordinator._params import request_params
 from streams.coordinator._state import RunState, StepPhase, StepState
-from streams.workflow import DEFAULT_TIMEOUTS, AgentStep, LlmStep, StepSpec, Workflow
+from streams.workflow import (
+    DEFAULT_TIMEOUTS,
+    AgentStep,
+    LlmStep,
+    StepSpec,
+    TransformStep,
+    ValidateStep,
+    Workflow,
+)
 from topics import (
     Budget,
     Event,
@@ -228,8 +236,13 @@ class Transition:
         """
         spec = self.spec(name)
         step = self.steps[name]
+        reads = (
+            self.wf.context_reads(name)
+            if step.call is None and isinstance(spec, TransformStep | ValidateStep)
+            else None
+        )
         params, step_context = request_params(
-            spec, step, self.template_context(name), self.context.tools
+            spec, step, self.template_context(name), self.context.tools, reads
         )
         start = not_before or self.now
         if step.call is not None:

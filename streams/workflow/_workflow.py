@@ -20,7 +20,13 @@ import jsonschema
 import yaml
 from pydantic import ValidationError
 
-from processors import TemplateError, compile_expression, compile_template, is_template
+from processors import (
+    TemplateError,
+    compile_expression,
+    compile_template,
+    is_template,
+    step_reads,
+)
 from processors import references as template_references
 from streams.workflow._spec import (
     DEFAULT_TIMEOUTS,
@@ -36,7 +42,7 @@ from streams.workflow._spec import (
 )
 from topics import ConfigurationError
 
-__all__ = ["Workflow", "WorkflowError", "load_workflow", "parse_workflow"]
+__all__ = ["ContextReads", "Workflow", "WorkflowError", "load_workflow", "parse_workflow"]
 
 _CONTEXT_NAMES = frozenset({"input", "steps", "run"})
 _JINJA_GLOBALS = frozenset({"range", "dict", "lipsum", "cycler", "joiner", "namespace"})
@@ -122,6 +128,21 @@ class Workflow:
     def downstream(self, name: str) -> frozenset[str]:
         """Every step that runs after ``name`` (transitively)."""
         return frozenset(s for s, before in self.upstream.items() if name in before)
+
+    def context_reads(self, name: str) -> ContextReads:
+        """What of the run context a ``transform``'s or ``validate``'s templates read.
+
+        Its request carries that much of the context, not all of it.
+        """
+        found = self._context_reads.get(name)
+        if found is None:
+            found = _context_reads(self.spec.steps[name])
+            self._context_reads[name] = found
+        return found
+
+    @cached_property
+    def _context_reads(self) -> dict[str, ContextReads]:
+        return {}
 
     @cached_property
     def input_validator(self) -> jsonschema.protocols.Validator:
@@ -270,6 +291,39 @@ def _check_schemas(spec: WorkflowSpec, problems: list[str]) -> None:
             jsonschema.validators.validator_for(schema).check_schema(schema)
         except jsonschema.SchemaError as exc:
             problems.append(f"{where}: not a valid JSON Schema: {exc.message}")
+
+
+@dataclass(frozen=True)
+class ContextReads:
+    """What of the run context some templates read.
+
+    Attributes:
+        names: The top-level names (``input``, ``steps``, ``run``, ...).
+        steps: The steps read, or ``None`` when the templates may read any of them.
+    """
+
+    names: frozenset[str]
+    steps: frozenset[str] | None
+
+
+def _context_reads(step: StepSpec) -> ContextReads:
+    """What the templates a processor renders for ``step`` read (transform and validate)."""
+    sources: list[tuple[str, bool]] = []
+    if isinstance(step, TransformStep):
+        sources = [(text, False) for _, text in _strings(step.output, "output")]
+    elif isinstance(step, ValidateStep):
+        sources = [(text, False) for _, text in _strings(step.value, "value")]
+        sources += [(rule.check, True) for rule in step.rules]
+    names: set[str] = set()
+    steps: set[str] | None = set()
+    for source, expression in sources:
+        if not expression and not is_template(source):
+            continue
+        found, _ = template_references(source, expression=expression)
+        names |= found
+        read = step_reads(source, expression=expression)
+        steps = None if read is None or steps is None else steps | read
+    return ContextReads(frozenset(names), frozenset(steps) if steps is not None else None)
 
 
 def _strings(value: Any, where: str) -> Iterator[tuple[str, str]]:

@@ -253,6 +253,7 @@ def test_the_public_surface_is_pinned() -> None:
         "load_tools",
         "references",
         "render_value",
+        "step_reads",
     ]
     assert all(hasattr(processors, name) for name in processors.__all__)
 
