@@ -326,7 +326,25 @@ class ModelClient:
             self.breakers.after_call(endpoint, route.breaker_failures, None)
             return result
 
-        completion: Completion = await retrying(guarded)
+        # Most calls succeed at once: tenacity is entered only after a first retryable
+        # failure, which it is handed as its first attempt's outcome (no extra call), so
+        # the attempts, waits and logs are exactly those of retrying from the start.
+        first: RetryableError | None = None
+        try:
+            completion = await guarded()
+        except RetryableError as exc:
+            if isinstance(exc, CircuitOpen):
+                raise
+            first = exc
+        if first is not None:
+            pending: list[RetryableError] = [first]
+
+            async def again() -> Completion:
+                if pending:
+                    raise pending.pop()
+                return await guarded()
+
+            completion = await retrying(again)
         usage = Usage(
             input_tokens=completion.input_tokens,
             output_tokens=completion.output_tokens,

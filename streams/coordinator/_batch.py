@@ -148,17 +148,22 @@ class Batch:
             prepared.snapshots = snapshots
         return prepared
 
-    async def _write(self, prepared: Prepared) -> list[Awaitable[Any]]:
-        """Send the journal, the run events and the snapshots; their delivery futures."""
-        futures: list[Awaitable[Any]] = []
+    async def _write(self, prepared: Prepared) -> tuple[list[Awaitable[Any]], list[Awaitable[Any]]]:
+        """Send the journal, the run events and the snapshots; their delivery futures.
+
+        Returns:
+            The journal records' futures, and the others'.
+        """
+        journal: list[Awaitable[Any]] = []
+        others: list[Awaitable[Any]] = []
         p = self.partition
         for value in prepared.journal:
-            futures.append(await self.send(self.catalog.run_journal.name, None, value, p))
+            journal.append(await self.send(self.catalog.run_journal.name, None, value, p))
         for value in prepared.events:
-            await self.send(self.catalog.run_events.name, None, value, p)
+            others.append(await self.send(self.catalog.run_events.name, None, value, p))
         for run_id, record in prepared.snapshots.items():
-            await self.send(self.catalog.run_state.name, run_id.encode(), record, p)
-        return futures
+            others.append(await self.send(self.catalog.run_state.name, run_id.encode(), record, p))
+        return journal, others
 
     def _installed(self, prepared: Prepared, journal: list[Any]) -> None:
         for run_id, version, state, record in prepared.installs:
@@ -198,11 +203,16 @@ class ExactlyOnceBatch(Batch):
 
     async def commit(self) -> Prepared:
         prepared = self.prepare()
-        futures = await self._write(prepared)
+        sent, others = await self._write(prepared)
+        # Their delivery first: a broker that verifies transactional writes (Kafka 3.6+)
+        # refuses a first write to a partition while the transaction's offsets are being
+        # added (NOT_ENOUGH_REPLICAS, retried 20 ms later), so they do not overlap.
+        journal = [await f for f in sent]
+        await asyncio.gather(*others)
         if self.offsets:
             await self._producer.send_offsets_to_transaction(self.offsets, self._group_id)
         await self._producer.commit_transaction()
-        self._installed(prepared, [await f for f in futures])
+        self._installed(prepared, journal)
         return prepared
 
     async def abort(self) -> None:
@@ -239,12 +249,12 @@ class AtLeastOnceBatch(Batch):
         await asyncio.gather(*self._deliveries)
         self._deliveries.clear()
         prepared = self.prepare()
-        journal = await self._write(prepared)
+        sent, _ = await self._write(prepared)
         await asyncio.gather(*self._deliveries)
         self._deliveries.clear()
         if self.offsets:
             await self._consumer.commit(self.offsets)
-        self._installed(prepared, [await f for f in journal])
+        self._installed(prepared, [await f for f in sent])
         return prepared
 
     async def abort(self) -> None:

@@ -304,6 +304,10 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
             enable_idempotence=True,
             acks="all",
             linger_ms=1,
+            # Retriable refusals in a transaction (the broker's transaction verification
+            # answers NOT_ENOUGH_REPLICAS while the transaction is being updated) are
+            # short-lived: 20 ms, not the default 100 ms, before trying again.
+            retry_backoff_ms=20,
         )
 
     # -- the loop ----------------------------------------------------------------------------
@@ -355,6 +359,18 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
             p for p, b in self._batches.items() if now - b.opened >= self.settings.commit_interval
         ]
         await self._commit(due)
+
+    async def _housekeep(self) -> None:
+        """Flush a quiet partition too: its journal is deleted and old runs forgotten."""
+        due = time.monotonic() - self.settings.flush_interval
+        for partition in sorted(self.ready):
+            if partition in self._batches or self._last_flush.get(partition, 0.0) > due:
+                continue
+            store = self.stores[partition]
+            if store.dirty or store.finished:
+                await self._batch(partition)
+            else:
+                self._last_flush[partition] = time.monotonic()
 
     async def _fire_timers(self) -> None:
         now = time.time()

@@ -92,6 +92,7 @@ async def restore_partition(
                 await poison(record, f"journal entry of {entry.run_id!r}: {exc}")
                 continue
             entries += 1
+    store.settle()
     store.expire(time.time())
     return Restored(snapshots, entries, time.monotonic() - started)
 

@@ -257,15 +257,27 @@ class PartitionStore:
         return True
 
     def expire(self, now: float) -> int:
-        """Forget finished runs past the retention; how many were forgotten."""
+        """Forget finished runs past the retention; how many were forgotten.
+
+        Finished runs are kept in the order they ended (a takeover sorts what it read), so
+        this looks only at the oldest ones, not at every run remembered.
+        """
         horizon = now - self.retention_s
-        gone = [run_id for run_id, f in self._finished.items() if f.finished_at < horizon]
-        for run_id in gone:
+        gone = 0
+        while self._finished:
+            run_id, finished = next(iter(self._finished.items()))
+            if finished.finished_at >= horizon:
+                break
             del self._finished[run_id]
             self._versions.pop(run_id, None)
             self._recent.pop(run_id, None)
             self.dirty.pop(run_id, None)
-        return len(gone)
+            gone += 1
+        return gone
+
+    def settle(self) -> None:
+        """After a takeover: order the finished runs by when they ended."""
+        self._finished = dict(sorted(self._finished.items(), key=lambda item: item[1].finished_at))
 
     def refresh(self, now: float) -> None:
         """Mark runs in flight whose snapshot is half the retention old to be written again.
