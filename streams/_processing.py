@@ -18,7 +18,7 @@ is cancelled and handed back (a retryable ``WorkerStopping`` failure), so its co
 tries it again at once instead of waiting out its timeout.
 
 No Faust here: a plain aiokafka loop costs a fraction of Faust's per-event stream machinery
-(see docs/decisions/0002).
+(see docs/decisions/0003).
 """
 
 from __future__ import annotations

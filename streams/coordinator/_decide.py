@@ -50,6 +50,8 @@ from topics import (
 
 __all__ = ["Context", "Decision", "Inbound", "decide", "too_large"]
 
+_PENDING = StepState()
+
 Inbound = TaskSubmitted | StepResult | TimerFired | ControlCommand | ApprovalDecision
 
 
@@ -148,7 +150,8 @@ def _on_task(state: RunState | None, task: TaskSubmitted, context: Context) -> D
         labels=task.labels,
         input=task.input,
         budget=budget_for(workflow, task.budget, context.policies),
-        steps={name: StepState() for name in workflow.order},
+        # StepState is frozen: every pending step can share one.
+        steps=dict.fromkeys(workflow.order, _PENDING),
         started_at=context.now,
     )
     t = Transition(state, workflow, context)

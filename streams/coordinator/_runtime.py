@@ -8,7 +8,7 @@
 - ``ApprovalNotifier`` (``_notifier``): the optional approval webhook.
 - ``SpendFollower`` (``_spend``): the tenants' spend ledger, when a tenant has a ceiling.
 
-See docs/decisions/0001 (why the coordinator has its own loop) and 0002 (how its state is
+See docs/decisions/0001 (why the coordinator has its own loop) and 0003 (how its state is
 kept: journal, snapshots, retention).
 """
 
