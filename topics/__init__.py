@@ -52,6 +52,7 @@ from topics._events import (
     Usage,
     WorkflowDefinition,
 )
+from topics._ids import ID_CHARACTERS, check_task_id, check_tenant
 from topics._json import (
     MAX_JSON_BYTES,
     MAX_JSON_DEPTH,
@@ -61,9 +62,19 @@ from topics._json import (
 )
 from topics._partitioning import partition_for
 from topics._registry import EVENT_TYPES, SchemaEntry, SchemaRegistry
-from topics._signing import decision_message, sign_decision, verify_decision
+from topics._signing import (
+    DECISION_FORM,
+    decision_message,
+    request_digest,
+    sign_decision,
+    verify_decision,
+)
 
 __all__ = [
+    "DECISION_FORM",
+    "ID_CHARACTERS",
+    "check_task_id",
+    "check_tenant",
     "MAX_JSON_BYTES",
     "MAX_JSON_DEPTH",
     "JsonLimitExceeded",
@@ -120,6 +131,7 @@ __all__ = [
     "describe_topics",
     "describe_validation_error",
     "partition_for",
+    "request_digest",
     "sign_decision",
     "verify_decision",
 ]
