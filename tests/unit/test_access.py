@@ -205,5 +205,9 @@ def test_the_examples_load() -> None:
     assert alice is not None and access.allows(["group:leads"], alice.principal)
     carol = access.authenticate("carol-demo-token")
     assert carol is not None and access.allows(["group:finance"], carol.principal)
+    assert carol.acts_for("acme") and not alice.acts_for("acme") and alice.acts_for("default")
+    intake = access.authenticate("intake-demo-token")
+    assert intake is not None and intake.acts_for("any-tenant") and intake.only_tenant is None
+    assert access.worker_key == ENVIRON["BATON_WORKER_KEY"].encode()
     policies = load_policies(EXAMPLES / "policies.yaml")
     assert policies.approvals
