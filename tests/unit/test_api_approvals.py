@@ -778,3 +778,14 @@ async def test_without_a_worker_key_nothing_is_forwarded(tmp_path: Path) -> None
     assert signed.json()["error"] == (
         "this worker takes no calls from other workers (no `worker_key`)"
     )
+
+
+async def test_healthz_and_the_inbox_files_are_open_and_hold_no_run_data(tmp_path: Path) -> None:
+    owner = runtime(access(tmp_path))
+    hold(owner, waiting("r-acme", tenant="acme").state)  # type: ignore[arg-type]
+    async with serving(owner) as client:
+        health = await client.get("/healthz")
+        page = await client.get("/")
+    assert health.status_code == page.status_code == 200
+    assert set(health.json()) == {"ok", "events_processed", "partitions", "processing"}
+    assert "r-acme" not in health.text and "acme" not in health.text
