@@ -77,8 +77,8 @@ class Settings(BaseModel):
         retry_tiers: The delayed-retry tiers, shortest first (``5s,1m,10m``): each is a
             topic whose requests wait that long before they run again.
         policies_file: Organisation-wide policies (``policies.yaml``): approval gates, ...
-        access_file: Reviewers (bearer tokens -> identity and groups) and the keys approval
-            decisions are signed with (``access.yaml``).
+        access_file: Principals (bearer tokens -> identity, groups and tenants), the keys
+            approval decisions are signed with, and the workers' own key (``access.yaml``).
         approval_webhook: A URL told (POST, JSON) about every approval request and escalation.
         cache_ttl: Seconds a model answer in the response cache is served for repeated
             calls (temperature 0, steps that did not opt out), shared by every worker

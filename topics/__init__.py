@@ -56,6 +56,7 @@ from topics._events import (
     Usage,
     WorkflowDefinition,
 )
+from topics._ids import ID_CHARACTERS, check_task_id, check_tenant
 from topics._json import (
     MAX_JSON_BYTES,
     MAX_JSON_DEPTH,
@@ -65,9 +66,19 @@ from topics._json import (
 )
 from topics._partitioning import partition_for, run_id_of
 from topics._registry import EVENT_TYPES, SchemaEntry, SchemaRegistry
-from topics._signing import decision_message, sign_decision, verify_decision
+from topics._signing import (
+    DECISION_FORM,
+    decision_message,
+    request_digest,
+    sign_decision,
+    verify_decision,
+)
 
 __all__ = [
+    "DECISION_FORM",
+    "ID_CHARACTERS",
+    "check_task_id",
+    "check_tenant",
     "MAX_JSON_BYTES",
     "MAX_JSON_DEPTH",
     "JsonLimitExceeded",
@@ -128,6 +139,7 @@ __all__ = [
     "describe_topics",
     "describe_validation_error",
     "partition_for",
+    "request_digest",
     "run_id_of",
     "sign_decision",
     "verify_decision",

@@ -7,6 +7,7 @@ decoded), and emptied for a partition that moves away.
 
 from __future__ import annotations
 
+from streams.coordinator._approvals import approval_request
 from streams.coordinator._state import RunState
 from topics import ApprovalRequested, partition_for
 
@@ -14,7 +15,7 @@ __all__ = ["ApprovalsIndex"]
 
 
 class ApprovalsIndex:
-    """Open approval requests by approval id.
+    """Open approval requests by approval id, each exactly as it was emitted.
 
     Args:
         partitions: The partition count (to forget a partition's runs).
@@ -40,25 +41,12 @@ class ApprovalsIndex:
             return
         ids = set()
         for name, step in state.steps.items():
-            approval = step.approval
-            if approval is None:
+            if step.approval is None:
                 continue
-            self.requests[approval.approval_id] = ApprovalRequested(
-                approval_id=approval.approval_id,
-                run_id=run_id,
-                step=name,
-                workflow=state.workflow,
-                tenant=state.tenant,
-                reason=approval.reason,
-                approvers=approval.approvers,
-                quorum=approval.quorum,
-                level=approval.level,
-                deadline=approval.deadline,
-                context=approval.context,
-                cost_usd=state.usage.cost_usd,
-                requested_at=approval.requested_at,
-            )
-            ids.add(approval.approval_id)
+            request = approval_request(state, name)
+            if request is not None:
+                self.requests[request.approval_id] = request
+                ids.add(request.approval_id)
         if ids:
             self._by_run[run_id] = ids
 

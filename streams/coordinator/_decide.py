@@ -133,6 +133,10 @@ def _on_task(state: RunState | None, task: TaskSubmitted, context: Context) -> D
         t.note("task_duplicate", detail={"reason": "a run with this id exists; not started again"})
         return t.decision()
     workflow = context.workflow
+    if not context.policies.may_run(task.tenant, task.workflow):
+        return _reject(
+            task, context, f"tenant {task.tenant!r} may not run workflow {task.workflow!r}"
+        )
     if workflow is None:
         wanted = task.workflow + (f"@{task.workflow_version}" if task.workflow_version else "")
         return _reject(task, context, f"workflow {wanted} is not deployed")

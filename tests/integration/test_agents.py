@@ -331,7 +331,9 @@ async def test_a_tool_matching_an_approval_policy_waits_for_finance(
     assert asked.step == "help:1"
     assert not [r for r in tools.requests if r.path == "/refunds"], "nothing paid before approval"
     assert isinstance(asked.detail, dict)
-    await publish(cluster, signed(str(asked.detail["approval_id"]), "user:fin", key=SIGNING_KEY))
+    digest = str(asked.detail["request_digest"])  # type: ignore[index]
+    approval_id = str(asked.detail["approval_id"])  # type: ignore[index]
+    await publish(cluster, signed(approval_id, "user:fin", key=SIGNING_KEY, digest=digest))
     result = await result_of(cluster, "pay")
 
     assert result.status == RunStatus.completed, result.reason

@@ -20,7 +20,7 @@ import pytest
 from streams._client import BatonClient
 from streams._usage import read_usage
 from tests.fakes.openai_server import ChatAnswer, FakeOpenAIServer, RecordedRequest
-from tests.integration.workers import Cluster, WorkerProcess, Workers
+from tests.integration.workers import Cluster, WorkerProcess, Workers, api_access
 from topics import RunResult, RunStatus, TaskSubmitted
 
 #: US dollars per million (input, output) tokens, by the model the provider is asked for.
@@ -83,7 +83,13 @@ def cluster(
             for route in ("fast", "strong")
         )
     )
-    cluster = Cluster(kafka_bootstrap, topic_prefix, tmp_path / "home", models_file=models)
+    cluster = Cluster(
+        kafka_bootstrap,
+        topic_prefix,
+        tmp_path / "home",
+        models_file=models,
+        extra_env=api_access(tmp_path / "access"),
+    )
     cluster.deploy(one=ONE, two=TWO)
     return cluster
 

@@ -28,6 +28,36 @@ from topics import Codec, Event, RunEvent, RunResult, TopicCatalog
 BATON = Path(sys.executable).parent / "baton"
 CODEC = Codec()
 
+#: The token of ``ops``, a principal for every tenant, in clusters made with ``api_access``.
+API_TOKEN = "integration-ops-token-2d9f"
+#: The workers' own key in those clusters.
+WORKER_KEY = "integration-worker-key-5b8e1f3a7c9d2e40"
+
+
+def api_access(home: Path) -> dict[str, str]:
+    """Environment for workers whose API a test calls as ``ops`` (every tenant).
+
+    Writes an access file naming ``ops`` and the workers' key; ``BATON_TOKEN`` is set too, so
+    ``baton runs show`` and ``baton approvals`` run against it as ``ops``.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "api-access.yaml"
+    path.write_text(
+        'principals:\n  ops: {token_env: BATON_TOKEN_OPS, tenants: "*"}\n'
+        "worker_key: {env: BATON_WORKER_KEY}\n"
+    )
+    return {
+        "BATON_ACCESS_FILE": str(path),
+        "BATON_TOKEN_OPS": API_TOKEN,
+        "BATON_WORKER_KEY": WORKER_KEY,
+        "BATON_TOKEN": API_TOKEN,
+    }
+
+
+def ops() -> dict[str, str]:
+    """The headers of a request made as ``ops``."""
+    return {"Authorization": f"Bearer {API_TOKEN}"}
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -136,6 +166,16 @@ class WorkerProcess:
             time.sleep(0.2)
         raise AssertionError(f"worker not ready in {timeout}s:\n{self.log_tail()}")
 
+    def pause(self) -> None:
+        """SIGSTOP: the process stands still (its sockets stay open) until ``resume``."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT: it goes on where it stood."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL: the machine is gone, nothing is flushed."""
         if self.process is not None and self.process.poll() is None:
@@ -144,6 +184,7 @@ class WorkerProcess:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)  # a paused worker cannot stop
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=30)
