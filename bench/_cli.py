@@ -85,7 +85,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         "--t8-runs",
         type=int,
         default=None,
-        help="T8 runs held by the killed worker (default 300 quick, 5000 full)",
+        help="T8 runs held by the killed worker (default 300 quick, 3000 full)",
     )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
     parser.add_argument(

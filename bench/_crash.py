@@ -69,7 +69,7 @@ class CrashPlan:
     Attributes:
         runs: Runs the killed worker holds.
         guarantee: The worker's processing guarantee.
-        wait_s: Seconds to wait after the restart for every result (None: max(120, runs/20)).
+        wait_s: Seconds to wait after the restart for every result (None: max(120, runs/10)).
     """
 
     runs: int
@@ -79,7 +79,7 @@ class CrashPlan:
     @property
     def result_wait_s(self) -> float:
         """How long the bench waits for the results after the restart."""
-        return self.wait_s if self.wait_s is not None else max(120.0, self.runs / 20)
+        return self.wait_s if self.wait_s is not None else max(120.0, self.runs / 10)
 
 
 def count_by_key(records: Iterable[Stamped], keys: set[bytes]) -> Counter[bytes]:

@@ -125,7 +125,7 @@ class Options:
         load_fraction: Open-loop rate as a fraction of the closed-loop maximum.
         tasks: T9 tasks per question set (None: 100 quick, 200 full).
         t5_levels: T5's in-flight levels (None: 25, 50, 100 quick; 50 ... 4000 full).
-        t8_runs: T8's runs held by the killed worker (None: 300 quick, 5000 full).
+        t8_runs: T8's runs held by the killed worker (None: 300 quick, 3000 full).
         plot: Write the PNG plot.
         command: The command line, recorded in the report.
     """
@@ -164,10 +164,10 @@ class Options:
             t5_settle_s=4.0 if self.quick else 8.0,
             t5_window_s=6.0 if self.quick else 15.0,
             t6_rate_per_s=T6_RATE,
-            t8_runs=self.t8_runs or (300 if self.quick else 5000),
+            t8_runs=self.t8_runs or (300 if self.quick else 3000),
             t10_steps=LONG_STEPS,
             t11_workers=[1, 2, 3],
-            t11_runs=max(50, (self.runs or (200 if self.quick else 2000)) // 2),
+            t11_runs=max(50, (self.runs or (200 if self.quick else 2000)) // 4),
         )
 
     @property
@@ -303,7 +303,7 @@ async def _kafka_phases(
                 workers=tuple(settings.t11_workers),
                 runs=settings.t11_runs,
                 repetitions=settings.repetitions,
-                warmup_runs=settings.warmup_runs,
+                warmup_runs=max(10, settings.warmup_runs // 3),
             )
             progress.measurements.update(await measure_scaling(bench, scaling, progress.say))
         except Exception as exc:

@@ -258,7 +258,7 @@ def test_crash_outcome_counts_lost_and_duplicated_results() -> None:
         1,
         3,
     )
-    assert CrashPlan(runs=100).result_wait_s == 120 and CrashPlan(runs=10_000).result_wait_s == 500
+    assert CrashPlan(runs=100).result_wait_s == 120 and CrashPlan(runs=10_000).result_wait_s == 1000
 
 
 def _crash(outcome: CrashOutcome) -> Measurement:
