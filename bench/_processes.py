@@ -228,6 +228,13 @@ class WorkerProcess(ManagedProcess):
         self.process.kill()
         self.process.wait(timeout=30)
 
+    async def written(self) -> dict[str, int]:
+        """What its coordinator has written to its own topics (``/healthz`` ``written``)."""
+        async with httpx.AsyncClient() as http:
+            answer = await health(http, self.health_url)
+        found = answer.get("written", {}) if answer else {}
+        return {str(k): int(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
     async def wait_ready(
         self, step_topics: list[str], timeout_s: float = 90.0, poll_s: float = 0.25
     ) -> None:

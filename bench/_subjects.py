@@ -216,6 +216,7 @@ class BatonSubject(Subject):
             sends.append(asyncio.create_task(client.send([tasks[i]])))
 
         meter = self.bench.meter()
+        before = await self.worker.written()
         meter.start()
         waiting = asyncio.create_task(
             client.wait(run_ids, timeout_s=schedule.duration_s + 120.0, on_result=arrived)
@@ -225,6 +226,9 @@ class BatonSubject(Subject):
         results = await waiting
         cpu = meter.stop()
         self.worker.check_alive()
+        # The batches of the last runs commit within the commit interval of their results.
+        await asyncio.sleep(0.5)
+        after = await self.worker.written()
         elapsed = (max(finished.values()) if finished else time.monotonic()) - start
         return OpenLoopRun(
             run_ids=run_ids,
@@ -232,6 +236,7 @@ class BatonSubject(Subject):
             finished=finished,
             lateness_s=lateness,
             repetition=repetition(schedule.count, results, elapsed, cpu),
+            written={k: after.get(k, 0) - before.get(k, 0) for k in after},
         )
 
     async def teardown(self) -> None:
@@ -252,6 +257,8 @@ class OpenLoopRun:
     finished: dict[int, float]
     lateness_s: list[float]
     repetition: Repetition
+    #: What the coordinator wrote to its own topics meanwhile (``/healthz`` ``written``).
+    written: dict[str, int] = field(default_factory=dict)
 
 
 def repetition(

@@ -467,6 +467,20 @@ async def _open_phase(
             continue
         say(f"  reading back {subject.key}")
         back = await read_back(bench.broker.bootstrap, subject.catalog, every_run)
+        catalog = subject.catalog
+        roles = {
+            catalog.run_journal.name: "run journal",
+            catalog.run_events.name: "run events",
+            catalog.run_state.name: "run state",
+        }
+        for run in (*runs[subject.key], *t6_runs[subject.key]):
+            for topic, role in roles.items():
+                back.add_shared(
+                    role,
+                    run.written.get(f"{topic}:records", 0),
+                    run.written.get(f"{topic}:bytes", 0),
+                    run.run_ids,
+                )
         if runs[subject.key]:
             progress.measurements[subject.key] = _open_measurement(
                 subject,

@@ -614,6 +614,8 @@ def install_api(
                 "events_processed": runtime.events_processed,
                 "partitions": sorted(runtime.ready),
                 "processing": processing(),
+                "runs": runtime.runs,
+                "written": runtime.written,
             }
         )
 

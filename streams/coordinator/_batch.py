@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,8 +73,16 @@ class Batch:
         codec: Frames the journal and run-event batches.
     """
 
-    def __init__(self, store: PartitionStore, catalog: TopicCatalog, codec: Codec) -> None:
+    def __init__(
+        self,
+        store: PartitionStore,
+        catalog: TopicCatalog,
+        codec: Codec,
+        written: Counter[str] | None = None,
+    ) -> None:
         self.store = store
+        #: Records and bytes written to the coordinator's own topics, by topic (shared).
+        self.written: Counter[str] = written if written is not None else Counter()
         self.partition = store.partition
         self.catalog = catalog
         self.codec = codec
@@ -157,13 +166,21 @@ class Batch:
         journal: list[Awaitable[Any]] = []
         others: list[Awaitable[Any]] = []
         p = self.partition
+        catalog = self.catalog
         for value in prepared.journal:
-            journal.append(await self.send(self.catalog.run_journal.name, None, value, p))
+            journal.append(await self.send(catalog.run_journal.name, None, value, p))
+            self._count(catalog.run_journal.name, value)
         for value in prepared.events:
-            others.append(await self.send(self.catalog.run_events.name, None, value, p))
+            others.append(await self.send(catalog.run_events.name, None, value, p))
+            self._count(catalog.run_events.name, value)
         for run_id, record in prepared.snapshots.items():
-            others.append(await self.send(self.catalog.run_state.name, run_id.encode(), record, p))
+            others.append(await self.send(catalog.run_state.name, run_id.encode(), record, p))
+            self._count(catalog.run_state.name, record)
         return journal, others
+
+    def _count(self, topic: str, value: bytes) -> None:
+        self.written[f"{topic}:records"] += 1
+        self.written[f"{topic}:bytes"] += len(value)
 
     def _installed(self, prepared: Prepared, journal: list[Any]) -> None:
         for run_id, version, state, record in prepared.installs:
@@ -185,8 +202,9 @@ class ExactlyOnceBatch(Batch):
         codec: Codec,
         producer: AIOKafkaProducer,
         group_id: str,
+        written: Counter[str] | None = None,
     ) -> None:
-        super().__init__(store, catalog, codec)
+        super().__init__(store, catalog, codec, written)
         self._producer = producer
         self._group_id = group_id
 
@@ -230,8 +248,9 @@ class AtLeastOnceBatch(Batch):
         codec: Codec,
         producer: AIOKafkaProducer,
         consumer: AIOKafkaConsumer,
+        written: Counter[str] | None = None,
     ) -> None:
-        super().__init__(store, catalog, codec)
+        super().__init__(store, catalog, codec, written)
         self._producer = producer
         self._consumer = consumer
         self._deliveries: list[Awaitable[Any]] = []

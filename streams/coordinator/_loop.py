@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -125,6 +125,9 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         self.stores: dict[int, PartitionStore] = {}
         #: Records and wake-ups handled (committed).
         self.events_processed = 0
+        #: Records and bytes written to the coordinator's own topics (journal, run events,
+        #: snapshots), by ``<topic>:records`` and ``<topic>:bytes``.
+        self.written: Counter[str] = Counter()
         self._batches: dict[int, Batch] = {}
         self._producers: dict[int, tuple[AIOKafkaProducer, AIOKafkaProducer]] = {}
         self._turn: dict[int, int] = {}

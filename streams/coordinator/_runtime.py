@@ -187,6 +187,20 @@ class CoordinatorRuntime:
         return self.loop.events_processed
 
     @property
+    def written(self) -> dict[str, int]:
+        """Records and bytes written to the coordinator's own topics (``<topic>:records``)."""
+        return dict(self.loop.written)
+
+    @property
+    def runs(self) -> dict[str, int]:
+        """Runs in flight and finished runs remembered, over the partitions owned."""
+        stores = list(self.loop.stores.values())
+        return {
+            "in_flight": sum(s.in_flight for s in stores),
+            "finished": sum(s.finished for s in stores),
+        }
+
+    @property
     def stores(self) -> dict[int, PartitionStore]:
         """The runs of each partition this worker owns."""
         return self.loop.stores

@@ -785,5 +785,12 @@ async def test_healthz_and_the_inbox_files_are_open_and_hold_no_run_data(tmp_pat
         health = await client.get("/healthz")
         page = await client.get("/")
     assert health.status_code == page.status_code == 200
-    assert set(health.json()) == {"ok", "events_processed", "partitions", "processing"}
+    assert set(health.json()) == {
+        "ok",
+        "events_processed",
+        "partitions",
+        "processing",
+        "runs",
+        "written",
+    }
     assert "r-acme" not in health.text and "acme" not in health.text
