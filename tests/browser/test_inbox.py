@@ -178,7 +178,7 @@ async def test_a_reviewer_approves_in_the_inbox_and_the_run_completes(
 
     result = await result_of(cluster, run_id)
     assert result.status == RunStatus.completed and result.output == f"sent: {DRAFT}"
-    (decided,) = await events_of(cluster, run_id, "approval_decided")
+    (decided,) = await events_of(cluster, run_id, "approval_decided", once="run_completed")
     assert decided.detail == {
         "approval_id": approval_id,
         "approver": "user:alice",

@@ -22,7 +22,7 @@ import httpx
 from aiokafka import AIOKafkaProducer
 
 from streams._client import BatonClient
-from tests.integration.workers import Cluster, WorkerProcess, all_results, run_events
+from tests.integration.workers import Cluster, WorkerProcess, all_results, has, poll_run_events
 from topics import (
     ApprovalDecision,
     Codec,
@@ -183,6 +183,20 @@ class Webhook:
     def about(self, run_id: str) -> list[dict[str, Any]]:
         return [p for p in list(self.posts) if p.get("run_id") == run_id]
 
+    async def posted(self, run_id: str, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
+        """What was posted about a run, once there are ``count`` posts.
+
+        The coordinator posts after its batch commits, on its own time: a run may have gone
+        on, even ended, before a post about it arrives.
+        """
+
+        async def enough() -> list[dict[str, Any]] | None:
+            found = self.about(run_id)
+            return found if len(found) >= count else None
+
+        found: list[dict[str, Any]] = await until(enough, f"{count} posts about {run_id}", timeout)
+        return found
+
 
 def approvals_cluster(bootstrap: str, prefix: str, home: Path, **env: str) -> Cluster:
     """A cluster whose workers know the reviewers, the policies and the workflows above."""
@@ -292,8 +306,16 @@ async def result_of(cluster: Cluster, run_id: str, timeout: float = 30.0) -> Run
     return result
 
 
-async def events_of(cluster: Cluster, run_id: str, type_: str) -> list[RunEvent]:
-    return [e for e in await run_events(cluster, run_id) if e.type == type_]
+async def events_of(
+    cluster: Cluster, run_id: str, type_: str, *, once: str | None = None
+) -> list[RunEvent]:
+    """The run's events of one type, read once an event of type ``once`` is there.
+
+    ``once`` is ``type_`` unless said: to check that there is none, name an event that says the
+    moment has come (``run_completed``, say), else the wait ends in an AssertionError.
+    """
+    events = await poll_run_events(cluster, run_id, has(once or type_))
+    return [e for e in events if e.type == type_]
 
 
 async def publish(cluster: Cluster, *decisions: ApprovalDecision) -> None:

@@ -21,7 +21,7 @@ from tests.fakes.anthropic_server import FakeAnthropicServer, MessageAnswer, Too
 from tests.fakes.openai_server import FakeOpenAIServer, RecordedRequest
 from tests.fakes.tool_server import Delay, FakeToolServer, Json
 from tests.integration.approvals import publish, signed
-from tests.integration.workers import Cluster, Workers, run_events
+from tests.integration.workers import Cluster, Workers, has, poll_run_events
 from topics import (
     RunEvent,
     RunResult,
@@ -261,7 +261,7 @@ async def test_an_agent_calls_two_tools_in_parallel_once_each_and_uses_the_answe
         "/orders/A-2": "par/help/turn-1/call-1",
     }, "each call reached the tool server once, with its own key"
     assert len(tools.requests) == 2
-    events = await run_events(cluster, "par")
+    events = await poll_run_events(cluster, "par", has("run_completed"))
     dispatched = {e.step: e.seq for e in events_of(events, "step_dispatched")}
     finished = {e.step: e.seq for e in events_of(events, "step_succeeded")}
     assert dispatched["help:2"] < finished["help:1"], "the calls were in flight together"
@@ -285,7 +285,7 @@ async def test_a_crashed_tool_worker_is_replaced_and_the_call_keeps_its_key(
     assert "delivered" in str(result.output)
     keys = {r.header("idempotency-key") for r in tools.requests}
     assert len(tools.requests) >= 2 and keys == {"crash/help/turn-1/call-0"}
-    events = await run_events(cluster, "crash")
+    events = await poll_run_events(cluster, "crash", has("run_completed"))
     assert events_of(events, "step_timed_out")[0].step == "help:1"
 
 
@@ -304,7 +304,7 @@ async def test_what_a_model_asks_outside_the_configuration_is_never_called(
     assert "arguments" in fed_back[1]
     assert "ToolRequestRefused" in fed_back[2] and "ToolRequestRefused" in fed_back[3]
     assert "'refund'" in fed_back[4]
-    events = await run_events(cluster, "evil")
+    events = await poll_run_events(cluster, "evil", has("run_completed"))
     assert len(events_of(events, "tool_call_refused")) == 3  # shell, bad id type, refund
 
 
@@ -326,7 +326,7 @@ async def test_a_tool_matching_an_approval_policy_waits_for_finance(
 ) -> None:
     workers.start("w1")
     await submit(cluster, "pay", "support", "refund order A-1")
-    events = await until(lambda: _with(cluster, "pay", "approval_requested"))
+    events = await poll_run_events(cluster, "pay", has("approval_requested"))
     asked = events_of(events, "approval_requested")[0]
     assert asked.step == "help:1"
     assert not [r for r in tools.requests if r.path == "/refunds"], "nothing paid before approval"
@@ -357,8 +357,3 @@ async def test_local_and_http_retrieval_feed_an_llm_prompt(
     assert "Returns take 5 days." in prompt, "the search endpoint's answer is in the prompt"
     [search] = [r for r in tools.requests if r.path == "/search"]
     assert search.query["q"] == ["refund for a damaged parcel"]
-
-
-async def _with(cluster: Cluster, run_id: str, type_: str) -> list[RunEvent] | None:
-    events = await run_events(cluster, run_id)
-    return events if events_of(events, type_) else None

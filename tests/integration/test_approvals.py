@@ -128,7 +128,7 @@ async def test_an_approval_through_the_api_lets_the_run_complete(
     }
     result = await result_of(cluster, run_id)
     assert result.status == RunStatus.completed and result.output == "sent: refund 120"
-    (accepted,) = await events_of(cluster, run_id, "approval_decided")
+    (accepted,) = await events_of(cluster, run_id, "approval_decided", once="run_completed")
     assert accepted.detail == {
         "approval_id": item["approval_id"],
         "approver": "user:alice",
@@ -144,7 +144,7 @@ async def test_an_approval_through_the_api_lets_the_run_complete(
     }
     gone = await reviewers.call("GET", f"/v1/approvals/{item['approval_id']}", "bob")
     assert gone.status_code == 404
-    (posted,) = webhook.about(run_id)
+    (posted,) = await webhook.posted(run_id, 1)
     assert posted["event"] == "approval_requested"
     assert {k: posted[k] for k in ("approval_id", "step", "level", "approvers", "reason")} == {
         "approval_id": item["approval_id"],
@@ -204,7 +204,7 @@ async def test_a_quorum_of_two_needs_two_distinct_approvers_through_the_cli(
     assert second.exit_code == 0, second.output
     result = await result_of(cluster, run_id)
     assert result.status == RunStatus.completed
-    decided = await events_of(cluster, run_id, "approval_decided")
+    decided = await events_of(cluster, run_id, "approval_decided", once="run_completed")
     assert [e.detail["approver"] for e in decided] == ["user:alice", "user:bob"]  # type: ignore[index]
     nothing = cli(worker, "list", user="bob")
     assert approval_id not in nothing.output
@@ -253,11 +253,10 @@ async def test_a_deadline_escalates_and_the_next_level_decides(
     assert (await reviewers.decide("carol", escalated["approval_id"], "approve")).status_code == 202
     result = await result_of(cluster, run_id)
     assert result.status == RunStatus.completed
-    assert [e.detail["level"] for e in await events_of(cluster, run_id, "approval_escalated")] == [
-        1
-    ]  # type: ignore[index]
+    escalations = await events_of(cluster, run_id, "approval_escalated", once="run_completed")
+    assert [e.detail["level"] for e in escalations] == [1]  # type: ignore[index]
     # The webhook heard of the request and of its escalation.
-    posted = webhook.about(run_id)
+    posted = await webhook.posted(run_id, 2)
     assert [(p["approval_id"], p["level"], p["approvers"]) for p in posted] == [
         (first["approval_id"], 0, ["group:leads"]),
         (escalated["approval_id"], 1, ["group:managers"]),
@@ -273,9 +272,9 @@ async def test_no_decision_at_the_end_of_the_escalation_path_rejects(
     result = await result_of(cluster, run_id, timeout=40)
     assert result.status == RunStatus.rejected
     assert result.reason == "approve: no decision at level 1 in time"
-    (timed_out,) = await events_of(cluster, run_id, "approval_timed_out")
+    (timed_out,) = await events_of(cluster, run_id, "approval_timed_out", once="run_rejected")
     assert timed_out.detail == {"approval_id": f"{run_id}/approve/2", "on_timeout": "reject"}
-    assert [p["level"] for p in webhook.about(run_id)] == [0, 1]
+    assert [p["level"] for p in await webhook.posted(run_id, 2)] == [0, 1]
 
 
 # -- refusals ----------------------------------------------------------------------------------
@@ -326,9 +325,14 @@ async def test_decisions_that_do_not_count_are_refused_and_audited(
         "it names another request: its request_digest is not the open request's",
         "user:ana may not act for tenant 'default'",
     ]
-    # Nothing changed but alice's one vote: the run waits for a second approver.
-    item = (await reviewers.call("GET", f"/v1/approvals/{approval_id}", "bob")).json()
-    assert [v["approver"] for v in item["votes"]] == ["user:alice"]
+
+    # Nothing changed but alice's one vote: the run waits for a second approver. (The API shows
+    # a batch once it has committed, which may be a moment after its events are readable.)
+    async def alice_counted() -> bool:
+        item = (await reviewers.call("GET", f"/v1/approvals/{approval_id}", "bob")).json()
+        return [v["approver"] for v in item["votes"]] == ["user:alice"]
+
+    await until(alice_counted, "alice's vote, and only hers, is counted")
     assert (await reviewers.call("GET", f"/v1/runs/{run_id}", "bob")).json()["status"] == "running"
     assert (await reviewers.decide("bob", approval_id, "approve")).status_code == 202
     assert (await result_of(cluster, run_id)).status == RunStatus.completed
@@ -364,7 +368,7 @@ async def test_a_policy_threshold_gates_a_step_of_a_workflow_without_an_approval
     (asked,) = await events_of(cluster, big, "approval_requested")
     assert asked.detail["policy"] == "big-payouts"  # type: ignore[index]
     assert (await result_of(cluster, small)).status == RunStatus.completed
-    assert not await events_of(cluster, small, "approval_requested")
+    assert not await events_of(cluster, small, "approval_requested", once="run_completed")
     assert (await reviewers.decide("carol", item["approval_id"], "approve")).status_code == 202
     result = await result_of(cluster, big)
     assert result.status == RunStatus.completed and result.output == "paid 900"
@@ -422,8 +426,8 @@ async def test_the_api_answers_each_mistake_precisely(
     assert twice.json()["error"] == f"user:alice has decided {approval_id!r} already"
     wrong_method = await reviewers.call("DELETE", "/v1/approvals", "alice")
     assert wrong_method.status_code == 405 and "error" in wrong_method.json()
-    # Nothing the API refused reached the coordinator.
-    assert not await events_of(cluster, run_id, "approval_refused")
+    # Nothing the API refused reached the coordinator (before alice's vote, which it counted).
+    assert not await events_of(cluster, run_id, "approval_refused", once="approval_decided")
     page = await reviewers.call("GET", "/")
     assert page.status_code == 200 and "baton" in page.text
     assert page.headers["Content-Type"].startswith("text/html")

@@ -18,7 +18,7 @@ import pytest
 from streams._client import BatonClient
 from tests.fakes.openai_server import ChatAnswer, Delay, FakeOpenAIServer, RecordedRequest
 from tests.integration.approvals import publish, signed
-from tests.integration.workers import Cluster, Workers, run_events
+from tests.integration.workers import Cluster, Workers, has, poll_run_events, run_events
 from topics import (
     Budget,
     RunEvent,
@@ -157,7 +157,7 @@ async def test_a_run_stops_at_each_cap_and_never_overshoots_by_more_than_one_est
     for tag, budget in caps.items():
         result = results[f"cap-{tag}"]
         assert result.status == RunStatus.budget_exceeded, (tag, result.reason)
-        events = await run_events(cluster, f"cap-{tag}")
+        events = await poll_run_events(cluster, f"cap-{tag}", has("run_budget_exceeded"))
         assert [e for e in events if e.type == "budget_exceeded"] or tag == "slow-wall"
         made = calls(provider, tag)
         assert len(made) < 3, f"{tag}: the call past the cap was never made"
@@ -194,7 +194,7 @@ async def test_downgrade_on_breach_runs_the_steps_on_the_cheaper_route(
     result = results["cheap"]
     assert result.status == RunStatus.completed, result.reason
     assert [r.body["model"] for r in calls(provider, "dg")] == ["test-fast"] * 3
-    events = await run_events(cluster, "cheap")
+    events = await poll_run_events(cluster, "cheap", has("run_completed"))
     moved = [e.detail for e in events if e.type == "budget_downgraded"]
     assert [(d["from"], d["to"]) for d in moved] == [("strong", "fast")] * 3  # type: ignore[index,call-overload]
     assert result.usage.cost_usd <= budget.max_cost_usd  # type: ignore[operator]
@@ -277,7 +277,7 @@ async def test_two_workers_share_a_tenant_ceiling_within_the_documented_bound(
     spent = sum((r.usage.cost_usd for r in acme), start=Decimal(0))
     excess = Decimal(0)
     for result in completed:
-        events = await run_events(cluster, result.run_id)
+        events = await poll_run_events(cluster, result.run_id, has("run_completed"))
         (guess,) = estimates(events)
         excess += max(Decimal(0), result.usage.cost_usd - Decimal(guess["cost_usd"]))
     assert spent <= ceiling + excess
@@ -302,7 +302,7 @@ async def test_the_cascade_moves_to_the_strong_route_when_the_answer_fails_its_s
     assert result.status == RunStatus.completed, result.reason
     assert result.output == {"total": 12}
     assert [r.body["model"] for r in calls(provider, "cascade-1")] == ["test-fast", "test-strong"]
-    events = await run_events(cluster, "casc")
+    events = await poll_run_events(cluster, "casc", has("run_completed"))
     (moved,) = [e for e in events if e.type == "step_cascaded"]
     assert isinstance(moved.detail, dict) and moved.detail["to"] == "strong"
     # Both calls are paid for: the failed weak answer was billed too.

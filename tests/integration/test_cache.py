@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaProducer
 from streams._cache import KafkaResponseCache
 from streams._client import BatonClient
 from tests.fakes.openai_server import ChatAnswer, FakeOpenAIServer, RecordedRequest
-from tests.integration.workers import CODEC, Cluster, Workers, read_topic, run_events
+from tests.integration.workers import CODEC, Cluster, Workers, has, poll_run_events, read_topic
 from topics import CacheEntry, RunResult, RunStatus, TaskSubmitted, TopicCatalog, create_topics
 
 # Per million tokens: 25 prompt + 30 completion tokens cost $0.00055.
@@ -128,7 +128,8 @@ async def test_a_repeated_request_is_served_from_the_cache_by_another_worker(
         "test-fast",
     )
     assert second.usage.cost_usd == 0 and second.usage.saved_usd == CALL_COST
-    (succeeded,) = [e for e in await run_events(cluster, "second") if e.type == "step_succeeded"]
+    events = await poll_run_events(cluster, "second", has("run_completed"))
+    (succeeded,) = [e for e in events if e.type == "step_succeeded"]
     assert succeeded.usage is not None and succeeded.usage.cached
 
     other = await run(cluster, "other", "different")

@@ -29,9 +29,10 @@ from tests.integration.workers import (
     Cluster,
     Workers,
     all_results,
-    decoded,
+    has,
+    poll_decoded,
+    poll_run_events,
     results_by_run,
-    run_events,
 )
 from topics import (
     Codec,
@@ -165,7 +166,7 @@ async def test_transient_faults_every_run_completes_within_the_calls_the_policy_
         assert calls == n % 5 + 1, f"run {n}: {calls} calls"
         assert calls <= 6, "2 tries per attempt x 3 attempts"
     # Runs that needed more than one attempt went through a retry tier.
-    events = await run_events(cluster, "transient-4")
+    events = await poll_run_events(cluster, "transient-4", has("run_completed"))
     asks = [e for e in events if e.type == "step_dispatched" and e.step == "ask"]
     tiers = [e.detail.get("retry_tier") for e in asks]  # type: ignore[union-attr]
     assert tiers[0] is None and set(tiers[1:]) <= {"1s", "2s"} and len(tiers) == 3
@@ -199,7 +200,11 @@ async def test_a_failing_primary_falls_back_and_its_circuit_opens_then_closes(
             assert {r.status for r in results.values()} == {RunStatus.completed}
             assert all(str(r.output["answer"]).startswith("backup says") for r in results.values())  # type: ignore[index]
             # The circuit opened: the primary saw 3 failures in a row, then nothing more.
-            events = [e for run_id in first for e in await run_events(cluster, run_id)]
+            events = [
+                e
+                for run_id in first
+                for e in await poll_run_events(cluster, run_id, has("run_completed"))
+            ]
             fallbacks = [e.detail for e in events if e.type == "step_fallback"]
             assert len(fallbacks) == len(first)
             assert {"CircuitOpen"} <= {f["error_class"] for f in fallbacks}  # type: ignore[index]
@@ -239,12 +244,15 @@ async def test_exhausted_retries_leave_a_dead_letter_and_a_replay_completes_the_
             assert failed.status == RunStatus.failed
             assert failed.reason is not None and "after 3 attempts" in failed.reason
             assert {s.step: s.outcome for s in failed.steps}["ask"] == StepOutcome.failed
-            (letter,) = [
-                d
-                for d in await decoded(cluster, cluster.catalog.dead_letter.name, DeadLetter)
-                if d.run_id == "doomed"  # type: ignore[attr-defined]
-            ]
-            assert isinstance(letter, DeadLetter)
+            # Written with the result, but on the dead letter's partition: poll.
+            letters = await poll_decoded(
+                cluster,
+                cluster.catalog.dead_letter.name,
+                DeadLetter,
+                lambda found: any(d.run_id == "doomed" for d in found),
+                what="the dead letter of the run's exhausted step",
+            )
+            (letter,) = [d for d in letters if d.run_id == "doomed"]
             assert letter.step == "ask" and letter.workflow == "faulty"
             assert letter.origin_topic == cluster.catalog.steps("llm").name
             assert letter.error_class in {"ProviderUnavailable", "CircuitOpen"}
@@ -301,30 +309,18 @@ async def test_poison_on_every_topic_baton_consumes_is_dead_lettered_and_work_go
             result = (await client.wait(["healthy"], timeout_s=60))["healthy"]
             assert result.status == RunStatus.completed
 
-            async def all_dead_lettered() -> bool:
-                letters = await decoded(cluster, catalog.dead_letter.name, DeadLetter)
-                return {d.origin_topic for d in letters} >= set(garbage)  # type: ignore[attr-defined]
-
-            await _until(all_dead_lettered)
+            letters = await poll_decoded(
+                cluster,
+                catalog.dead_letter.name,
+                DeadLetter,
+                lambda found: {d.origin_topic for d in found} >= set(garbage),
+                what="a dead letter from every poisoned topic",
+            )
         finally:
             workers.stop_all()
-    letters = await decoded(cluster, catalog.dead_letter.name, DeadLetter)
-    by_topic = {d.origin_topic: d for d in letters}  # type: ignore[attr-defined]
+    by_topic = {d.origin_topic: d for d in letters}
     for name, value in garbage.items():
         letter = by_topic[name]
-        assert isinstance(letter, DeadLetter)
         assert letter.payload == value and letter.key == b"poison-key", name
         assert letter.origin_partition == 0 and letter.error_class == "DecodeError", name
         assert letter.error, name
-
-
-async def _until(check: object, timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        value = check() if callable(check) else check
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        await asyncio.sleep(0.3)
-    raise AssertionError(f"not true within {timeout}s")

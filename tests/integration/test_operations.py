@@ -11,7 +11,15 @@ import pytest
 
 from streams._client import BatonClient
 from tests.fakes import ChatAnswer, FakeOpenAIServer
-from tests.integration.workers import Cluster, Workers, decoded, results_by_run, run_events
+from tests.integration.workers import (
+    Cluster,
+    Workers,
+    has,
+    poll_decoded,
+    poll_run_events,
+    results_by_run,
+    run_events,
+)
 from topics import (
     Codec,
     RunStatus,
@@ -89,8 +97,8 @@ async def test_a_run_in_flight_is_cancelled_and_its_late_results_change_nothing(
         "second": StepOutcome.cancelled,
     }
     # The first step's result still arrives (the call was under way) and changes nothing.
-    await _until(lambda: _has_event(cluster, "to-cancel", "result_ignored"), timeout=40)
-    types = [e.type for e in await run_events(cluster, "to-cancel")]
+    events = await poll_run_events(cluster, "to-cancel", has("result_ignored"))
+    types = [e.type for e in events]
     assert "step_dispatched" in types and types.count("step_dispatched") == 1
     assert (await results_by_run(cluster))["to-cancel"] == 1
 
@@ -176,10 +184,6 @@ async def _dispatched(cluster: Cluster, run_id: str, step: str) -> bool:
     )
 
 
-async def _has_event(cluster: Cluster, run_id: str, type_: str) -> bool:
-    return any(e.type == type_ for e in await run_events(cluster, run_id))
-
-
 async def _until(check: object, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -254,10 +258,11 @@ async def test_a_processor_does_not_start_a_request_whose_deadline_passed(
 
     # Same partition, so the processor met the stale request first: once the fresh one's
     # result is there, the stale one was skipped.
-    async def fresh_answered() -> bool:
-        results = await decoded(cluster, cluster.catalog.step_results.name, StepResult)
-        return any(r.run_id == fresh_id for r in results)  # type: ignore[attr-defined]
-
-    await _until(fresh_answered)
-    results = await decoded(cluster, cluster.catalog.step_results.name, StepResult)
-    assert [r.run_id for r in results] == [fresh_id]  # type: ignore[attr-defined]
+    results = await poll_decoded(
+        cluster,
+        cluster.catalog.step_results.name,
+        StepResult,
+        lambda found: any(r.run_id == fresh_id for r in found),
+        what=f"the step result of {fresh_id}",
+    )
+    assert [r.run_id for r in results] == [fresh_id]

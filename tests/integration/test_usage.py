@@ -9,18 +9,27 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from streams._client import BatonClient
 from streams._usage import read_usage
 from tests.fakes.openai_server import ChatAnswer, FakeOpenAIServer, RecordedRequest
-from tests.integration.workers import Cluster, WorkerProcess, Workers, api_access
+from tests.integration.workers import (
+    Cluster,
+    WorkerProcess,
+    Workers,
+    api_access,
+    has,
+    poll_run_events,
+)
 from topics import RunResult, RunStatus, TaskSubmitted
 
 #: US dollars per million (input, output) tokens, by the model the provider is asked for.
@@ -107,6 +116,9 @@ async def run_all(cluster: Cluster, tasks: list[TaskSubmitted]) -> dict[str, Run
         results = await client.wait([t.task_id for t in tasks], timeout_s=90)
     assert set(results) == {t.task_id for t in tasks}
     assert {r.status for r in results.values()} == {RunStatus.completed}
+    # Usage is summed from the run events: another topic than the results, read in its own time.
+    for task in tasks:
+        await poll_run_events(cluster, task.task_id, has("run_completed"))
     return results
 
 
@@ -213,6 +225,11 @@ async def test_runs_show_gives_tokens_cost_route_and_the_cache_per_step(
 
 def show(cluster: Cluster, worker: WorkerProcess, run_id: str) -> str:
     """``baton runs show`` with its lines' runs of spaces squeezed (a wide terminal)."""
+    # The API shows a run as its coordinator saw it commit, maybe a moment after the result.
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{worker.api}/v1/runs/{run_id}").json().get("status") != "completed":
+        assert time.monotonic() < deadline, f"{run_id} not completed at {worker.api}"
+        time.sleep(0.2)
     shown = cluster.baton("runs", "show", run_id, BATON_API_URL=worker.api, COLUMNS="200")
     assert shown.returncode == 0, shown.stderr
     return "\n".join(" ".join(line.split()) for line in shown.stdout.splitlines())

@@ -14,9 +14,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -27,6 +28,8 @@ from topics import Codec, Event, RunEvent, RunResult, TopicCatalog
 
 BATON = Path(sys.executable).parent / "baton"
 CODEC = Codec()
+T = TypeVar("T")
+E = TypeVar("E", bound=Event)
 
 #: The token of ``ops``, a principal for every tenant, in clusters made with ``api_access``.
 API_TOKEN = "integration-ops-token-2d9f"
@@ -266,13 +269,107 @@ async def run_events(cluster: Cluster, run_id: str | None = None) -> list[RunEve
     values = await read_topic(
         cluster.bootstrap, cluster.catalog.run_events.name, cluster.partitions
     )
-    events = [CODEC.decode(v, RunEvent) for v in values]
+    events = [e for v in values for e in CODEC.run_events(v)]
     return [e for e in events if run_id is None or e.run_id == run_id]
 
 
-async def decoded(cluster: Cluster, topic: str, event_type: type[Event]) -> list[Event]:
+async def decoded(cluster: Cluster, topic: str, event_type: type[E]) -> list[E]:
     values = await read_topic(cluster.bootstrap, topic, cluster.partitions)
     return [CODEC.decode(v, event_type) for v in values]
+
+
+async def poll_topic(
+    cluster: Cluster,
+    topic: str,
+    *,
+    decode: Callable[[bytes], T | None],
+    until: Callable[[list[T]], bool],
+    what: str = "the records expected",
+    timeout: float = 60.0,
+) -> list[T]:
+    """Read a topic's committed records again and again until ``until`` holds of them.
+
+    ``decode`` makes each record's value what ``until`` is given (``None`` leaves it out).
+
+    The signal a test waited for (a run's result, an HTTP answer, a log line, a drained group)
+    says nothing of records that another batch, Kafka transaction or partition writes: a dead
+    letter on the bad record's own partition, another run's events, an approval request, a
+    late result. Each is committed in its own time (even one transaction's partitions become
+    readable one by one), so a single read may come too early. Read such a topic with this;
+    assert once what is expected is there (a check that something is absent, too).
+
+    Raises:
+        AssertionError: ``until`` still did not hold after ``timeout`` seconds; names the topic,
+            what was expected, and shows what was read last.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        values = await read_topic(cluster.bootstrap, topic, cluster.partitions)
+        found = [x for x in map(decode, values) if x is not None]
+        if until(found):
+            return found
+        if time.monotonic() > deadline:
+            last = "\n".join(repr(x)[:300] for x in found[-10:])
+            raise AssertionError(
+                f"{topic}: not within {timeout:g}s: {what}; "
+                f"last read {len(found)}, the last ones:\n{last}"
+            )
+        await asyncio.sleep(0.2)
+
+
+async def poll_decoded(
+    cluster: Cluster,
+    topic: str,
+    event_type: type[E],
+    until: Callable[[list[E]], bool],
+    *,
+    what: str = "the events expected",
+    timeout: float = 60.0,
+) -> list[E]:
+    """``poll_topic`` for a topic of one event type."""
+    return await poll_topic(
+        cluster,
+        topic,
+        decode=lambda v: CODEC.decode(v, event_type),
+        until=until,
+        what=what,
+        timeout=timeout,
+    )
+
+
+async def poll_run_events(
+    cluster: Cluster,
+    run_id: str,
+    until: Callable[[list[RunEvent]], bool],
+    *,
+    timeout: float = 60.0,
+) -> list[RunEvent]:
+    """A run's events, read until ``until`` holds of them (``has(...)`` says the usual)."""
+
+    def mine(value: bytes) -> list[RunEvent] | None:
+        # One record is one coordinator commit's batch, with the events of many runs.
+        events = [e for e in CODEC.run_events(value) if e.run_id == run_id]
+        return events or None
+
+    batches = await poll_topic(
+        cluster,
+        cluster.catalog.run_events.name,
+        decode=mine,
+        until=lambda found: until([e for batch in found for e in batch]),
+        what=f"the events expected of run {run_id!r}",
+        timeout=timeout,
+    )
+    return [e for batch in batches for e in batch]
+
+
+def has(*types: str) -> Callable[[list[RunEvent]], bool]:
+    """``until`` for ``poll_run_events``: an event of each of these types is there.
+
+    A run's events are all on its partition, in order, and a partition is readable up to a
+    point: once an event is there, so is every event of the run written before it. The
+    ``run_<status>`` event comes last, but for a late step result or a duplicate task.
+    """
+    return lambda events: set(types) <= {e.type for e in events}
 
 
 async def wait_until_drained(cluster: Cluster, timeout: float = 60.0) -> None:
