@@ -34,9 +34,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from processors import Processor, execute
-from streams._deadletters import letter_for
-from streams.coordinator._batch import MAX_RECORD_BYTES
+from streams._deadletters import letter_for, too_large
 from topics import (
+    MAX_RECORD_BYTES,
     Codec,
     DecodeError,
     StepError,
@@ -187,6 +187,10 @@ class ProcessorService:
         return not self._stopping
 
     async def _take(self, record: Any) -> None:
+        oversized = too_large(record)
+        if oversized is not None:
+            await self._dead_letter(record, oversized, "RecordTooLarge")
+            return
         try:
             request = self.codec.decode(record.value, StepRequested)
         except DecodeError as exc:
@@ -276,9 +280,11 @@ class ProcessorService:
         except Exception as exc:  # a rebalance or a broker hiccup: the deadlines cover it
             log.warning("processors' offset commit failed: %s", exc)
 
-    async def _dead_letter(self, record: Any, reason: str) -> None:
+    async def _dead_letter(
+        self, record: Any, reason: str, error_class: str = "DecodeError"
+    ) -> None:
         log.warning("dead-lettering %s@%d: %s", record.topic, record.offset, reason)
-        letter = letter_for(record, error_class="DecodeError", reason=reason, at=self.clock())
+        letter = letter_for(record, error_class=error_class, reason=reason, at=self.clock())
         await self._producer.send(
             self.catalog.dead_letter.name,
             self.codec.encode(letter),

@@ -13,7 +13,7 @@ from topics._catalog import (
     Topic,
     TopicCatalog,
 )
-from topics._codec import Codec, describe_validation_error
+from topics._codec import MAX_RECORD_BYTES, Codec, describe_validation_error
 from topics._errors import (
     BatonError,
     ConfigurationError,
@@ -80,6 +80,7 @@ __all__ = [
     "check_task_id",
     "check_tenant",
     "MAX_JSON_BYTES",
+    "MAX_RECORD_BYTES",
     "MAX_JSON_DEPTH",
     "JsonLimitExceeded",
     "check_json",

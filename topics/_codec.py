@@ -26,7 +26,11 @@ from topics._events import Event, RunEvent, RunEventBatch, RunJournal, TaskSubmi
 from topics._json import JsonLimitExceeded, loads_json
 from topics._registry import EVENT_TYPES, SchemaRegistry
 
-__all__ = ["Codec", "describe_validation_error"]
+__all__ = ["MAX_RECORD_BYTES", "Codec", "describe_validation_error"]
+
+#: The largest record value baton writes, and reads: the broker's default limit is 1,048,588
+#: bytes for a whole batch (key and headers included). A record over it is dead-lettered.
+MAX_RECORD_BYTES = 1_000_000
 
 E = TypeVar("E", bound=Event)
 

@@ -38,13 +38,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.coordinator._state import RunState
 from streams.coordinator._store import PartitionStore, summary_record
-from topics import ApprovalRequested, Codec, RunEventBatch, RunJournal, TopicCatalog
+from topics import (
+    MAX_RECORD_BYTES,
+    ApprovalRequested,
+    Codec,
+    RunEventBatch,
+    RunJournal,
+    TopicCatalog,
+)
 
 __all__ = ["AtLeastOnceBatch", "Batch", "ExactlyOnceBatch", "Prepared"]
-
-#: The largest record value baton writes (the broker's default limit is 1,048,588 bytes,
-#: key and headers included).
-MAX_RECORD_BYTES = 1_000_000
 
 
 @dataclass

@@ -28,15 +28,17 @@ from typing import Any
 from processors import ModelCatalog, ToolRegistry
 from streams._access import Access
 from streams._deadletters import letter_for
+from streams._deadletters import too_large as record_too_large
 from streams._policies import Policies
 from streams._workflows import WorkflowBook, WorkflowFeed
-from streams.coordinator._batch import MAX_RECORD_BYTES, Batch
+from streams.coordinator._batch import Batch
 from streams.coordinator._decide import Context, Decision, Inbound, decide, too_large
 from streams.coordinator._ledger import SpendLedger
 from streams.coordinator._state import RunState
 from streams.coordinator._wakeups import WakeIndex
 from streams.workflow import Workflow
 from topics import (
+    MAX_RECORD_BYTES,
     ApprovalRequested,
     Codec,
     ControlCommand,
@@ -146,6 +148,10 @@ class Handler:
     async def record(self, batch: Batch, record: Any) -> None:
         """Handle one consumed record (its offset is noted in the batch by the caller)."""
         now = self.clock()
+        oversized = record_too_large(record)
+        if oversized is not None:
+            await self._dead_letter(batch, record, "RecordTooLarge", oversized, now)
+            return
         try:
             inbound: Inbound = self.codec.decode_for(  # type: ignore[assignment]  # per topic
                 self._inputs[record.topic], record.value, record.key

@@ -23,6 +23,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams._deadletters import too_large
 from streams.coordinator._store import PartitionStore
 from topics import Codec, DecodeError, RunJournal, TopicCatalog
 
@@ -64,6 +65,10 @@ async def restore_partition(
             continue
         if record.value is None:
             continue  # a tombstone: the run was forgotten
+        problem = too_large(record)
+        if problem is not None:
+            await poison(record, problem)
+            continue
         try:
             store.load(
                 record.key.decode(),
@@ -72,12 +77,16 @@ async def restore_partition(
                 journal=False,
             )
         except (ValueError, UnicodeDecodeError) as exc:
-            await poison(record, f"not a stored run: {exc}")
+            await poison(record, f"a run-state record that is not a stored run: {exc}")
             continue
         snapshots += 1
     entries = 0
     journal_tp = TopicPartition(catalog.run_journal.name, partition)
     async for record in _read_all(reader, journal_tp):
+        problem = too_large(record)
+        if problem is not None:
+            await poison(record, problem)
+            continue
         try:
             journal = codec.decode(record.value, RunJournal)
         except DecodeError as exc:

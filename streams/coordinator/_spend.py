@@ -17,6 +17,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams._deadletters import too_large
 from streams.coordinator._ledger import SpendLedger
 from topics import Codec, DecodeError, SpendRecorded, TopicCatalog
 
@@ -58,17 +59,18 @@ class SpendFollower:
         self._wake = wake
         self._poison = poison
         self._clock = clock
+        self._bootstrap = bootstrap
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Seek to the start of the window and start following."""
         self._reader = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
+            bootstrap_servers=self._bootstrap,
             group_id=None,
             enable_auto_commit=False,
             isolation_level="read_committed",
             fetch_max_wait_ms=20,
         )
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        """Seek to the start of the window and start following."""
         await self._reader.start()
         topic = self.catalog.spend.name
         tps = [TopicPartition(topic, p) for p in range(self.catalog.spend.partitions)]
@@ -96,6 +98,10 @@ class SpendFollower:
             batch = await self._reader.getmany(timeout_ms=500, max_records=2000)
             for records in batch.values():
                 for record in records:
+                    problem = too_large(record)
+                    if problem is not None:
+                        await self._poison(record, problem)
+                        continue
                     try:
                         entry = self.codec.decode(record.value, SpendRecorded)
                     except DecodeError as exc:

@@ -98,7 +98,7 @@ def unpack(record: bytes) -> StoredRun:
             0, wake.timestamp() if wake else None, state.finished, approval, bytes(record)
         )
     if len(record) < _HEADER.size or record[0] != _FORMAT:
-        raise ValueError(f"not a stored run (starts with {record[:1]!r})")
+        raise ValueError(f"it starts with {record[:1]!r}, not a stored run's format byte")
     _, version, wake_us, flags = _HEADER.unpack_from(record)
     return StoredRun(
         version,

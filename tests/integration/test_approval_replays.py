@@ -210,7 +210,7 @@ async def test_a_decision_older_than_its_request_is_refused(
     assert await votes(reviewers, "bob", item["approval_id"]) == []
 
 
-async def test_a_decision_arriving_after_the_deadline_is_refused_before_the_timer_fires(
+async def test_a_decision_arriving_after_the_deadline_is_refused(
     cluster: Cluster, worker: WorkerProcess, reviewers: Reviewers
 ) -> None:
     run_id = new_run("late")
@@ -233,8 +233,15 @@ async def test_a_decision_arriving_after_the_deadline_is_refused_before_the_time
     finally:
         worker.resume()
     reasons = await refusals(cluster, run_id, 1)
-    assert reasons == [f"arrived after the request's deadline {deadline.isoformat()}"]
-    # The timer then does what it does at the end of the path: the run is rejected.
+    # The coordinator fires due deadlines inside its own loop, so after the pause it may look
+    # at the run's deadline before it has fetched the decision: then the request is closed
+    # first. Either way the late decision is refused and recorded, and never counts (the
+    # unit tests pin the deadline check itself, with the clock in hand).
+    assert reasons in (
+        [f"arrived after the request's deadline {deadline.isoformat()}"],
+        ["the run has ended"],
+    )
+    # The deadline does what it does at the end of the path: the run is rejected.
     result = await result_of(cluster, run_id)
     assert result.status == RunStatus.rejected
     assert result.reason == "approve: no decision at level 0 in time"

@@ -52,7 +52,7 @@ def test_a_record_an_older_release_wrote_reads_as_version_zero() -> None:
     state = ended(running(), RunStatus.completed)
     stored = unpack(state.to_bytes())
     assert stored.version == 0 and stored.finished and stored.wake_s == T0.timestamp()
-    with pytest.raises(ValueError, match="not a stored run"):
+    with pytest.raises(ValueError, match="not a stored run's format byte"):
         unpack(b"\x07nonsense")
 
 
