@@ -615,6 +615,7 @@ def install_api(
                 "partitions": sorted(runtime.ready),
                 "processing": processing(),
                 "runs": runtime.runs,
+                "restored": runtime.restores,
                 "written": runtime.written,
             }
         )

@@ -36,6 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from processors import Processor, execute
 from streams._deadletters import letter_for, too_large
 from topics import (
+    BATCH_BYTES,
     MAX_RECORD_BYTES,
     Codec,
     DecodeError,
@@ -121,7 +122,11 @@ class ProcessorService:
     async def start(self) -> None:
         """Join the group and start taking requests."""
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=1
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=1,
+            max_batch_size=BATCH_BYTES,
         )
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(

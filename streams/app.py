@@ -165,8 +165,6 @@ def build_worker(
         f"{settings.topic_prefix}-worker",
         broker=[f"kafka://{a.strip()}" for a in bootstrap.split(",") if a.strip()],
         datadir=str(datadir),
-        # Faust runs no agent here: it serves the API and runs the worker's lifecycle.
-        producer_only=True,
         store="memory://",
         autodiscover=False,
         web_enabled=coordinator,
@@ -175,6 +173,9 @@ def build_worker(
         canonical_url=url,
         web_tables_enabled=False,
     )
+    # Faust runs no agent here: it serves the API and runs the worker's lifecycle. Without
+    # this it would still start a consumer (and its thread) that joins a group for nothing.
+    app.producer_only = True
     models = (
         load_model_catalog(settings.models_file)
         if settings.models_file

@@ -13,7 +13,7 @@ from topics._catalog import (
     Topic,
     TopicCatalog,
 )
-from topics._codec import MAX_RECORD_BYTES, Codec, describe_validation_error
+from topics._codec import BATCH_BYTES, MAX_RECORD_BYTES, Codec, describe_validation_error
 from topics._errors import (
     BatonError,
     ConfigurationError,
@@ -85,6 +85,7 @@ __all__ = [
     "JsonLimitExceeded",
     "check_json",
     "loads_json",
+    "BATCH_BYTES",
     "DEFAULT_RETRY_TIERS",
     "DEFAULT_RUN_RETENTION_S",
     "EVENT_TYPES",

@@ -26,11 +26,17 @@ from topics._events import Event, RunEvent, RunEventBatch, RunJournal, TaskSubmi
 from topics._json import JsonLimitExceeded, loads_json
 from topics._registry import EVENT_TYPES, SchemaRegistry
 
-__all__ = ["MAX_RECORD_BYTES", "Codec", "describe_validation_error"]
+__all__ = ["BATCH_BYTES", "MAX_RECORD_BYTES", "Codec", "describe_validation_error"]
 
 #: The largest record value baton writes, and reads: the broker's default limit is 1,048,588
 #: bytes for a whole batch (key and headers included). A record over it is dead-lettered.
 MAX_RECORD_BYTES = 1_000_000
+
+#: The record batch size baton's producers fill per partition (``max_batch_size``). aiokafka
+#: keeps one open batch per partition and makes ``send`` wait for a full one to be sent
+#: before it starts the next, so its default (16 KiB, a dozen 1 KB events) turns a burst of
+#: sends into a wait for each round trip; a larger batch lets a burst go out at once.
+BATCH_BYTES = 512 * 1024
 
 E = TypeVar("E", bound=Event)
 

@@ -55,7 +55,8 @@ class Prepared:
     """What a commit makes durable, built just before it.
 
     Attributes:
-        installs: Per run: the version, the state kept and its stored record.
+        installs: Per run: the version, its new state and its stored record (of what is kept:
+            a finished run's summary, mostly).
         journal: The journal records' values.
         events: The run-event batch records' values.
         snapshots: The records flushed to ``run-state``, by run (empty: not a flush).
@@ -147,8 +148,8 @@ class Batch:
         entries = []
         for run_id, (state, body) in self._pending.items():
             version = self.store.version(run_id) + 1
-            kept, record = summary_record(version, state, body)
-            prepared.installs.append((run_id, version, kept, record))
+            _, record = summary_record(version, state, body)
+            prepared.installs.append((run_id, version, state, record))
             entries.append(self.codec.journal_entry(run_id, record))
         if entries:
             prepared.journal = [self.codec.batch(RunJournal, c) for c in _chunks(entries)]

@@ -40,11 +40,11 @@ from streams.coordinator._approvals_index import ApprovalsIndex
 from streams.coordinator._assignor import CopartitionedAssignor
 from streams.coordinator._batch import AtLeastOnceBatch, Batch, ExactlyOnceBatch
 from streams.coordinator._handling import Handler
-from streams.coordinator._restore import restore_partition
+from streams.coordinator._restore import Restored, restore_partitions
 from streams.coordinator._state import RunState
 from streams.coordinator._store import PartitionStore, StoredRun
 from streams.coordinator._wakeups import WakeIndex
-from topics import ApprovalRequested, Codec, TopicCatalog, partition_for
+from topics import BATCH_BYTES, ApprovalRequested, Codec, TopicCatalog, partition_for
 
 __all__ = ["CoordinatorLoop", "LoopSettings"]
 
@@ -125,6 +125,8 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         self.stores: dict[int, PartitionStore] = {}
         #: Records and wake-ups handled (committed).
         self.events_processed = 0
+        #: What the last takeover of each partition read.
+        self.restored: dict[int, Restored] = {}
         #: Records and bytes written to the coordinator's own topics (journal, run events,
         #: snapshots), by ``<topic>:records`` and ``<topic>:bytes``.
         self.written: Counter[str] = Counter()
@@ -252,53 +254,71 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
 
     async def _restore_partitions(self) -> None:
         while True:
-            partition = await self._restore_queue.get()
-            if partition not in self._restoring:
+            first = await self._restore_queue.get()
+            wanted = {first}
+            while not self._restore_queue.empty():
+                wanted.add(self._restore_queue.get_nowait())
+            partitions = sorted(p for p in wanted if p in self._restoring)
+            if not partitions:
                 continue
             try:
-                await self._restore(partition)
+                await self._restore(partitions)
             except Exception:
-                log.exception("restoring partition %d failed; trying again", partition)
+                log.exception("restoring partitions %s failed; trying again", partitions)
                 await asyncio.sleep(1)
-                self._restore_queue.put_nowait(partition)
+                for partition in partitions:
+                    self._restore_queue.put_nowait(partition)
 
-    async def _restore(self, partition: int) -> None:
-        if self.settings.exactly_once and partition not in self._producers:
-            # Starting them fences the partition's previous owner and aborts whatever it
+    async def _restore(self, partitions: list[int]) -> None:
+        """Take partitions over together: fence, read their runs, then resume their inputs."""
+        if self.settings.exactly_once:
+            # Starting them fences the partitions' previous owner and aborts whatever it
             # left open, so the runs read next are final.
-            pair = (self._transactional(partition, "a"), self._transactional(partition, "b"))
-            for producer in pair:
-                await producer.start()
-            self._producers[partition] = pair
-        store = PartitionStore(partition, self.catalog.run_retention_s)
-        restored = await restore_partition(
-            self._reader, self.catalog, self.codec, store, self._poison
+            starting: list[AIOKafkaProducer] = []
+            for partition in partitions:
+                if partition not in self._producers:
+                    pair = (
+                        self._transactional(partition, "a"),
+                        self._transactional(partition, "b"),
+                    )
+                    starting += pair
+                    self._producers[partition] = pair
+            await asyncio.gather(*(producer.start() for producer in starting))
+        stores = {p: PartitionStore(p, self.catalog.run_retention_s) for p in partitions}
+        restored = await restore_partitions(
+            self._reader, self.catalog, self.codec, stores, self._poison
         )
         async with self._lock:
-            if partition not in self._restoring:
-                return  # revoked while restoring
-            self.stores[partition] = store
-            self._last_flush[partition] = time.monotonic()
-            for run_id, run in store.active():
-                if isinstance(run, StoredRun):
-                    self.wakeups.schedule(run_id, run.wake_s)
-                    if run.approval:
-                        self.approvals.update(run_id, run.state())
-                else:
-                    self.wakeups.schedule(run_id, run.next_wake())
-            self._restoring.discard(partition)
-            self.ready.add(partition)
-            self.consumer.resume(*self._input_tps({partition}))
-        log.info(
-            "partition %d restored: %d runs in flight, %d finished within the retention "
-            "(%d snapshots, %d journal entries) in %.2fs",
-            partition,
-            store.in_flight,
-            store.finished,
-            restored.snapshots,
-            restored.journal,
-            restored.seconds,
-        )
+            for partition, store in stores.items():
+                if partition not in self._restoring:
+                    continue  # revoked while restoring
+                self._install_restored(partition, store)
+                self.restored[partition] = restored[partition]
+                read = restored[partition]
+                log.info(
+                    "partition %d restored: %d runs in flight, %d finished within the "
+                    "retention (%d snapshots, %d journal entries) in %.2fs",
+                    partition,
+                    store.in_flight,
+                    store.finished,
+                    read.snapshots,
+                    read.journal,
+                    read.seconds,
+                )
+
+    def _install_restored(self, partition: int, store: PartitionStore) -> None:
+        self.stores[partition] = store
+        self._last_flush[partition] = time.monotonic()
+        for run_id, run in store.active():
+            if isinstance(run, StoredRun):
+                self.wakeups.schedule(run_id, run.wake_s)
+                if run.approval:
+                    self.approvals.update(run_id, run.state())
+            else:
+                self.wakeups.schedule(run_id, run.next_wake())
+        self._restoring.discard(partition)
+        self.ready.add(partition)
+        self.consumer.resume(*self._input_tps({partition}))
 
     def _transactional(self, partition: int, side: str) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -307,6 +327,7 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
             enable_idempotence=True,
             acks="all",
             linger_ms=1,
+            max_batch_size=BATCH_BYTES,
             # Retriable refusals in a transaction (the broker's transaction verification
             # answers NOT_ENOUGH_REPLICAS while the transaction is being updated) are
             # short-lived: 20 ms, not the default 100 ms, before trying again.

@@ -36,7 +36,7 @@ from streams.coordinator._spend import SpendFollower
 from streams.coordinator._state import RunState
 from streams.coordinator._store import PartitionStore, pack
 from streams.coordinator._wakeups import WakeIndex
-from topics import ApprovalRequested, Codec, TopicCatalog, partition_for
+from topics import BATCH_BYTES, ApprovalRequested, Codec, TopicCatalog, partition_for
 
 __all__ = ["CoordinatorRuntime"]
 
@@ -146,7 +146,11 @@ class CoordinatorRuntime:
     async def start(self) -> None:
         """Start every service and join the group."""
         self.plain = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=1
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=1,
+            max_batch_size=BATCH_BYTES,
         )
         await self.plain.start()
         if self.notifier is not None:
@@ -198,6 +202,19 @@ class CoordinatorRuntime:
         return {
             "in_flight": sum(s.in_flight for s in stores),
             "finished": sum(s.finished for s in stores),
+        }
+
+    @property
+    def restores(self) -> dict[str, dict[str, float]]:
+        """What the last takeover of each partition read: records and seconds."""
+        return {
+            str(partition): {
+                "snapshots": read.snapshots,
+                "journal": read.journal,
+                "seconds": round(read.seconds, 3),
+            }
+            for partition, read in sorted(self.loop.restored.items())
+            if partition in self.loop.ready
         }
 
     @property

@@ -207,7 +207,14 @@ class PartitionStore:
     # -- writing -------------------------------------------------------------------------------
 
     def install(self, run_id: str, version: int, state: RunState, record: bytes) -> None:
-        """Make a committed change the run's state (``record``: its stored form)."""
+        """Make a committed change the run's state.
+
+        Args:
+            run_id: The run.
+            version: Its new version.
+            state: Its whole new state (a finished run stays decoded among the recent ones).
+            record: Its stored form (for a finished run, of what is kept: see ``summary``).
+        """
         self._versions[run_id] = version
         self.dirty[run_id] = record
         if state.finished:

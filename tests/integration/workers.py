@@ -309,7 +309,8 @@ async def poll_topic(
         if until(found):
             return found
         if time.monotonic() > deadline:
-            last = "\n".join(repr(x)[:300] for x in found[-10:])
+            shown = [y for x in found for y in (x if isinstance(x, list) else [x])]
+            last = "\n".join(repr(x)[:300] for x in shown[-10:])
             raise AssertionError(
                 f"{topic}: not within {timeout:g}s: {what}; "
                 f"last read {len(found)}, the last ones:\n{last}"

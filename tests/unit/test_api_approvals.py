@@ -791,6 +791,7 @@ async def test_healthz_and_the_inbox_files_are_open_and_hold_no_run_data(tmp_pat
         "partitions",
         "processing",
         "runs",
+        "restored",
         "written",
     }
     assert "r-acme" not in health.text and "acme" not in health.text
