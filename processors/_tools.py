@@ -55,7 +55,13 @@ from processors._errors import (
     UnknownTool,
 )
 from processors._schema import check_schema
-from processors._templates import TemplateError, compile_template, is_template, references
+from processors._templates import (
+    TEMPLATE_GLOBALS,
+    TemplateError,
+    compile_template,
+    is_template,
+    references,
+)
 from topics import ConfigurationError
 
 __all__ = [
@@ -99,8 +105,6 @@ _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _RESERVED_HEADERS = frozenset(
     {"host", "idempotency-key", "content-length", "transfer-encoding", "connection"}
 )
-# What Jinja2 itself puts in scope (its globals and ``loop`` inside a for loop).
-_JINJA_NAMES = frozenset({"loop", "range", "dict", "lipsum", "cycler", "joiner", "namespace"})
 _PARSER = Environment()  # parses templates to find the secrets they read; never renders
 
 
@@ -657,7 +661,7 @@ def _check_template(source: str, allowed: frozenset[str]) -> None:
         raise ValueError(str(exc)) from None
     if "secrets" in names and "secrets" not in allowed:
         raise ValueError(f"template {source!r}: only headers may read secrets")
-    unknown = names - allowed - _JINJA_NAMES
+    unknown = names - allowed - TEMPLATE_GLOBALS
     if unknown:
         readable = ", ".join(sorted(allowed - {"secrets"}))
         raise ValueError(

@@ -20,7 +20,13 @@ import jsonschema
 import yaml
 from pydantic import ValidationError
 
-from processors import TemplateError, compile_expression, compile_template, is_template
+from processors import (
+    TEMPLATE_GLOBALS,
+    TemplateError,
+    compile_expression,
+    compile_template,
+    is_template,
+)
 from processors import references as template_references
 from streams.workflow._spec import (
     DEFAULT_TIMEOUTS,
@@ -39,7 +45,6 @@ from topics import ConfigurationError
 __all__ = ["Workflow", "WorkflowError", "load_workflow", "parse_workflow"]
 
 _CONTEXT_NAMES = frozenset({"input", "steps", "run"})
-_JINJA_GLOBALS = frozenset({"range", "dict", "lipsum", "cycler", "joiner", "namespace"})
 
 
 class WorkflowError(ConfigurationError):
@@ -357,7 +362,7 @@ def _reads(
     except TemplateError as exc:
         problems.append(f"{where}: {exc}")
         return set()
-    allowed = _CONTEXT_NAMES | _JINJA_GLOBALS | extra
+    allowed = _CONTEXT_NAMES | TEMPLATE_GLOBALS | extra
     for unknown in sorted(names - allowed):
         choices = ", ".join(sorted(_CONTEXT_NAMES | extra))
         problems.append(f"{where}: unknown variable {unknown!r} (available: {choices})")
