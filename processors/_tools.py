@@ -62,7 +62,7 @@ from processors._templates import (
     is_template,
     references,
 )
-from topics import ConfigurationError
+from topics import ConfigurationError, load_yaml
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -589,7 +589,7 @@ def load_tools(
     except OSError as exc:
         raise ConfigurationError(f"cannot read tools file {path}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text, origin=str(path))
     except yaml.YAMLError as exc:
         raise ConfigurationError(f"{path}: not valid YAML: {exc}") from None
     if data is None:

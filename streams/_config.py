@@ -16,7 +16,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from topics import LLM_CACHE_RETENTION_MS, ConfigurationError, RetryTier, TopicCatalog
+from topics import (
+    LLM_CACHE_RETENTION_MS,
+    ConfigurationError,
+    RetryTier,
+    TopicCatalog,
+    load_yaml,
+)
 
 __all__ = ["Settings", "load_settings"]
 
@@ -140,7 +146,7 @@ def _from_environment(environ: dict[str, str]) -> dict[str, tuple[str, str]]:
 
 def _from_file(path: Path) -> dict[str, tuple[Any, str]]:
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        loaded = load_yaml(path.read_text(encoding="utf-8"), origin=str(path))
     except OSError as exc:
         raise ConfigurationError(f"cannot read configuration file {path}: {exc}") from exc
     except yaml.YAMLError as exc:

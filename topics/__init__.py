@@ -62,6 +62,13 @@ from topics._json import (
 from topics._partitioning import partition_for
 from topics._registry import EVENT_TYPES, SchemaEntry, SchemaRegistry
 from topics._signing import decision_message, sign_decision, verify_decision
+from topics._yaml import (
+    MAX_YAML_BYTES,
+    MAX_YAML_DEPTH,
+    MAX_YAML_NODES,
+    YamlLimitExceeded,
+    load_yaml,
+)
 
 __all__ = [
     "MAX_JSON_BYTES",
@@ -69,6 +76,11 @@ __all__ = [
     "JsonLimitExceeded",
     "check_json",
     "loads_json",
+    "MAX_YAML_BYTES",
+    "MAX_YAML_DEPTH",
+    "MAX_YAML_NODES",
+    "YamlLimitExceeded",
+    "load_yaml",
     "DEFAULT_RETRY_TIERS",
     "EVENT_TYPES",
     "LLM_CACHE_RETENTION_MS",

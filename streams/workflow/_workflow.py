@@ -40,7 +40,7 @@ from streams.workflow._spec import (
     ValidateStep,
     WorkflowSpec,
 )
-from topics import ConfigurationError
+from topics import ConfigurationError, YamlLimitExceeded, load_yaml
 
 __all__ = ["Workflow", "WorkflowError", "load_workflow", "parse_workflow"]
 
@@ -161,7 +161,9 @@ def parse_workflow(text: str, origin: str = "<workflow>") -> Workflow:
         WorkflowError: The workflow is invalid; lists every problem.
     """
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text, origin=origin)
+    except YamlLimitExceeded as exc:
+        raise WorkflowError(origin, [str(exc).removeprefix(f"{origin}: ")]) from None
     except yaml.YAMLError as exc:
         raise WorkflowError(origin, [f"not valid YAML: {_yaml_problem(exc)}"]) from exc
     if not isinstance(raw, dict):
