@@ -39,6 +39,7 @@ from processors._processor import StepOutput, parse_params
 from processors._schema import schema_problems
 from processors._templates import compile_template, is_template, render_value
 from processors._tools import (
+    PATH_PARAMETER,
     HttpEndpoint,
     HttpToolSpec,
     ToolFailed,
@@ -49,6 +50,7 @@ from processors._tools import (
     ToolTimeout,
     ToolUnavailable,
     accepts_idempotency_key,
+    path_parameter,
 )
 from topics import BatonError, ConfigurationError, RetryableError, StepKind, StepRequested
 
@@ -279,14 +281,15 @@ class HttpCall:
             what: Names the tool or source in messages.
 
         Raises:
-            ToolRequestRefused: The path would leave ``base_url``, or a header value would
-                break the header block or is not ASCII.
+            ToolRequestRefused: The path would leave ``base_url``, a path parameter is empty
+                or holds a ``.`` or ``..`` segment, or a header value would break the header
+                block or is not ASCII.
             TemplateRenderError: A template fails (a missing argument, a type error).
-            InvalidParams: A query value renders to something that is not a scalar or list.
+            InvalidParams: A query value renders to something that is not a scalar or list,
+                or a path parameter to something that is not a string or number.
             ConfigurationError: A secret's variable is unset (the message names it).
         """
-        path = _render_text(endpoint.path, context)
-        url = endpoint.url(path or "", what)
+        url = endpoint.url(_render_path(endpoint.path, context, what), what)
         method = endpoint.method
         where = f"{what} ({method} {_origin(url)}{url.path})"
         secrets: dict[str, str] = {}
@@ -411,6 +414,31 @@ async def _read(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
         if len(body) > limit:
             return bytes(body[:limit]), False
     return bytes(body), True
+
+
+def _render_path(template: str, context: Mapping[str, Any], what: str) -> str:
+    """The path with each ``{{ }}`` placeholder's value percent-encoded inside its segment."""
+    parts: list[str] = []
+    end = 0
+    for match in PATH_PARAMETER.finditer(template):
+        parts.append(template[end : match.start()])
+        value = compile_template(match.group()).render(context)
+        if value is None or isinstance(value, dict | list):
+            kind = "null" if value is None else f"a {type(value).__name__}"
+            raise InvalidParams(
+                f"{what}: path parameter {match.group()} is {kind}, not a string or number"
+            )
+        encoded = path_parameter(value)
+        if encoded is None:
+            shown = repr(value) if len(str(value)) <= 60 else repr(str(value)[:57] + "...")
+            raise ToolRequestRefused(
+                f"{what}: path parameter {match.group()} = {shown} refused: a path parameter "
+                "may not be empty or hold a '.' or '..' segment"
+            )
+        parts.append(encoded)
+        end = match.end()
+    parts.append(template[end:])
+    return "".join(parts)
 
 
 def _render_text(template: str, context: Mapping[str, Any]) -> str | None:
