@@ -21,6 +21,7 @@ import inspect
 import logging
 import math
 import random
+import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -52,7 +53,16 @@ from processors._tools import (
     accepts_idempotency_key,
     path_parameter,
 )
-from topics import BatonError, ConfigurationError, RetryableError, StepKind, StepRequested
+from topics import (
+    MAX_JSON_BYTES,
+    MAX_JSON_DEPTH,
+    BatonError,
+    ConfigurationError,
+    JsonLimitExceeded,
+    RetryableError,
+    StepKind,
+    StepRequested,
+)
 
 __all__ = ["HttpAnswer", "HttpCall", "ToolParams", "ToolProcessor", "call_with_retries", "redact"]
 
@@ -140,8 +150,9 @@ class ToolProcessor:
             call = lambda: self._call_http(spec, prepared)  # noqa: E731
         else:
             function = self._registry.function(params.tool)
+            secrets = tuple(v for v in (self._environ.get(n) for n in spec.secrets) if v)
             call = lambda: _call_python(  # noqa: E731
-                function, params.args, request.idempotency_key, spec.timeout_s, what
+                function, params.args, request.idempotency_key, spec.timeout_s, what, secrets
             )
         output = await call_with_retries(
             call,
@@ -177,7 +188,9 @@ async def _call_python(
     idempotency_key: str,
     timeout_s: float,
     what: str,
+    secrets: Sequence[str] = (),
 ) -> JsonValue:
+    """Call a python tool; whatever it raises or answers leaves here redacted and bounded."""
     kwargs = {"idempotency_key": idempotency_key} if accepts_idempotency_key(function) else {}
     arguments = copy.deepcopy(args)  # the tool may change its dict; the request stays as sent
     try:
@@ -193,31 +206,49 @@ async def _call_python(
                 result = await result
     except TimeoutError:
         raise ToolTimeout(f"{what}: no answer within {timeout_s:g} s") from None
-    except BatonError:
+    except BatonError as exc:
+        # The tool's own error keeps its class (and retry_after); its text is redacted.
+        exc.args = (_excerpt(redact(str(exc), secrets)),)
         raise
     except Exception as exc:
-        logger.warning("%s raised", what, exc_info=True)
-        raise ToolFailed(_excerpt(f"{what}: {type(exc).__name__}: {exc}")) from None
-    return _json(result, what, "the answer")
+        trace = "".join(traceback.format_exception(exc))
+        logger.warning("%s raised:\n%s", what, redact(trace, secrets))
+        raise ToolFailed(
+            _excerpt(redact(f"{what}: {type(exc).__name__}: {exc}", secrets))
+        ) from None
+    answer = redact(_json(result, what, "the answer"), secrets)
+    try:
+        size = len(orjson.dumps(answer))
+    except orjson.JSONEncodeError as exc:  # an integer past 64 bits
+        raise ToolFailed(f"{what}: the answer is not JSON: {exc}") from None
+    if size > MAX_JSON_BYTES:
+        raise JsonLimitExceeded(
+            f"{what}: the answer is {size} bytes of JSON, over the limit of {MAX_JSON_BYTES}"
+        )
+    return answer
 
 
-def _json(value: Any, what: str, where: str) -> JsonValue:
+def _json(value: Any, what: str, where: str, depth: int = 0) -> JsonValue:
     if value is None or isinstance(value, str | bool | int):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ToolFailed(f"{what}: {where} is {value}, which JSON cannot hold")
         return value
+    if not isinstance(value, Mapping | list | tuple):
+        raise ToolFailed(f"{what}: {where} is a {type(value).__name__}, not JSON")
+    if depth >= MAX_JSON_DEPTH:  # also where a value that contains itself ends
+        raise JsonLimitExceeded(
+            f"{what}: the answer nests deeper than the limit of {MAX_JSON_DEPTH} levels"
+        )
     if isinstance(value, Mapping):
         result: dict[str, JsonValue] = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ToolFailed(f"{what}: {where} has a key {key!r} that is not a string")
-            result[key] = _json(item, what, f"{where}.{key}")
+            result[key] = _json(item, what, f"{where}.{key}", depth + 1)
         return result
-    if isinstance(value, list | tuple):
-        return [_json(item, what, f"{where}[{i}]") for i, item in enumerate(value)]
-    raise ToolFailed(f"{what}: {where} is a {type(value).__name__}, not JSON")
+    return [_json(item, what, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
 
 
 # -- the HTTP exchange ------------------------------------------------------------------------

@@ -447,6 +447,20 @@ class PythonToolSpec(_Tool):
         le=10,
         description="In-process retries when the callable raises a retryable baton error.",
     )
+    secrets: tuple[str, ...] = Field(
+        default=(),
+        description="Names of the environment variables holding the secrets the callable "
+        "uses (it reads them itself): their values are redacted from its errors, log lines "
+        "and answers, as an HTTP tool's are.",
+    )
+
+    @field_validator("secrets")
+    @classmethod
+    def _variable_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+        return value
 
 
 ToolSpec = Annotated[HttpToolSpec | PythonToolSpec, Field(discriminator="kind")]
