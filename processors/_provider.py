@@ -28,7 +28,7 @@ from processors._errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from topics import ConfigurationError
+from topics import ConfigurationError, loads_json
 
 __all__ = [
     "ChatMessage",
@@ -57,6 +57,7 @@ __all__ = [
 ]
 
 _MAX_MESSAGE = 300
+_MAX_ERROR_BODY = 64 * 1024
 _REDACTED = "[redacted]"
 _WIRE_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _WIRE_MAX = 64
@@ -229,11 +230,15 @@ def is_count(value: object) -> bool:
 
 
 def parse_arguments(text: str) -> tuple[dict[str, JsonValue], str | None]:
-    """A tool call's JSON arguments text read into an object, or ``{}`` and why not."""
+    """A tool call's JSON arguments text read into an object, or ``{}`` and why not.
+
+    Raises:
+        JsonLimitExceeded: The arguments nest deeper or are larger than baton accepts.
+    """
     if not text.strip():
         return {}, None  # some servers send "" for a call without arguments
     try:
-        value = orjson.loads(text)
+        value = loads_json(text, what="the tool call's arguments")
     except orjson.JSONDecodeError as exc:
         return {}, f"the arguments are not JSON: {exc} (arguments: {excerpt(text)!r})"
     if not isinstance(value, dict):
@@ -371,13 +376,15 @@ def check_status(response: httpx.Response, where: str, key: str | None) -> None:
 
 
 def read_json(response: httpx.Response, where: str, key: str | None) -> object:
-    """A successful response's JSON body.
+    """A successful response's JSON body, within ``MAX_JSON_DEPTH`` and ``MAX_JSON_BYTES``.
 
     Raises:
         ProviderUnavailable: The body is not JSON.
+        JsonLimitExceeded: The body nests deeper or is larger than baton accepts (permanent:
+            the same call would answer the same way).
     """
     try:
-        return orjson.loads(response.content)
+        return loads_json(response.content, what=f"{where}: the answer")
     except orjson.JSONDecodeError:
         raise ProviderUnavailable(
             f"{where}: HTTP {response.status_code} with a body that is not JSON: "
@@ -389,11 +396,13 @@ def provider_message(response: httpx.Response, key: str | None) -> str:
     """The provider's own explanation, from the error shapes servers use.
 
     OpenAI and Anthropic: ``{"error": {"message": ...}}``; Ollama: ``{"error": "..."}``;
-    older vLLM: ``{"message": ...}``; FastAPI-style servers: ``{"detail": "..."}``.
+    older vLLM: ``{"message": ...}``; FastAPI-style servers: ``{"detail": "..."}``. Only the
+    body's first ``_MAX_ERROR_BODY`` bytes are read: the message is an excerpt anyway.
     """
-    text = response.text
+    body = response.content[:_MAX_ERROR_BODY]
+    text = body.decode("utf-8", errors="replace")
     try:
-        data = orjson.loads(response.content)
+        data = orjson.loads(body)
     except orjson.JSONDecodeError:
         data = None
     if isinstance(data, dict):

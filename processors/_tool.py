@@ -62,6 +62,7 @@ from topics import (
     RetryableError,
     StepKind,
     StepRequested,
+    loads_json,
 )
 
 __all__ = ["HttpAnswer", "HttpCall", "ToolParams", "ToolProcessor", "call_with_retries", "redact"]
@@ -366,6 +367,7 @@ class HttpCall:
             ToolRejected: Any other 4xx, or a redirect (never followed: it could leave the
                 pinned host).
             ToolFailed: The answer is larger than ``max_response_bytes``.
+            JsonLimitExceeded: The answer's JSON nests deeper than ``MAX_JSON_DEPTH``.
         """
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -411,7 +413,10 @@ class HttpCall:
         if not body.strip():
             return HttpAnswer(None, is_json=False)
         try:
-            parsed: JsonValue = orjson.loads(body)
+            # The body is already within max_response_bytes; its nesting is checked here.
+            parsed: JsonValue = loads_json(
+                body, what=f"{self.where}: the answer", max_bytes=self.max_response_bytes
+            )
         except orjson.JSONDecodeError:
             return HttpAnswer(body.decode("utf-8", errors="replace"), is_json=False)
         return HttpAnswer(parsed, is_json=True)
