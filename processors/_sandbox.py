@@ -150,8 +150,12 @@ class _Budget:
         """
         return self._measure(value)[0]
 
-    def _measure(self, value: Any) -> tuple[int, int]:
-        """``value``'s weight and how deep its containers nest (0 for a scalar)."""
+    def _measure(self, value: Any, level: int = 1) -> tuple[int, int]:
+        """``value``'s weight and how deep its containers nest (0 for a scalar).
+
+        ``level`` is how deep ``value`` sits in what is being measured, so a value from the
+        context nested past the limit is refused on the way down, before Python's stack is.
+        """
         if isinstance(value, str | bytes | bytearray):
             return len(value) + 2, 0
         if isinstance(value, int) and not isinstance(value, bool):
@@ -161,6 +165,8 @@ class _Budget:
         known = self._weights.get(id(value))
         if known is not None:
             return known[1], known[2]
+        if level > MAX_TEMPLATE_DEPTH:
+            raise TemplateLimitExceeded(_too_deep())
         if 3 * len(value) > MAX_TEMPLATE_CHARS:
             raise TemplateLimitExceeded(_too_large("a value", 3 * len(value)))
         total, depth = _flat_weight(value), 1
@@ -170,17 +176,15 @@ class _Budget:
             )
             total = 2
             for child in children:
-                weight, below = self._measure(child)
+                weight, below = self._measure(child, level + 1)
                 total += weight + 2
                 depth = max(depth, below + 1)
                 if total > MAX_TEMPLATE_CHARS:
                     break
         if total > MAX_TEMPLATE_CHARS:
             raise TemplateLimitExceeded(_too_large("a value", total))
-        if depth > MAX_TEMPLATE_DEPTH:
-            raise TemplateLimitExceeded(
-                f"a value nests deeper than the template depth limit ({MAX_TEMPLATE_DEPTH} levels)"
-            )
+        if level + depth - 1 > MAX_TEMPLATE_DEPTH:
+            raise TemplateLimitExceeded(_too_deep())
         self._weights[id(value)] = (value, total, depth)
         return total, depth
 
@@ -232,6 +236,10 @@ def _too_large(what: str, size: int) -> str:
         f"{what} would be {size} characters: too large for the template size limit "
         f"({MAX_TEMPLATE_CHARS} characters)"
     )
+
+
+def _too_deep() -> str:
+    return f"a value nests deeper than the template depth limit ({MAX_TEMPLATE_DEPTH} levels)"
 
 
 def _check_chars(size: int, what: str = "the result") -> None:

@@ -7,6 +7,8 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from processors import (
     MAX_TEMPLATE_CHARS,
@@ -185,6 +187,11 @@ def test_values_nested_deeper_than_the_json_limit_are_refused() -> None:
     deep = "[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1)
     message, _ = _refused("{{ " + deep + " }}")
     assert f"depth limit ({MAX_JSON_DEPTH} levels)" in message
+    nested: Any = 1
+    for _ in range(5000):  # past Python's stack, had it been walked recursively to the end
+        nested = [nested]
+    message, _ = _refused("{{ [input.deep] | length }}", {**CONTEXT, "input": {"deep": nested}})
+    assert f"depth limit ({MAX_JSON_DEPTH} levels)" in message
 
 
 def test_what_a_template_yields_is_json_within_the_limits() -> None:
@@ -255,3 +262,57 @@ def test_renders_inside_one_budget_share_it() -> None:
 def test_a_spent_budget_refuses_the_next_render() -> None:
     with template_budget(seconds=0.0), pytest.raises(TemplateLimitExceeded, match="time limit"):
         compile_template("{{ 1 + 1 }} and {{ input.text }}").render(CONTEXT)
+
+
+# -- fuzzing the sandbox with templates built from the operations that explode ---------------
+
+_SIZES = st.sampled_from(["0", "3", "64", "1000", "10**6", "10**9", "1400000000"])
+_ATOMS = st.sampled_from(
+    ["1", "7", "'x'", "'ab'", "[1, 2]", "input.tags", "input.text", "range(50)", "(10**64)"]
+) | _SIZES.map(lambda n: f"('x' * {n})")
+_FILTERS = (
+    st.sampled_from(
+        ["list", "join", "string", "length", "sort", "first", "unique", "upper", "tojson", "sum"]
+    )
+    | _SIZES.map(lambda n: f"center({n})")
+    | _SIZES.map(lambda n: f"indent({n})")
+    | _SIZES.map(lambda n: f"batch({n}, 'y')")
+)
+_EXPRESSIONS = st.recursive(
+    _ATOMS,
+    lambda inner: st.one_of(
+        st.tuples(inner, st.sampled_from(["*", "**", "+", "~", "%", "//"]), inner).map(
+            lambda t: f"({t[0]} {t[1]} {t[2]})"
+        ),
+        st.tuples(inner, _FILTERS).map(lambda t: f"({t[0]} | {t[1]})"),
+        st.tuples(inner, _SIZES).map(lambda t: f"{t[0]}.center({t[1]})"),
+        st.lists(inner, min_size=1, max_size=4).map(lambda items: "[" + ", ".join(items) + "]"),
+    ),
+    max_leaves=8,
+)
+_TEMPLATES = st.one_of(
+    _EXPRESSIONS.map(lambda e: "{{ " + e + " }}"),
+    st.tuples(_EXPRESSIONS, _EXPRESSIONS).map(
+        lambda t: "{% for i in " + t[0] + " %}{{ " + t[1] + " }}{% endfor %}"
+    ),
+    st.tuples(_EXPRESSIONS, _EXPRESSIONS, _EXPRESSIONS).map(
+        lambda t: "{% for i in " + t[0] + " %}{% for j in " + t[1] + " %}{{ " + t[2] + " }}"
+        "{% endfor %}{% endfor %}"
+    ),
+    _EXPRESSIONS.map(lambda e: "{% set x = " + e + " %}{% set y = [x, x, x, x] %}{{ y ~ y }}"),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_TEMPLATES)
+def test_any_template_renders_or_fails_as_a_template_error_within_the_bound(source: str) -> None:
+    try:
+        template = compile_template(source)
+    except TemplateError:
+        return
+    started = time.monotonic()
+    try:
+        template.render(CONTEXT)
+    except TemplateRenderError:
+        pass
+    assert time.monotonic() - started < DEADLINE_S
