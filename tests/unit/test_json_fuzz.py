@@ -1,5 +1,8 @@
 """Fuzzing the doors where outside JSON comes in: model answers, tool and search answers.
 
+The async tests run on pytest-asyncio's loop (it drives hypothesis' examples too): an
+``asyncio.run`` per example would replace, and so leak, the loop it leaves current.
+
 Whatever the far side sends (random bytes, random JSON, JSON nested thousands deep, a body
 over the size limit, deep JSON inside an otherwise valid answer), the decoders either give a
 value or raise one of baton's errors: never a RecursionError, never anything else. Deep
@@ -9,8 +12,7 @@ answers fail with ``JsonLimitExceeded`` (or, for a structured answer, an
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -36,7 +38,7 @@ from processors._provider import parse_arguments
 from tests.fakes.steps import step_request
 from topics import MAX_JSON_BYTES, MAX_JSON_DEPTH, BatonError, JsonLimitExceeded, StepKind, Usage
 
-FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 _SCALARS = (
     st.none()
@@ -106,9 +108,9 @@ def _serve(body: bytes) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.MockTransport(lambda request: answer))
 
 
-def _only_baton_errors(call: Callable[[], Any]) -> Any:
+async def _only_baton_errors(call: Callable[[], Awaitable[Any]]) -> Any:
     try:
-        return asyncio.run(call())
+        return await call()
     except BatonError as exc:
         return exc
 
@@ -126,7 +128,7 @@ def _route(provider: str) -> RouteSpec:
 
 @FUZZ
 @given(BODIES)
-def test_the_providers_answer_or_raise_baton_errors_only(body: bytes) -> None:
+async def test_the_providers_answer_or_raise_baton_errors_only(body: bytes) -> None:
     for provider, route in ((OpenAIProvider, "openai"), (AnthropicProvider, "anthropic")):
 
         async def complete(provider: Any = provider, route: str = route) -> Any:
@@ -141,12 +143,12 @@ def test_the_providers_answer_or_raise_baton_errors_only(body: bytes) -> None:
                     tools=TOOLS,
                 )
 
-        _only_baton_errors(complete)
+        await _only_baton_errors(complete)
 
 
 @pytest.mark.parametrize("shape", ["list", "object", "mixed"])
 @pytest.mark.parametrize("provider", [OpenAIProvider, AnthropicProvider])
-def test_a_deep_answer_fails_permanently_naming_the_limit(provider: Any, shape: str) -> None:
+async def test_a_deep_answer_fails_permanently_naming_the_limit(provider: Any, shape: str) -> None:
     async def complete() -> Any:
         async with _serve(_deep(5000, shape)) as client:
             return await provider(client, ENV).complete(
@@ -158,14 +160,14 @@ def test_a_deep_answer_fails_permanently_naming_the_limit(provider: Any, shape: 
                 idempotency_key="run-1/s",
             )
 
-    error = _only_baton_errors(complete)
+    error = await _only_baton_errors(complete)
     assert isinstance(error, JsonLimitExceeded)
     assert not error.retryable
     assert f"nests deeper than the limit of {MAX_JSON_DEPTH} levels" in str(error)
     assert str(error).startswith("model 'm' at http://llm/v1: the answer")
 
 
-def test_deep_tool_call_arguments_fail_naming_the_limit() -> None:
+async def test_deep_tool_call_arguments_fail_naming_the_limit() -> None:
     usage = b'{"prompt_tokens":1,"completion_tokens":1}'
     body = _openai_body(b"null", _deep(2000, "object"), usage)
 
@@ -181,7 +183,7 @@ def test_deep_tool_call_arguments_fail_naming_the_limit() -> None:
                 tools=TOOLS,
             )
 
-    error = _only_baton_errors(complete)
+    error = await _only_baton_errors(complete)
     assert isinstance(error, JsonLimitExceeded)
     assert "the tool call's arguments nests deeper than the limit of 64 levels" in str(error)
 
@@ -245,19 +247,19 @@ def _tool_processor(client: httpx.AsyncClient, answer: str | None) -> ToolProces
 
 @FUZZ
 @given(BODIES, st.sampled_from([None, "data", "items[0].text"]))
-def test_tool_answers_are_json_text_or_baton_errors(body: bytes, answer: str | None) -> None:
+async def test_tool_answers_are_json_text_or_baton_errors(body: bytes, answer: str | None) -> None:
     request = step_request(StepKind.tool, {"tool": "lookup", "args": {"id": "1"}})
 
     async def call() -> Any:
         async with _serve(body) as client:
             return await _tool_processor(client, answer).run(request)
 
-    _only_baton_errors(call)
+    await _only_baton_errors(call)
 
 
 @FUZZ
 @given(BODIES)
-def test_search_answers_are_documents_or_baton_errors(body: bytes) -> None:
+async def test_search_answers_are_documents_or_baton_errors(body: bytes) -> None:
     source: dict[str, Any] = {
         "kind": "http",
         "base_url": "http://search.example",
@@ -273,7 +275,7 @@ def test_search_answers_are_documents_or_baton_errors(body: bytes) -> None:
         async with _serve(body) as client:
             return await RetrieveProcessor(config.sources, client, {}).run(request)
 
-    _only_baton_errors(call)
+    await _only_baton_errors(call)
 
 
 def _nested_lists(depth: int) -> Any:
@@ -285,7 +287,7 @@ def _nested_lists(depth: int) -> Any:
 
 @FUZZ
 @given(st.one_of(JSON_VALUES, st.integers(MAX_JSON_DEPTH - 3, 3000).map(_nested_lists)))
-def test_python_tool_answers_are_json_or_baton_errors(answer: Any) -> None:
+async def test_python_tool_answers_are_json_or_baton_errors(answer: Any) -> None:
     async def answering(args: dict[str, Any]) -> Any:  # async: no worker thread per example
         return answer
 
@@ -301,4 +303,4 @@ def test_python_tool_answers_are_json_or_baton_errors(answer: Any) -> None:
         async with _serve(b"") as client:  # never called; a real client builds an SSL context
             return await ToolProcessor(registry, client, {}).run(request)
 
-    _only_baton_errors(call)
+    await _only_baton_errors(call)
