@@ -167,6 +167,7 @@ class _Budget:
             return known[1], known[2]
         if level > MAX_TEMPLATE_DEPTH:
             raise TemplateLimitExceeded(_too_deep())
+        self.tick()  # a walk over a large value from the context is work like any other
         if 3 * len(value) > MAX_TEMPLATE_CHARS:
             raise TemplateLimitExceeded(_too_large("a value", 3 * len(value)))
         total, depth = _flat_weight(value), 1
