@@ -28,7 +28,7 @@ from processors._errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from topics import ConfigurationError, loads_json
+from topics import MAX_JSON_BYTES, ConfigurationError, JsonLimitExceeded, loads_json
 
 __all__ = [
     "ChatMessage",
@@ -58,6 +58,7 @@ __all__ = [
 
 _MAX_MESSAGE = 300
 _MAX_ERROR_BODY = 64 * 1024
+_WIRE_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 _REDACTED = "[redacted]"
 _WIRE_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _WIRE_MAX = 64
@@ -333,14 +334,23 @@ async def post_json(
 ) -> httpx.Response:
     """POST ``body`` as JSON; a transport failure becomes one of baton's errors.
 
+    The answer is read as it streams in, and no further than ``MAX_JSON_BYTES``: a larger
+    success is refused without holding it in memory (an error's body is kept cut short, it
+    only gives a message).
+
     Raises:
         ProviderTimeout: No answer within ``timeout`` (connect, write, read or pool).
         ProviderUnavailable: The connection failed, was reset or closed without an answer.
         ConfigurationError: The URL is unusable.
+        JsonLimitExceeded: A success answer larger than ``MAX_JSON_BYTES``.
     """
     sent = {"Content-Type": "application/json", "Accept": "application/json", **headers}
+    content = orjson.dumps(body)
     try:
-        return await client.post(url, content=orjson.dumps(body), headers=sent, timeout=timeout)
+        async with client.stream(
+            "POST", url, content=content, headers=sent, timeout=timeout
+        ) as streamed:
+            answer, complete = await _read_at_most(streamed, MAX_JSON_BYTES)
     except httpx.TimeoutException as exc:
         raise ProviderTimeout(
             f"{where}: no answer within {timeout:g} s ({type(exc).__name__})"
@@ -351,6 +361,29 @@ async def post_json(
         detail = redact(str(exc), key)
         reason = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
         raise ProviderUnavailable(f"{where}: {reason}") from None
+    if not complete and 200 <= streamed.status_code < 300:
+        raise JsonLimitExceeded(
+            f"{where}: the answer is over {MAX_JSON_BYTES} bytes, the JSON size limit"
+        )
+    # The body as read (decoded): the headers that described it on the wire go.
+    kept = [
+        (name, value)
+        for name, value in streamed.headers.multi_items()
+        if name.lower() not in _WIRE_HEADERS
+    ]
+    return httpx.Response(
+        streamed.status_code, headers=kept, content=answer, request=streamed.request
+    )
+
+
+async def _read_at_most(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """At most ``limit`` bytes of the body, and whether that was all of it."""
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            return bytes(body[:limit]), False
+    return bytes(body), True
 
 
 def check_status(response: httpx.Response, where: str, key: str | None) -> None:

@@ -12,7 +12,7 @@ answers fail with ``JsonLimitExceeded`` (or, for a structured answer, an
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -304,3 +304,27 @@ async def test_python_tool_answers_are_json_or_baton_errors(answer: Any) -> None
             return await ToolProcessor(registry, client, {}).run(request)
 
     await _only_baton_errors(call)
+
+
+@pytest.mark.parametrize("provider", [OpenAIProvider, AnthropicProvider])
+async def test_an_endless_answer_is_refused_as_it_streams_in(provider: Any) -> None:
+    sent: list[int] = []
+
+    async def endless() -> AsyncIterator[bytes]:
+        yield b'{"choices": [{"message": {"content": "'
+        while True:  # never ends: only reading no further than the limit stops it
+            sent.append(1)
+            yield b"x" * 65536
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=endless()))
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(JsonLimitExceeded, match=f"over {MAX_JSON_BYTES} bytes, the JSON size"):
+            await provider(client, ENV).complete(
+                _route("openai" if provider is OpenAIProvider else "anthropic"),
+                MESSAGES,
+                temperature=0.0,
+                max_tokens=16,
+                output_schema=None,
+                idempotency_key="run-1/s",
+            )
+    assert len(sent) <= MAX_JSON_BYTES // 65536 + 1
