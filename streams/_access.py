@@ -42,7 +42,7 @@ from pydantic import (
     model_validator,
 )
 
-from topics import ConfigurationError, check_tenant, describe_validation_error
+from topics import ConfigurationError, check_tenant, describe_validation_error, load_yaml
 
 __all__ = [
     "ALL_TENANTS",
@@ -277,7 +277,7 @@ def load_access(path: Path | None, environ: Mapping[str, str]) -> Access:
     if path is None:
         return Access()
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = load_yaml(path.read_text(encoding="utf-8"), origin=str(path)) or {}
     except OSError as exc:
         raise ConfigurationError(f"cannot read access file {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:

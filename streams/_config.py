@@ -23,6 +23,7 @@ from topics import (
     ConfigurationError,
     RetryTier,
     TopicCatalog,
+    load_yaml,
 )
 
 __all__ = ["Settings", "load_settings"]
@@ -166,7 +167,7 @@ def _from_environment(environ: dict[str, str]) -> dict[str, tuple[str, str]]:
 
 def _from_file(path: Path) -> dict[str, tuple[Any, str]]:
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        loaded = load_yaml(path.read_text(encoding="utf-8"), origin=str(path))
     except OSError as exc:
         raise ConfigurationError(f"cannot read configuration file {path}: {exc}") from exc
     except yaml.YAMLError as exc:

@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from processors import TemplateError, compile_expression, compile_template
 from streams.workflow import Duration, EscalationLevel, Principal
 from streams.workflow._spec import _levels
-from topics import ConfigurationError, describe_validation_error
+from topics import ConfigurationError, describe_validation_error, load_yaml
 
 __all__ = [
     "OTHER_TENANTS",
@@ -238,7 +238,7 @@ def load_policies(path: Path | None) -> Policies:
     if path is None:
         return Policies()
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = load_yaml(path.read_text(encoding="utf-8"), origin=str(path)) or {}
     except OSError as exc:
         raise ConfigurationError(f"cannot read policies file {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:

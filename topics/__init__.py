@@ -73,6 +73,13 @@ from topics._signing import (
     sign_decision,
     verify_decision,
 )
+from topics._yaml import (
+    MAX_YAML_BYTES,
+    MAX_YAML_DEPTH,
+    MAX_YAML_NODES,
+    YamlLimitExceeded,
+    load_yaml,
+)
 
 __all__ = [
     "DECISION_FORM",
@@ -86,6 +93,11 @@ __all__ = [
     "check_json",
     "loads_json",
     "BATCH_BYTES",
+    "MAX_YAML_BYTES",
+    "MAX_YAML_DEPTH",
+    "MAX_YAML_NODES",
+    "YamlLimitExceeded",
+    "load_yaml",
     "DEFAULT_RETRY_TIERS",
     "DEFAULT_RUN_RETENTION_S",
     "EVENT_TYPES",

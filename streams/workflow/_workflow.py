@@ -21,6 +21,7 @@ import yaml
 from pydantic import ValidationError
 
 from processors import (
+    TEMPLATE_GLOBALS,
     TemplateError,
     compile_expression,
     compile_template,
@@ -40,12 +41,11 @@ from streams.workflow._spec import (
     ValidateStep,
     WorkflowSpec,
 )
-from topics import ConfigurationError
+from topics import ConfigurationError, YamlLimitExceeded, load_yaml
 
 __all__ = ["ContextReads", "Workflow", "WorkflowError", "load_workflow", "parse_workflow"]
 
 _CONTEXT_NAMES = frozenset({"input", "steps", "run"})
-_JINJA_GLOBALS = frozenset({"range", "dict", "lipsum", "cycler", "joiner", "namespace"})
 
 
 class WorkflowError(ConfigurationError):
@@ -177,7 +177,9 @@ def parse_workflow(text: str, origin: str = "<workflow>") -> Workflow:
         WorkflowError: The workflow is invalid; lists every problem.
     """
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text, origin=origin)
+    except YamlLimitExceeded as exc:
+        raise WorkflowError(origin, [str(exc).removeprefix(f"{origin}: ")]) from None
     except yaml.YAMLError as exc:
         raise WorkflowError(origin, [f"not valid YAML: {_yaml_problem(exc)}"]) from exc
     if not isinstance(raw, dict):
@@ -411,7 +413,7 @@ def _reads(
     except TemplateError as exc:
         problems.append(f"{where}: {exc}")
         return set()
-    allowed = _CONTEXT_NAMES | _JINJA_GLOBALS | extra
+    allowed = _CONTEXT_NAMES | TEMPLATE_GLOBALS | extra
     for unknown in sorted(names - allowed):
         choices = ", ".join(sorted(_CONTEXT_NAMES | extra))
         problems.append(f"{where}: unknown variable {unknown!r} (available: {choices})")

@@ -111,7 +111,8 @@ def model(request: RecordedRequest) -> MessageAnswer:
                 ToolUse("shell", {"cmd": "cat /etc/passwd"}),
                 ToolUse("order_status", {"id": 5}),
                 ToolUse("order_status", {"id": "../../admin/users"}),
-                ToolUse("order_status", {"id": "http://evil.example/steal"}),
+                # encoded dot segments: a server that decodes %2F would climb with them
+                ToolUse("order_status", {"id": "%2e%2e%2f%2e%2e%2fadmin"}),
                 ToolUse("refund", {"id": "A-1"}),
             )
         )
