@@ -126,6 +126,13 @@ class Template:
             TemplateLimitExceeded: A limit is hit (the message names it).
         """
         with _failures(f"template {_shown(self.source)}"), template_budget():
+            path = _path_of(self.source)
+            if path is not None:
+                found = _follow(context, path)
+                if found is not _MISSING:
+                    value = _json_value(found)
+                    _check_output(value, "the output")
+                    return value
             expression, template = _compiled(self.source)
             if expression is not None:
                 value = _json_value(expression(**context))
@@ -174,6 +181,69 @@ def _failures(where: str) -> Iterator[None]:
         raise type(exc)(f"{where}: {exc}") from None
     except _RENDER_ERRORS as exc:
         raise TemplateRenderError(f"{where}: {exc}") from exc
+
+
+_MISSING = object()
+_Path = tuple[tuple[bool, str | int], ...]
+
+
+@lru_cache(maxsize=4096)
+def _path_of(source: str) -> _Path | None:
+    """A template that is one variable path (``{{ steps.draft.output }}``), as its steps.
+
+    Each step is (an attribute, the key): ``.name`` is an attribute, ``['name']`` or ``[0]`` a
+    subscript. ``None`` for any other template. Most prompts and outputs are such paths: they
+    are looked up in the (JSON) context directly, and anything the lookup cannot settle
+    exactly as Jinja would is left to Jinja (see ``_follow``).
+    """
+    match = _SINGLE_EXPRESSION.match(source)
+    if not match:
+        return None
+    try:
+        body = _ENV.parse("{{" + match.group("expr") + "}}").body
+    except TemplateSyntaxError:
+        return None
+    if len(body) != 1 or not isinstance(body[0], nodes.Output) or len(body[0].nodes) != 1:
+        return None
+    node = body[0].nodes[0]
+    steps: list[tuple[bool, str | int]] = []
+    while isinstance(node, nodes.Getattr | nodes.Getitem):
+        if isinstance(node, nodes.Getattr):
+            steps.append((True, node.attr))
+        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str | int):
+            if isinstance(node.arg.value, bool):
+                return None
+            steps.append((False, node.arg.value))
+        else:
+            return None
+        node = node.node
+    if not isinstance(node, nodes.Name) or node.ctx != "load":
+        return None
+    steps.append((False, node.name))
+    return tuple(reversed(steps))
+
+
+def _follow(context: Mapping[str, Any], path: _Path) -> Any:
+    """The value at ``path``, or ``_MISSING`` when only Jinja can say what it is.
+
+    Jinja reads ``a.b`` as the attribute ``b`` of ``a`` first and as its key second (so a
+    dict's own methods win over its keys: ``steps.items`` is a method), and ``a['b']`` the
+    other way round; a missing key is an error worded by the sandbox. Every such case goes
+    to Jinja; a key that is there, in a dict or a list, is simply read.
+    """
+    value: Any = context
+    for attribute, key in path:
+        if isinstance(value, dict) and isinstance(key, str):
+            if (attribute and hasattr(dict, key)) or key not in value:
+                return _MISSING
+            value = value[key]
+        elif isinstance(value, list) and isinstance(key, int) and not attribute:
+            if not -len(value) <= key < len(value):
+                return _MISSING
+            value = value[key]
+        else:
+            return _MISSING
+    return value
 
 
 @lru_cache(maxsize=4096)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from processors import ModelCatalog, ToolRegistry
+from processors import ModelCatalog, ToolRegistry, template_budget
 from streams._access import Access
 from streams._deadletters import letter_for
 from streams._deadletters import too_large as record_too_large
@@ -213,7 +213,10 @@ class Handler:
             try:
                 workflow = await self._workflow_for(state, inbound)
                 context = self._context(now, workflow)
-                effects = self._encode(decide(state, inbound, context))
+                # Every template this event renders shares one budget (docs/decisions/0004).
+                with template_budget():
+                    decision = decide(state, inbound, context)
+                effects = self._encode(decision)
                 if effects is None:
                     effects = self._encode(too_large(state, inbound, context, self._limit))
                     assert effects is not None, "a too-large decision is small"
