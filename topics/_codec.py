@@ -10,6 +10,7 @@ Decoding never crashes deep in fastavro: every way bytes can be wrong ends in a
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 from decimal import Decimal
@@ -20,6 +21,7 @@ import orjson
 from pydantic import JsonValue, ValidationError
 
 from topics._avro import JSON_LOGICAL_TYPE, full_name
+from topics._avro_writer import Unsupported, Writer, compile_writer
 from topics._catalog import Topic
 from topics._errors import DecodeError
 from topics._events import Event, RunEvent, RunEventBatch, RunJournal, TaskSubmitted
@@ -72,9 +74,13 @@ class Codec:
         self._readers: dict[int, tuple[type[Event], Any, Any]] = {}
         self._older: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
         types_by_name = {full_name(t): t for t in EVENT_TYPES}
+        #: Compiled writers (``_avro_writer``), where the schema compiles: fastavro otherwise.
+        self._compiled: dict[type[Event], Writer] = {}
         for event_type in EVENT_TYPES:
             latest = self._registry.latest(full_name(event_type))
             self._writers[event_type] = (_HEADER.pack(_MAGIC, latest.id), latest.parsed)
+            with contextlib.suppress(Unsupported):
+                self._compiled[event_type] = compile_writer(latest.schema)
         for entry in self._registry.entries:
             known = types_by_name.get(entry.name)
             if known is None:
@@ -93,6 +99,11 @@ class Codec:
     def encode(self, event: Event) -> bytes:
         """The wire bytes of an event."""
         header, schema = self._writers[type(event)]
+        write = self._compiled.get(type(event))
+        if write is not None:
+            out = bytearray(header)
+            write(event, out)
+            return bytes(out)
         buffer = io.BytesIO()
         buffer.write(header)
         fastavro.schemaless_writer(buffer, schema, self._dumped(event))
@@ -101,6 +112,11 @@ class Codec:
     def encode_item(self, event: Event) -> bytes:
         """An event's Avro body alone, to be framed into a batch by ``batch``."""
         _, schema = self._writers[type(event)]
+        write = self._compiled.get(type(event))
+        if write is not None:
+            out = bytearray()
+            write(event, out)
+            return bytes(out)
         buffer = io.BytesIO()
         fastavro.schemaless_writer(buffer, schema, self._dumped(event))
         return buffer.getvalue()

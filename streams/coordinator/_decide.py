@@ -146,7 +146,9 @@ def _on_task(state: RunState | None, task: TaskSubmitted, context: Context) -> D
     if problems:
         reason = "; ".join(f"{_json_path('input', e.absolute_path)}: {e.message}" for e in problems)
         return _reject(task, context, reason, workflow)
-    state = RunState(
+    # Every value comes validated (the task, the workflow, the budget): the run's first
+    # state is built without walking its input again.
+    state = RunState.model_construct(
         run_id=task.task_id,
         workflow=workflow.name,
         workflow_version=workflow.content_hash,

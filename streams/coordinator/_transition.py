@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import JsonValue
 
-from processors import TemplateRenderError, compile_expression, render_value
+from processors import TemplateRenderError, compile_expression, is_template, render_value
 from streams.coordinator._params import request_params
 from streams.coordinator._state import RunState, StepPhase, StepState
 from streams.workflow import (
@@ -165,10 +165,8 @@ class Transition:
         """Record a run event."""
         seq = self.get("seq")
         total: Usage = self.get("usage")
-        # Every field comes from the run's valid state or from baton itself: a run event is
-        # built without validating it again (several per transition).
         self.emit.append(
-            RunEvent.model_construct(
+            RunEvent(
                 run_id=self.old.run_id,
                 seq=seq,
                 type=type_,
@@ -358,8 +356,14 @@ class Transition:
         spec = self.spec(name)
         if not isinstance(spec, LlmStep | AgentStep):
             return []
-        context = self.template_context(name)
         level = self.steps[name].cascade_level
+        cascading = bool(level) and isinstance(spec, LlmStep) and bool(spec.cascade)
+        if not spec.routes and not is_template(spec.model) and not cascading:
+            # Nothing to render (the usual case): the route and its fallbacks as written.
+            plain = [spec.model, *spec.fallback]
+            if not any(is_template(route) for route in plain):
+                return list(dict.fromkeys(plain))
+        context = self.template_context(name)
         if level and isinstance(spec, LlmStep) and spec.cascade:
             first, where = spec.cascade[min(level, len(spec.cascade)) - 1], "cascade"
         else:
@@ -437,7 +441,7 @@ class Transition:
                 if outcome is None:
                     outcome = StepOutcome.cancelled if ended else StepOutcome.pending
                 summaries.append(
-                    StepSummary.model_construct(
+                    StepSummary(
                         step=name,
                         kind=self.spec(name).kind,
                         outcome=outcome,
