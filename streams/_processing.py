@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 _STALE_GRACE = timedelta(seconds=1)
 #: ``StepError.error_class`` of a step handed back by a stopping worker.
 WORKER_STOPPING = "WorkerStopping"
+#: Kinds that compute only (templates, schemas, rules): run in the loop, without a task.
+_INLINE = frozenset({StepKind.transform, StepKind.validate})
 #: ``StepError.error_class`` of a step whose result does not fit in a record.
 OUTPUT_TOO_LARGE = "StepOutputTooLarge"
 
@@ -214,6 +216,11 @@ class ProcessorService:
                 request.attempt,
             )
             return
+        if kind in _INLINE:
+            # No outside call, and bounded by the template budget: run now, no task to
+            # schedule (most steps of most workflows are these).
+            await self._run(self.processors[kind], request, None)
+            return
         slots = self._slots[kind]
         await slots.acquire()
         task = asyncio.create_task(self._run(self.processors[kind], request, slots))
@@ -224,7 +231,7 @@ class ProcessorService:
         self.in_flight.pop(task, None)
 
     async def _run(
-        self, processor: Processor, request: StepRequested, slots: asyncio.Semaphore
+        self, processor: Processor, request: StepRequested, slots: asyncio.Semaphore | None
     ) -> None:
         try:
             result = await execute(processor, request, worker=self.worker, now=self.clock)
@@ -235,7 +242,8 @@ class ProcessorService:
         except Exception:  # the task must never die silently; the deadline recovers the step
             log.exception("could not report %s/%s", request.run_id, request.step)
         finally:
-            slots.release()
+            if slots is not None:
+                slots.release()
 
     async def _report(self, result: StepResult) -> None:
         value = self.codec.encode(result)

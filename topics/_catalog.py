@@ -258,9 +258,13 @@ class TopicCatalog:
 
     @cached_property
     def timers(self) -> Topic:
-        """Wake-ups the coordinator sends itself when a run has a deadline due."""
+        """Retired: wake-ups older releases' coordinators sent themselves.
+
+        Deadlines now fire inside the coordinator's loop; nothing writes or reads this topic.
+        It stays in the catalog so ``baton topics describe`` knows it on older deployments.
+        """
         return self._run_topic(
-            "timers", (TimerFired,), _HOUR_MS, "coordinator timer -> coordinator"
+            "timers", (TimerFired,), _HOUR_MS, "retired (older releases' coordinator wake-ups)"
         )
 
     @cached_property

@@ -21,6 +21,7 @@ import orjson
 from pydantic import JsonValue, ValidationError
 
 from topics._avro import JSON_LOGICAL_TYPE, full_name
+from topics._avro_reader import Reader, compile_reader
 from topics._avro_writer import Unsupported, Writer, compile_writer
 from topics._catalog import Topic
 from topics._errors import DecodeError
@@ -73,6 +74,8 @@ class Codec:
         }
         self._readers: dict[int, tuple[type[Event], Any, Any]] = {}
         self._older: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+        #: Compiled readers (``_avro_reader``) for the newest schema of each type.
+        self._compiled_readers: dict[int, Reader] = {}
         types_by_name = {full_name(t): t for t in EVENT_TYPES}
         #: Compiled writers (``_avro_writer``), where the schema compiles: fastavro otherwise.
         self._compiled: dict[type[Event], Writer] = {}
@@ -90,6 +93,9 @@ class Codec:
             self._readers[entry.id] = (known, entry.parsed, reader)
             if reader is not None:
                 self._older[entry.id] = (latest.schema, entry.schema)
+            else:
+                with contextlib.suppress(Unsupported):
+                    self._compiled_readers[entry.id] = compile_reader(entry.schema)
 
     def schema_id(self, event_type: type[Event]) -> int:
         """The id this codec writes events of a type with."""
@@ -179,19 +185,24 @@ class Codec:
             raise DecodeError(
                 f"schema id {schema_id} is a {event_type.__name__}; expected {names}", data
             )
-        buffer = io.BytesIO(data)
-        buffer.seek(_HEADER.size)
+        compiled = self._compiled_readers.get(schema_id)
         try:
-            record = fastavro.schemaless_reader(buffer, writer_schema, reader_schema)
+            if compiled is not None:  # written with the newest schema: no resolution
+                record, end = compiled(data if isinstance(data, bytes) else bytes(data), 5)
+            else:
+                buffer = io.BytesIO(data)
+                buffer.seek(_HEADER.size)
+                record = fastavro.schemaless_reader(buffer, writer_schema, reader_schema)
+                end = buffer.tell()
         except Exception as exc:  # truncated or garbled bodies raise many different types
             raise DecodeError(
                 f"{event_type.__name__} body does not match schema id {schema_id}: "
                 f"{type(exc).__name__}: {exc}",
                 data,
             ) from exc
-        if buffer.tell() != len(data):
+        if end != len(data):
             raise DecodeError(
-                f"{len(data) - buffer.tell()} unexpected bytes after the "
+                f"{len(data) - end} unexpected bytes after the "
                 f"{event_type.__name__} body (schema id {schema_id})",
                 data,
             )
@@ -204,9 +215,13 @@ class Codec:
         # A JSON field was parsed by orjson, within the limits: it is a JSON value already,
         # so pydantic validates the rest (walking a large JSON value twice is most of the
         # cost of decoding a request), and the JSON values are set as they are.
-        fields: dict[str, Any] = record  # type: ignore[assignment]  # a record is a dict
-        values = {name: fields[name] for name in json_fields if name in fields}
-        event = _validate(event_type, {**fields, **dict.fromkeys(values)}, data)
+        fields: dict[str, Any] = record  # a fresh dict: the JSON values move out of it
+        values = {}
+        for name in json_fields:
+            if name in fields:
+                values[name] = fields[name]
+                fields[name] = None
+        event = _validate(event_type, fields, data)
         event.__dict__.update(values)
         return event
 

@@ -121,11 +121,12 @@ class Handler:
         self.clock = clock
         self._inputs: dict[str, Topic] = {
             t.name: t
+            # Not ``timers``: deadlines fire inside the loop (``_wakeups``); what older
+            # releases wrote there is due again by the runs' own state.
             for t in (
                 catalog.tasks,
                 catalog.step_results,
                 catalog.control,
-                catalog.timers,
                 catalog.approvals_decided,
             )
         }

@@ -181,7 +181,6 @@ async def test_hostile_records_on_every_consumed_topic_are_dead_lettered_and_wor
         (catalog.step_results, home),
         (catalog.approvals_decided, home),
         (catalog.control, home),
-        (catalog.timers, home),
         (catalog.steps("llm"), home),
         (catalog.steps("transform"), home),
         (catalog.retry(catalog.retry_tiers[0].name), home),

@@ -10,7 +10,7 @@ import fastavro
 import pytest
 
 from tests.samples import full_events, minimal_events
-from topics import Codec, Event, RunEvent, Usage
+from topics import Codec, DecodeError, Event, RunEvent, Usage
 from topics._avro_writer import _decimal_bytes
 from topics._registry import EVENT_TYPES
 
@@ -69,3 +69,23 @@ def test_money_is_written_as_fastavro_writes_decimals(amount: str) -> None:
 def test_a_decimal_finer_than_the_scale_is_refused_as_fastavro_refuses_it() -> None:
     with pytest.raises(ValueError, match="Scale"):
         _decimal_bytes(Decimal("0.0000000000001"), 12)
+
+
+@pytest.mark.parametrize("event", full_events() + minimal_events(), ids=lambda e: type(e).__name__)
+def test_the_compiled_reader_reads_what_fastavro_reads(event: Event) -> None:
+    data = CODEC.encode(event)
+    header, schema = CODEC._writers[type(event)]
+    buffer = io.BytesIO(data)
+    buffer.seek(len(header))
+    expected = fastavro.schemaless_reader(buffer, schema, None)
+    schema_id = int.from_bytes(data[1:5], "big")
+    compiled, end = CODEC._compiled_readers[schema_id](data, len(header))
+    assert end == len(data) and compiled == expected
+
+
+@pytest.mark.parametrize("cut", [1, 3, 7, 20])
+def test_a_truncated_record_is_a_decode_error_not_a_crash(cut: int) -> None:
+    event = next(e for e in full_events() if isinstance(e, RunEvent))
+    data = CODEC.encode(event)
+    with pytest.raises(DecodeError):
+        CODEC.decode(data[:-cut], RunEvent)
