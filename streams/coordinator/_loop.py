@@ -385,11 +385,9 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
                 batch.consumed(tp, record.offset)
                 batch.handled += 1
         await self._fire_timers()
-        now = time.monotonic()
-        due = [
-            p for p, b in self._batches.items() if now - b.opened >= self.settings.commit_interval
-        ]
-        await self._commit(due)
+        await self._housekeep()
+        oldest = time.monotonic() - self.settings.commit_interval
+        await self._commit([p for p, b in self._batches.items() if b.opened <= oldest])
 
     async def _housekeep(self) -> None:
         """Flush a quiet partition too: its journal is deleted and old runs forgotten."""

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams._client import BatonClient
 from tests.integration.workers import (
@@ -76,6 +77,29 @@ async def wave(client: BatonClient, label: str) -> None:
     assert {r.status for r in results.values()} == {RunStatus.completed}
 
 
+async def until_the_broker_forgot(cluster: Cluster, timeout: float = 180) -> None:
+    """Until the broker has deleted the run-state records past the retention.
+
+    ``run-state`` is ``compact,delete`` with the run retention, so the broker deletes them; it
+    does so in its own time (whole segments, on a periodic check), so this waits for it.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=cluster.bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(cluster.catalog.run_state.name, p) for p in range(4)]
+        deadline = time.monotonic() + timeout
+        while True:
+            starts = await consumer.beginning_offsets(tps)
+            ends = await consumer.end_offsets(tps)
+            left = sum(ends[tp] - starts[tp] for tp in tps)
+            if left == 0:
+                return
+            assert time.monotonic() < deadline, f"{left} run-state records still on the broker"
+            await asyncio.sleep(1)
+    finally:
+        await consumer.stop()
+
+
 def resident(worker: WorkerProcess) -> int:
     assert worker.process is not None
     return int(psutil.Process(worker.process.pid).memory_info().rss)
@@ -111,12 +135,14 @@ async def test_memory_and_takeovers_stay_flat_once_runs_are_past_the_retention(
 
         await until_forgotten(worker)
         first_memory = resident(worker)
+        await until_the_broker_forgot(cluster)
         worker, first_read = restarted(workers)
 
         for label in ("b", "c", "d"):
             await wave(client, label)
         await until_forgotten(worker)
         last_memory = resident(worker)
+        await until_the_broker_forgot(cluster)
         worker, last_read = restarted(workers)
 
         # After the window: the same id starts a new run.
@@ -127,5 +153,5 @@ async def test_memory_and_takeovers_stay_flat_once_runs_are_past_the_retention(
 
     # 15,000 more runs, all past the retention: what is kept and read does not grow with them.
     assert last_memory <= first_memory * 1.1 + 16 * 2**20, (first_memory, last_memory)
-    assert last_read["records"] <= first_read["records"] + 2_000, (first_read, last_read)
+    assert last_read["records"] <= first_read["records"] + 500, (first_read, last_read)
     assert last_read["seconds"] <= first_read["seconds"] * 2 + 2, (first_read, last_read)

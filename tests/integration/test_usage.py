@@ -28,6 +28,7 @@ from tests.integration.workers import (
     Workers,
     api_access,
     has,
+    ops,
     poll_run_events,
 )
 from topics import RunResult, RunStatus, TaskSubmitted
@@ -227,7 +228,8 @@ def show(cluster: Cluster, worker: WorkerProcess, run_id: str) -> str:
     """``baton runs show`` with its lines' runs of spaces squeezed (a wide terminal)."""
     # The API shows a run as its coordinator saw it commit, maybe a moment after the result.
     deadline = time.monotonic() + 30
-    while httpx.get(f"{worker.api}/v1/runs/{run_id}").json().get("status") != "completed":
+    view = f"{worker.api}/v1/runs/{run_id}"
+    while httpx.get(view, headers=ops()).json().get("status") != "completed":
         assert time.monotonic() < deadline, f"{run_id} not completed at {worker.api}"
         time.sleep(0.2)
     shown = cluster.baton("runs", "show", run_id, BATON_API_URL=worker.api, COLUMNS="200")
