@@ -6,17 +6,20 @@ or ``baton bench``. It starts its own Kafka broker (unless ``BATON_BOOTSTRAP`` i
 ``latest.json``) and a PNG plot into ``bench/out``.
 
 Modules: ``_suite`` (what runs, in what order), ``_plan`` (what a selection needs),
-``_subjects`` (baton workers and the raw pipe under load), ``_rawpipe`` (B1), ``_codec``
-(T7), ``_schedule`` (open-loop load), ``_latency`` and ``_readback`` (latencies from
-recorded timestamps), ``_stats`` (percentiles, histograms), ``_figures`` (targets and
-verdicts), ``_report`` (the JSON schema), ``_summary`` and ``_plot`` (output), ``_cli``
-(the command line), ``_processes`` (broker, workers, CPU), ``_kafka`` (topics); for T9
-``_questions`` (the labelled workload, the two models' answers, the judge), ``_costload``
-(its workflows and model catalog), ``_chatserver`` (the loopback model server) and
-``_cost`` (the two arms under load).
+``_subjects`` (baton workers and the raw pipe under load), ``_rawpipe`` (B1),
+``_faustpipe`` (B2, bare Faust), ``_peer`` (P1, LangGraph), ``_codec`` (T7), ``_schedule``
+(open-loop load), ``_latency`` and ``_readback`` (latencies from recorded timestamps; run
+events are decoded in ``_readback.run_events_of`` only), ``_overhead`` (T6 and T10 from
+them), ``_inflight`` (T5), ``_crash`` (T8), ``_scaling`` (T11), ``_stats`` (percentiles,
+histograms), ``_verdicts`` (targets and verdicts), ``_figures``, ``_baseline_figures`` and
+``_load_figures`` (the figures), ``_report`` (the JSON schema), ``_summary`` and ``_plot``
+(output), ``_cli`` (the command line), ``_processes`` (broker, workers, CPU, memory),
+``_kafka`` (topics); for T9 ``_questions`` (the labelled workload, the two models'
+answers, the judge), ``_costload`` (its workflows and model catalog), ``_chatserver``
+(the loopback model server) and ``_cost`` (the two arms under load).
 
 The public names load lazily, so the pure modules (and their unit tests) do not need the
-suite's optional dependencies (psutil, matplotlib).
+suite's optional dependencies (psutil, matplotlib, LangGraph).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench._plan import MEASURED, parse_only
+from bench._plan import MEASURED, parse_levels, parse_only
 from bench._plot import write_plot
 from bench._report import Report, write_report
 from bench._suite import Options, run_suite
@@ -75,6 +75,18 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--tasks", type=int, default=None, help="T9 tasks per question set (default 200)"
     )
+    parser.add_argument(
+        "--t5-levels",
+        default=None,
+        metavar="N,N,...",
+        help="T5 in-flight levels, increasing (default 25,50,100 quick; 50,...,4000 full)",
+    )
+    parser.add_argument(
+        "--t8-runs",
+        type=int,
+        default=None,
+        help="T8 runs held by the killed worker (default 300 quick, 3000 full)",
+    )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
     parser.add_argument(
         "--show",
@@ -105,6 +117,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bench") -> No
         raise SystemExit("error: --tasks must be at least 10")
     if not 0 < args.load <= 1:
         raise SystemExit("error: --load must be in (0, 1]")
+    if args.t8_runs is not None and args.t8_runs < 1:
+        raise SystemExit("error: --t8-runs must be at least 1")
+    try:
+        levels = parse_levels(args.t5_levels)
+    except ValueError as exc:
+        raise SystemExit(f"error: --t5-levels: {exc}") from None
     options = Options(
         quick=args.quick,
         out=args.out,
@@ -116,6 +134,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bench") -> No
         warmup_runs=args.warmup,
         load_fraction=args.load,
         tasks=args.tasks,
+        t5_levels=levels,
+        t8_runs=args.t8_runs,
         plot=not args.no_plot,
         command=" ".join([prog, *map(shlex.quote, args_list)]),
     )

@@ -9,45 +9,45 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from bench._report import (
-    OTHER_ROLE,
-    AbsoluteFigure,
-    Figure,
-    Measurement,
-    Spread,
-    Target,
-    Verdict,
-)
+from bench._baseline_figures import b2, p1
+from bench._load_figures import t5, t6, t8, t10, t11, t12
+from bench._report import OTHER_ROLE, AbsoluteFigure, Figure, Measurement
 from bench._stats import ratio, spread
+from bench._verdicts import (
+    BASELINE_NOTE,
+    TARGETS,
+    events,
+    failed,
+    incomplete,
+    measured,
+    own_cpu,
+    runs_of,
+    verdict,
+)
 
 __all__ = [
     "NOT_MEASURED",
     "TARGETS",
     "all_figures",
     "b1",
+    "b2",
     "busy_machine_notes",
     "not_measured",
+    "p1",
     "t1",
     "t2",
     "t3",
     "t4",
+    "t5",
+    "t6",
     "t7",
+    "t8",
     "t9",
+    "t10",
+    "t11",
+    "t12",
     "verdict",
 ]
-
-#: Goals from BENCH.md, by (id, variant).
-TARGETS: dict[tuple[str, str], Target] = {
-    ("T1", ""): Target(better="higher", goal=0.5, stretch=0.7),
-    ("T2", ""): Target(better="higher", goal=0.8, stretch=0.9),
-    ("T3", "at_least_once p50"): Target(better="lower", goal=5.0, stretch=3.0),
-    ("T3", "at_least_once p99"): Target(better="lower", goal=25.0),
-    ("T3", "exactly_once p99"): Target(better="lower", goal=120.0),
-    ("T4", "at_least_once"): Target(better="higher", goal=500.0, stretch=1000.0),
-    ("T4", "exactly_once"): Target(better="higher", goal=500.0, stretch=1000.0),
-    ("T7", ""): Target(better="lower", goal=20.0),
-    ("T9", ""): Target(better="lower", goal=0.6),
-}
 
 #: What is not measured yet, and why.
 NOT_MEASURED: dict[str, tuple[str, str]] = {
@@ -55,111 +55,11 @@ NOT_MEASURED: dict[str, tuple[str, str]] = {
         "broker ceiling (Kafka's producer/consumer perf tools, 1 KB records)",
         "not built yet: needs the perf-test tools run against the same broker and partitions",
     ),
-    "B2": (
-        "bare Faust: the same chain as plain Faust agents, no tables",
-        "not built yet",
-    ),
-    "P1": (
-        "peer: LangGraph with a durable SQLite checkpointer, same 5-step graph",
-        "not built yet: LangGraph is not a dependency of this repo",
-    ),
-    "T5": (
-        "in-flight runs at >= 90% of the ideal rate, 800 ms log-normal model",
-        "not built yet: needs an in-flight sweep and per-run memory accounting "
-        "(the scripted route's latency_ms/latency_sigma are ready for it)",
-    ),
-    "T6": (
-        "orchestration time / step time with a 500 ms model",
-        "not built yet: needs an open-loop run with a 500 ms scripted route",
-    ),
-    "T8": (
-        "kill -9 a worker holding 100k runs: resume time, lost and duplicate results",
-        "not built yet (tests/integration/test_crash.py checks correctness at 300 runs, "
-        "not the 100k-run recovery time)",
+    "T13": (
+        "worker resident memory after 20k and after 200k finished runs past retention",
+        "not built yet: needs runs past BATON_RUN_RETENTION, hours at this machine's rates",
     ),
 }
-
-_BASELINE_NOTE = "a baseline: it has no target; the ratios that use it do"
-
-
-def verdict(value: Spread, target: Target | None) -> Verdict:
-    """How the median compares with the target (and its stretch goal)."""
-    if target is None:
-        return "no_target"
-    median = value.median
-    if target.better == "higher":
-        if target.stretch is not None and median >= target.stretch:
-            return "meets_stretch"
-        return "meets" if median >= target.goal else "misses"
-    if target.stretch is not None and median <= target.stretch:
-        return "meets_stretch"
-    return "meets" if median <= target.goal else "misses"
-
-
-def _incomplete(measurement: Measurement | None) -> str | None:
-    """Why a measurement cannot give a figure, or ``None`` when it can."""
-    if measurement is None:
-        return "not run"
-    if not measurement.repetitions and not measurement.micro_us:
-        return "no repetitions"
-    short = [r for r in measurement.repetitions if r.completed_runs < r.runs]
-    if short:
-        worst = min(short, key=lambda r: r.completed_runs / r.runs)
-        why = ", ".join(f"{count} {how}" for how, count in worst.unfinished.items())
-        return (
-            f"{len(short)} repetition(s) did not complete every run "
-            f"(worst: {worst.completed_runs} of {worst.runs}"
-            + (f"; {why}" if why else "")
-            + (f"; e.g. {worst.first_problem}" if worst.first_problem else "")
-            + ")"
-        )
-    return None
-
-
-def _failed(id_: str, name: str, variant: str, definition: str, note: str) -> Figure:
-    return Figure(
-        id=id_,
-        name=name,
-        variant=variant,
-        status="failed",
-        target=TARGETS.get((id_, variant)),
-        verdict="failed",
-        definition=definition,
-        note=note,
-    )
-
-
-def _measured(
-    id_: str,
-    name: str,
-    variant: str,
-    unit: str,
-    value: Spread,
-    definition: str,
-    absolute: list[AbsoluteFigure],
-    sources: list[str],
-    note: str | None = None,
-) -> Figure:
-    target = TARGETS.get((id_, variant))
-    return Figure(
-        id=id_,
-        name=name,
-        variant=variant,
-        status="measured",
-        unit=unit,
-        value=value,
-        target=target,
-        verdict=verdict(value, target),
-        absolute=absolute,
-        definition=definition,
-        note=note,
-        sources=sources,
-    )
-
-
-def _events(label: str, measurement: Measurement) -> AbsoluteFigure:
-    assert measurement.events_per_s is not None
-    return AbsoluteFigure(label=label, unit="events/s", value=measurement.events_per_s)
 
 
 def b1(raw: Measurement | None) -> Figure:
@@ -170,10 +70,10 @@ def b1(raw: Measurement | None) -> Figure:
         "N records of 1 KB submitted at once, each making the same 11 hops as a run, timed "
         "from the first submission to the last record out."
     )
-    problem = _incomplete(raw)
+    problem = incomplete(raw)
     if problem or raw is None or raw.events_per_s is None:
-        return _failed("B1", name, "", definition, f"raw pipe: {problem}")
-    return _measured(
+        return failed("B1", name, "", definition, f"raw pipe: {problem}")
+    return measured(
         "B1",
         name,
         "",
@@ -181,25 +81,12 @@ def b1(raw: Measurement | None) -> Figure:
         raw.events_per_s,
         definition,
         [
-            AbsoluteFigure(label="runs/s", unit="runs/s", value=_runs(raw)),
-            *_own_cpu(raw, "raw pipe CPU"),
+            AbsoluteFigure(label="runs/s", unit="runs/s", value=runs_of(raw)),
+            *own_cpu(raw, "raw pipe CPU"),
         ],
         [raw.key],
-        note=_BASELINE_NOTE,
+        note=BASELINE_NOTE,
     )
-
-
-def _own_cpu(measurement: Measurement, label: str) -> list[AbsoluteFigure]:
-    """The CPU of the process under test, when it was read."""
-    share = next((c for c in measurement.cpu if c.role == measurement.process_role), None)
-    if share is None:
-        return []
-    return [AbsoluteFigure(label=label, unit="% of a core", value=share.percent)]
-
-
-def _runs(measurement: Measurement) -> Spread:
-    assert measurement.runs_per_s is not None
-    return measurement.runs_per_s
 
 
 def t1(baton: Measurement | None, raw: Measurement | None) -> Figure:
@@ -211,19 +98,19 @@ def t1(baton: Measurement | None, raw: Measurement | None) -> Figure:
         "the range is the widest the two ranges allow (min/max, max/min)."
     )
     for label, measurement in (("baton at_least_once", baton), ("B1", raw)):
-        problem = _incomplete(measurement)
+        problem = incomplete(measurement)
         if problem:
-            return _failed("T1", name, "", definition, f"{label}: {problem}")
+            return failed("T1", name, "", definition, f"{label}: {problem}")
     assert baton is not None and raw is not None
     assert baton.events_per_s is not None and raw.events_per_s is not None
-    return _measured(
+    return measured(
         "T1",
         name,
         "",
         "ratio",
         ratio(baton.events_per_s, raw.events_per_s),
         definition,
-        [_events("baton at_least_once", baton), _events("B1 raw pipe", raw)],
+        [events("baton at_least_once", baton), events("B1 raw pipe", raw)],
         [baton.key, raw.key],
     )
 
@@ -236,19 +123,19 @@ def t2(eos: Measurement | None, alo: Measurement | None) -> Figure:
         "at_least_once, one worker each, closed loop, interleaved in the same run."
     )
     for label, measurement in (("baton exactly_once", eos), ("baton at_least_once", alo)):
-        problem = _incomplete(measurement)
+        problem = incomplete(measurement)
         if problem:
-            return _failed("T2", name, "", definition, f"{label}: {problem}")
+            return failed("T2", name, "", definition, f"{label}: {problem}")
     assert eos is not None and alo is not None
     assert eos.events_per_s is not None and alo.events_per_s is not None
-    return _measured(
+    return measured(
         "T2",
         name,
         "",
         "ratio",
         ratio(eos.events_per_s, alo.events_per_s),
         definition,
-        [_events("exactly_once", eos), _events("at_least_once", alo)],
+        [events("exactly_once", eos), events("at_least_once", alo)],
         [eos.key, alo.key],
     )
 
@@ -261,11 +148,11 @@ def t4(measurement: Measurement | None, guarantee: str) -> Figure:
         "closed loop: N runs submitted at once, runs/s = completed runs / (last result seen "
         "by the client - first submission)."
     )
-    problem = _incomplete(measurement)
+    problem = incomplete(measurement)
     if problem or measurement is None or measurement.runs_per_s is None:
-        return _failed("T4", name, guarantee, definition, f"baton {guarantee}: {problem}")
-    absolute = [_events("events/s", measurement), *_own_cpu(measurement, "worker CPU")]
-    return _measured(
+        return failed("T4", name, guarantee, definition, f"baton {guarantee}: {problem}")
+    absolute = [events("events/s", measurement), *own_cpu(measurement, "worker CPU")]
+    return measured(
         "T4",
         name,
         guarantee,
@@ -286,16 +173,16 @@ def t3(measurement: Measurement | None, guarantee: str) -> list[Figure]:
         "broker append time of a's StepResult (LogAppendTime on the bench's path topics; "
         "ms resolution). Percentile per repetition; median of repetitions with min and max."
     )
-    problem = _incomplete(measurement)
+    problem = incomplete(measurement)
     variants = [f"{guarantee} p50", f"{guarantee} p99"]
     if problem or measurement is None:
         note = f"baton {guarantee} open loop: {problem}"
-        return [_failed("T3", name, v, definition, note) for v in variants]
+        return [failed("T3", name, v, definition, note) for v in variants]
     latencies = {latency.name: latency for latency in measurement.latencies}
     overhead = latencies.get("step_overhead")
     if overhead is None or not overhead.per_repetition:
         note = "no step transitions were read back"
-        return [_failed("T3", name, v, definition, note) for v in variants]
+        return [failed("T3", name, v, definition, note) for v in variants]
     load = measurement.open_loop
     figures = []
     for variant, attribute in zip(variants, ("p50", "p99"), strict=True):
@@ -321,7 +208,7 @@ def t3(measurement: Measurement | None, guarantee: str) -> list[Figure]:
                     )
                 )
         figures.append(
-            _measured("T3", name, variant, "ms", value, definition, absolute, [measurement.key])
+            measured("T3", name, variant, "ms", value, definition, absolute, [measurement.key])
         )
     return figures
 
@@ -335,14 +222,14 @@ def t7(measurement: Measurement | None) -> Figure:
         "The event is a StepResult with a 1 KB text output and usage."
     )
     if measurement is None or "round_trip" not in measurement.micro_us:
-        return _failed("T7", name, "", definition, "not run")
+        return failed("T7", name, "", definition, "not run")
     micro = measurement.micro_us
     absolute = [
         AbsoluteFigure(label=label, unit="µs", value=micro[key])
         for key, label in (("encode", "encode"), ("decode", "decode + validate"))
         if key in micro
     ]
-    return _measured(
+    return measured(
         "T7", name, "", "µs", micro["round_trip"], definition, absolute, [measurement.key]
     )
 
@@ -363,11 +250,11 @@ def t9(strong: Measurement | None, routed: Measurement | None) -> Figure:
     for label, measurement in (("always-strong arm", strong), ("routed arm", routed)):
         problem = _cost_incomplete(measurement)
         if problem:
-            return _failed("T9", name, "", definition, f"{label}: {problem}")
+            return failed("T9", name, "", definition, f"{label}: {problem}")
     assert strong is not None and routed is not None
     pairs = list(zip(strong.cost, routed.cost, strict=False))
     if any(s.cost_usd <= 0 for s, _ in pairs):
-        return _failed("T9", name, "", definition, "the always-strong arm cost nothing")
+        return failed("T9", name, "", definition, "the always-strong arm cost nothing")
     value = spread([r.cost_usd / s.cost_usd for s, r in pairs])
     routing_only = spread([(r.cost_usd + r.saved_usd) / s.cost_usd for s, r in pairs])
     quality_strong = _pooled_quality(strong)
@@ -409,7 +296,7 @@ def t9(strong: Measurement | None, routed: Measurement | None) -> Figure:
             value=spread([float(sum(r.malformed_answers.values())) for r in routed.cost]),
         ),
     ]
-    figure = _measured(
+    figure = measured(
         "T9", name, "", "ratio", value, definition, absolute, [strong.key, routed.key]
     )
     settings = routed.cost_settings
@@ -483,10 +370,19 @@ def not_measured(id_: str) -> Figure:
 def all_figures(measurements: Mapping[str, Measurement], selected: frozenset[str]) -> list[Figure]:
     """Every figure of BENCH.md, in order: the selected ones measured, the rest listed."""
     get = measurements.get
-    rows: list[Figure] = []
-    if "B1" in selected or "T1" in selected:
+    rows: list[Figure] = [not_measured("B0")]
+    if selected & {"B1", "T1", "B2"}:
         rows.append(b1(get("closed/raw_pipe")))
-    rows.extend(not_measured(i) for i in ("B0", "B2", "P1"))
+    if "B2" in selected:
+        rows.extend(b2(get("closed/faust_pipe"), get("closed/raw_pipe")))
+    if "P1" in selected:
+        rows.extend(
+            p1(
+                get("closed/langgraph_sqlite"),
+                get("closed/langgraph_memory"),
+                {g: get(f"closed/{g}") for g in ("at_least_once", "exactly_once")},
+            )
+        )
     if "T1" in selected:
         rows.append(t1(get("closed/at_least_once"), get("closed/raw_pipe")))
     if "T2" in selected:
@@ -497,10 +393,24 @@ def all_figures(measurements: Mapping[str, Measurement], selected: frozenset[str
     if "T4" in selected:
         rows.append(t4(get("closed/at_least_once"), "at_least_once"))
         rows.append(t4(get("closed/exactly_once"), "exactly_once"))
-    rows.extend(not_measured(i) for i in ("T5", "T6"))
+    if "T5" in selected:
+        rows.extend(t5(get("inflight/exactly_once")))
+    if "T6" in selected:
+        rows.append(t6(get("t6/at_least_once"), "at_least_once"))
+        rows.append(t6(get("t6/exactly_once"), "exactly_once"))
     if "T7" in selected:
         rows.append(t7(get("micro/codec")))
-    rows.append(not_measured("T8"))
+    if "T8" in selected:
+        rows.extend(t8(get("crash/exactly_once")))
     if "T9" in selected:
         rows.append(t9(get("cost/strong"), get("cost/routed")))
+    if "T10" in selected:
+        rows.append(t10(get("t10/at_least_once"), "at_least_once"))
+        rows.append(t10(get("t10/exactly_once"), "exactly_once"))
+    if "T11" in selected:
+        rows.extend(t11({key: m for key, m in measurements.items() if key.startswith("scale/")}))
+    if "T12" in selected:
+        rows.extend(t12(get("open/at_least_once"), "at_least_once"))
+        rows.extend(t12(get("open/exactly_once"), "exactly_once"))
+    rows.append(not_measured("T13"))
     return rows

@@ -17,11 +17,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from bench._workload import STEPS
+from bench._workload import STEPS, long_steps
 from topics import StepKind, Topic, TopicCatalog, create_topics
 
 __all__ = [
     "LOG_APPEND_TIME",
+    "STEP_KINDS",
     "Stamped",
     "create_plain_topics",
     "fresh_prefix",
@@ -29,10 +30,14 @@ __all__ = [
     "path_topics",
     "prepare_catalog_topics",
     "read_topic",
+    "wait_for_keys",
 ]
 
 #: Kafka's record timestamp type set by the broker when it appends the record.
 LOG_APPEND_TIME = 1
+
+#: The step kinds of the suite's workflows (their request topics are on a run's path).
+STEP_KINDS = tuple(sorted({kind for _, kind in (*STEPS, *long_steps())}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +80,9 @@ def fresh_prefix(label: str) -> str:
 
 def path_topics(catalog: TopicCatalog) -> list[Topic]:
     """The topics a run's path goes through: tasks, the step kinds used, results."""
-    kinds = sorted({kind for _, kind in STEPS})
     return [
         catalog.tasks,
-        *(catalog.steps(StepKind(kind)) for kind in kinds),
+        *(catalog.steps(StepKind(kind)) for kind in STEP_KINDS),
         catalog.step_results,
         catalog.results,
     ]
@@ -173,5 +177,40 @@ async def read_topic(
                 )
         found.sort(key=lambda s: s.partition)
         return found
+    finally:
+        await consumer.stop()
+
+
+async def wait_for_keys(
+    bootstrap: str, topic: str, partitions: int, keys: set[bytes], *, timeout_s: float
+) -> int:
+    """Follow a topic from its beginning until a record with every one of ``keys`` is on it.
+
+    Records are counted as the broker serves them under ``read_committed``; values are not
+    decoded.
+
+    Returns:
+        How many of ``keys`` were seen (all of them, unless the timeout came first).
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=8 << 20,
+        fetch_max_bytes=64 << 20,
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        seen: set[bytes] = set()
+        deadline = time.monotonic() + timeout_s
+        while len(seen) < len(keys) and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            for records in batch.values():
+                seen.update(r.key for r in records if r.key in keys)
+        return len(seen)
     finally:
         await consumer.stop()

@@ -15,6 +15,11 @@ The names, each in milliseconds:
 - ``dispatch``: the first request's append time minus the task's.
 - ``completion``: the run result's append time minus the last step result's.
 - ``run``: ``run_completed`` minus ``run_started``, from the run events (coordinator clock).
+
+For T6, ``orchestration_shares``: per run, (wall time - the sum of its steps' times) / that
+sum, the wall time from the task's append to the result's (broker clock), each step's time
+its processor's ``finished_at - started_at``. For T10, ``transitions``: the overhead and the
+gap into each step of one long linear run, by position.
 """
 
 from __future__ import annotations
@@ -23,7 +28,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-__all__ = ["RequestStamp", "ResultStamp", "RunLatencies", "RunStamp", "run_latencies"]
+__all__ = [
+    "OrchestrationShares",
+    "RequestStamp",
+    "ResultStamp",
+    "RunLatencies",
+    "RunStamp",
+    "Transitions",
+    "orchestration_shares",
+    "run_latencies",
+    "transitions",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,3 +159,104 @@ def run_latencies(
         if not complete:
             out.incomplete_runs += 1
     return out
+
+
+@dataclass
+class OrchestrationShares:
+    """T6's samples: per complete run, orchestration time over step time (a fraction)."""
+
+    shares: list[float] = field(default_factory=list)
+    wall_ms: list[float] = field(default_factory=list)
+    steps_ms: list[float] = field(default_factory=list)
+    incomplete_runs: int = 0
+
+
+def orchestration_shares(
+    order: Sequence[str],
+    run_ids: Iterable[str],
+    results: Iterable[ResultStamp],
+    runs: Iterable[RunStamp],
+) -> OrchestrationShares:
+    """(run wall time - sum of step times) / sum of step times, per run.
+
+    The wall time runs from the task's append to the run result's append (broker clock,
+    1 ms); a step's time is its first attempt's ``finished_at - started_at`` (processor
+    clock). A run missing its task, its result or a step's first result is counted
+    incomplete and left out.
+    """
+    wanted = set(run_ids)
+    spans: dict[tuple[str, str], float] = {}
+    for result in results:
+        if result.run_id in wanted and result.attempt == 1:
+            key = (result.run_id, result.step)
+            if key not in spans:
+                spans[key] = (result.finished_at - result.started_at).total_seconds() * 1000
+    out = OrchestrationShares()
+    ends = {r.run_id: r for r in runs if r.run_id in wanted}
+    for run_id in sorted(wanted):
+        stamp = ends.get(run_id)
+        steps = [spans.get((run_id, step)) for step in order]
+        if (
+            stamp is None
+            or stamp.task_appended_ms is None
+            or stamp.result_appended_ms is None
+            or any(s is None for s in steps)
+        ):
+            out.incomplete_runs += 1
+            continue
+        total = sum(s for s in steps if s is not None)
+        wall = float(stamp.result_appended_ms - stamp.task_appended_ms)
+        if total <= 0:
+            out.incomplete_runs += 1
+            continue
+        out.wall_ms.append(wall)
+        out.steps_ms.append(total)
+        out.shares.append((wall - total) / total)
+    return out
+
+
+@dataclass
+class Transitions:
+    """The transitions into each step of one linear run, by position (``None``: missing).
+
+    ``overhead_ms[i]`` is step ``i + 1``'s request appended minus step ``i``'s result
+    appended (broker clock, 1 ms); ``gap_ms[i]`` is step ``i + 1``'s ``started_at`` minus
+    step ``i``'s ``finished_at`` (processor clock, 1 µs).
+    """
+
+    overhead_ms: list[float | None]
+    gap_ms: list[float | None]
+
+
+def transitions(
+    order: Sequence[str],
+    run_id: str,
+    requests: Iterable[RequestStamp],
+    results: Iterable[ResultStamp],
+) -> Transitions:
+    """The transitions of one run of a linear workflow, first attempts only."""
+    asked: dict[str, int] = {}
+    done: dict[str, ResultStamp] = {}
+    for request in requests:
+        if request.run_id == run_id and request.attempt == 1:
+            asked.setdefault(request.step, request.appended_ms)
+    for result in results:
+        if result.run_id == run_id and result.attempt == 1:
+            done.setdefault(result.step, result)
+    overhead: list[float | None] = []
+    gap: list[float | None] = []
+    for before, after in zip(order, order[1:], strict=False):
+        finished = done.get(before)
+        requested = asked.get(after)
+        started = done.get(after)
+        overhead.append(
+            float(requested - finished.appended_ms)
+            if finished is not None and requested is not None
+            else None
+        )
+        gap.append(
+            (started.started_at - finished.finished_at).total_seconds() * 1000
+            if finished is not None and started is not None
+            else None
+        )
+    return Transitions(overhead, gap)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -32,12 +33,15 @@ from topics import TopicCatalog
 __all__ = [
     "Broker",
     "CpuMeter",
+    "FaustPipeProcess",
     "ManagedProcess",
     "RawPipeProcess",
     "WorkerProcess",
     "broker",
     "free_port",
+    "health",
     "machine",
+    "rss_bytes",
 ]
 
 
@@ -170,7 +174,11 @@ def _clean_env(**more: str) -> dict[str, str]:
 class WorkerProcess(ManagedProcess):
     """One ``baton worker`` (coordinator and processors) for one topic prefix.
 
-    ``settings`` are more ``BATON_*`` variables for it (``BATON_CACHE_TTL``, ...).
+    ``settings`` are more ``BATON_*`` variables for it (``BATON_CACHE_TTL``, ...);
+    ``processors`` is its ``--processors`` option (all kinds when ``None``), ``coordinator``
+    off adds ``--no-coordinator`` (no HTTP API then); ``web_port`` a port to reuse (a
+    restarted worker keeps its port: with its worker id it names the worker's static group
+    membership).
     """
 
     def __init__(
@@ -183,9 +191,13 @@ class WorkerProcess(ManagedProcess):
         guarantee: str,
         worker_id: str,
         settings: Mapping[str, str] | None = None,
+        processors: str | None = None,
+        web_port: int | None = None,
+        coordinator: bool = True,
     ) -> None:
         self.catalog = catalog
-        self.web_port = free_port()
+        self.web_port = web_port or free_port()
+        self.worker_id = worker_id
         env = _clean_env(
             BATON_BOOTSTRAP=bootstrap,
             BATON_TOPIC_PREFIX=catalog.prefix,
@@ -197,20 +209,41 @@ class WorkerProcess(ManagedProcess):
             BATON_PROCESSING_GUARANTEE=guarantee,
             **(settings or {}),
         )
-        super().__init__(
-            f"worker {worker_id}",
-            [_baton(), "worker", "--loglevel", "warn"],
-            env,
-            home / f"worker-{worker_id}.log",
-        )
+        argv = [_baton(), "worker", "--loglevel", "warn"]
+        if processors is not None:
+            argv += ["--processors", processors]
+        if not coordinator:
+            argv.append("--no-coordinator")
+        super().__init__(f"worker {worker_id}", argv, env, home / f"worker-{worker_id}.log")
 
-    async def wait_ready(self, step_topics: list[str], timeout_s: float = 90.0) -> None:
+    @property
+    def health_url(self) -> str:
+        """Its ``/healthz``."""
+        return f"http://127.0.0.1:{self.web_port}/healthz"
+
+    def kill(self) -> None:
+        """SIGKILL, and wait until it is gone (a crash: nothing is flushed or closed)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    async def written(self) -> dict[str, int]:
+        """What its coordinator has written to its own topics (``/healthz`` ``written``)."""
+        async with httpx.AsyncClient() as http:
+            answer = await health(http, self.health_url)
+        found = answer.get("written", {}) if answer else {}
+        return {str(k): int(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+    async def wait_ready(
+        self, step_topics: list[str], timeout_s: float = 90.0, poll_s: float = 0.25
+    ) -> None:
         """Until the coordinator owns every partition and the processors read ``step_topics``.
 
         Raises:
             RuntimeError: It exited, or was not ready in time (with the end of its log).
         """
-        url = f"http://127.0.0.1:{self.web_port}/healthz"
+        url = self.health_url
         deadline = time.monotonic() + timeout_s
         async with httpx.AsyncClient() as http:
             while time.monotonic() < deadline:
@@ -221,7 +254,7 @@ class WorkerProcess(ManagedProcess):
                     reading = set(health.get("processing", []))
                     if owned == self.catalog.partitions and set(step_topics) <= reading:
                         return
-                await asyncio.sleep(0.25)
+                await asyncio.sleep(poll_s)
         raise RuntimeError(f"{self.name} not ready after {timeout_s} s:\n{self.log_tail()}")
 
 
@@ -262,6 +295,68 @@ class RawPipeProcess(ManagedProcess):
                 return
             await asyncio.sleep(0.1)
         raise RuntimeError(f"raw pipe not ready after {timeout_s} s:\n{self.log_tail()}")
+
+
+async def health(http: httpx.AsyncClient, url: str) -> dict[str, Any] | None:
+    """A worker's ``/healthz`` answer, or ``None`` when it does not answer (yet)."""
+    try:
+        answer = (await http.get(url, timeout=2)).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    return answer if isinstance(answer, dict) else None
+
+
+class FaustPipeProcess(ManagedProcess):
+    """The B2 bare-Faust pipe (``python -m bench._faustpipe``) for one topic prefix."""
+
+    def __init__(self, *, bootstrap: str, prefix: str, hops: int, partitions: int, home: Path):
+        self.ready_file = home / f"faustpipe-{prefix}.ready"
+        super().__init__(
+            "faust pipe",
+            [
+                sys.executable,
+                "-m",
+                "bench._faustpipe",
+                "--bootstrap",
+                bootstrap,
+                "--prefix",
+                prefix,
+                "--hops",
+                str(hops),
+                "--partitions",
+                str(partitions),
+                "--datadir",
+                str(home / "faust-data"),
+                "--ready-file",
+                str(self.ready_file),
+            ],
+            _clean_env(),
+            home / f"faustpipe-{prefix}.log",
+        )
+
+    async def wait_ready(self, timeout_s: float = 90.0) -> None:
+        """Until its agents have their partitions.
+
+        Raises:
+            RuntimeError: It exited, or was not ready in time.
+        """
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.check_alive()
+            if self.ready_file.exists():
+                return
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"faust pipe not ready after {timeout_s} s:\n{self.log_tail()}")
+
+
+def rss_bytes(pid: int | None) -> float | None:
+    """A process's resident memory now (psutil), or ``None`` when it cannot be read."""
+    if pid is None:
+        return None
+    try:
+        return float(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
+        return None
 
 
 @dataclass

@@ -22,9 +22,13 @@ __all__ = [
     "CostRepetition",
     "CostSettings",
     "CpuShare",
+    "CrashOutcome",
     "Figure",
     "Histogram",
+    "InflightLevel",
+    "InflightSettings",
     "Latency",
+    "LongRunRepetition",
     "Machine",
     "Measurement",
     "OpenLoopSettings",
@@ -224,11 +228,121 @@ class CostSettings(_Model):
     cache: str = Field(description="Whether the worker's response cache was on, and its TTL.")
 
 
+class InflightLevel(_Model):
+    """One level of T5's ramp: N runs kept in flight, a new run submitted per result."""
+
+    in_flight: int = Field(description="Runs kept in flight (submitted, no result yet).")
+    settle_s: float = Field(description="Seconds at this level before the window opened.")
+    window_s: float = Field(description="Seconds the window lasted.")
+    completed: int = Field(description="Runs that completed inside the window.")
+    rate_per_s: float = Field(description="completed / window_s.")
+    mean_steps_ms: float = Field(
+        description="Mean, over those runs, of the sum of their steps' processor times "
+        "(StepSummary.duration_ms): the run time at zero orchestration cost."
+    )
+    mean_run_ms: float = Field(
+        description="Mean, over those runs, of submission to result read by the client."
+    )
+    ideal_rate_per_s: float = Field(description="in_flight / mean_steps_ms.")
+    fraction: float = Field(description="rate_per_s / ideal_rate_per_s.")
+    keeps_ideal: bool = Field(description="fraction >= the threshold.")
+    rss_bytes: float = Field(description="Median resident memory of the worker in the window.")
+    rss_per_run_kib: float = Field(
+        description="(rss_bytes - the baseline before the ramp) / in_flight, in KiB."
+    )
+    cpu_percent: dict[str, float] = Field(default_factory=dict, description="By role.")
+    unfinished: dict[str, int] = Field(
+        default_factory=dict, description="Runs that ended in the window without completing."
+    )
+
+
+class InflightSettings(_Model):
+    """How T5's ramp was run."""
+
+    levels: list[int] = Field(description="In-flight levels planned, lowest first.")
+    threshold: float = Field(description="Share of the ideal rate a level must keep.")
+    settle_s: float
+    window_s: float
+    workflow: str
+    route: str
+    latency_median_ms: float
+    latency_sigma: float
+    model_mean_step_ms: float = Field(
+        description="The model's mean latency per llm step, median * exp(sigma^2 / 2)."
+    )
+    processor_concurrency: int = Field(description="BATON_PROCESSOR_CONCURRENCY of the worker.")
+    rss_baseline_bytes: float = Field(
+        description="Median resident memory of the worker after warm-up, nothing in flight."
+    )
+    stopped: str = Field(description="Why the ramp ended.")
+
+
+class CrashOutcome(_Model):
+    """T8: what a kill -9 of a worker holding N runs did, and how its restart recovered.
+
+    Times are seconds; ``None`` when the moment never came before the bench gave up.
+    """
+
+    runs: int = Field(description="Runs submitted.")
+    guarantee: str
+    held_at_kill: int = Field(description="Runs with no result when the worker was killed.")
+    held_by: str = Field(description="What held the runs (which step, which processors ran).")
+    submit_to_held_s: float = Field(
+        description="First submission -> every run's held step request on its topic."
+    )
+    ready_s: float | None = Field(
+        description="Restart -> /healthz shows every partition owned and every step topic read."
+    )
+    resume_s: float | None = Field(
+        description="Restart -> the first step request of an old run appended by the restarted "
+        "coordinator (broker clock)."
+    )
+    first_step_result_s: float | None = Field(
+        default=None,
+        description="Restart -> the first step result of an old run appended (broker clock).",
+    )
+    first_result_s: float | None = Field(
+        description="Restart -> the first old run's result read by the client."
+    )
+    all_results_s: float | None = Field(
+        description="Restart -> the last old run's result read by the client."
+    )
+    results: int = Field(description="Runs with at least one result on `results`.")
+    lost: int = Field(description="Runs with no result when the bench stopped waiting.")
+    duplicates: int = Field(description="Runs with more than one result record.")
+    result_records: int = Field(description="Result records of these runs (read_committed).")
+    unfinished: dict[str, int] = Field(
+        default_factory=dict, description="Runs that ended without completing, by status."
+    )
+    first_problem: str | None = None
+
+
+class LongRunRepetition(_Model):
+    """T10: one run of the long linear workflow, its transitions by position."""
+
+    steps: int
+    completed: bool
+    elapsed_s: float
+    overhead_ms: list[float | None] = Field(
+        description="Into steps 2..N: request appended - previous result appended (broker)."
+    )
+    gap_ms: list[float | None] = Field(
+        description="Into steps 2..N: started_at - previous finished_at (processor clock)."
+    )
+    window: int = Field(description="Transitions compared at each end.")
+    first_ms: float | None = Field(description="Median overhead of the first `window`.")
+    last_ms: float | None = Field(description="Median overhead of the last `window`.")
+    ratio: float | None = Field(description="last_ms / first_ms.")
+    gap_first_ms: float | None = None
+    gap_last_ms: float | None = None
+    gap_ratio: float | None = None
+
+
 class Measurement(_Model):
     """What one subject (baton with a guarantee, the raw pipe, the codec, a T9 arm) did."""
 
     key: str
-    kind: Literal["closed_loop", "open_loop", "micro", "cost"]
+    kind: Literal["closed_loop", "open_loop", "micro", "cost", "inflight", "crash", "long_run"]
     subject: str
     guarantee: str | None = None
     process_role: str | None = Field(
@@ -255,6 +369,11 @@ class Measurement(_Model):
         default_factory=list, description="T9: each repetition's cost and judged quality."
     )
     cost_settings: CostSettings | None = None
+    workers: int | None = Field(default=None, description="T11: worker processes in the group.")
+    inflight: list[InflightLevel] = Field(default_factory=list, description="T5: the ramp.")
+    inflight_settings: InflightSettings | None = None
+    crash: CrashOutcome | None = None
+    long_runs: list[LongRunRepetition] = Field(default_factory=list, description="T10.")
     notes: list[str] = Field(default_factory=list)
 
 
@@ -292,6 +411,14 @@ class SuiteSettings(_Model):
     load_fraction: float
     payload_bytes: int
     cost_tasks: int = Field(default=0, description="T9: tasks per question set.")
+    t5_levels: list[int] = Field(default_factory=list, description="T5: in-flight levels.")
+    t5_settle_s: float = 0.0
+    t5_window_s: float = 0.0
+    t6_rate_per_s: float = Field(default=0.0, description="T6: runs submitted per second.")
+    t8_runs: int = Field(default=0, description="T8: runs held when the worker is killed.")
+    t10_steps: int = Field(default=0, description="T10: steps of the long run.")
+    t11_workers: list[int] = Field(default_factory=list, description="T11: group sizes.")
+    t11_runs: int = Field(default=0, description="T11: runs per closed-loop repetition.")
 
 
 class WorkloadInfo(_Model):

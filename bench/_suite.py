@@ -4,13 +4,18 @@ Order of a full run:
 
 1. T7, the codec micro-benchmark, before anything else runs on the machine.
 2. A local broker (unless ``BATON_BOOTSTRAP``), then the closed-loop subjects together:
-   the raw pipe (B1) and one baton worker per guarantee, each on a fresh topic prefix. All
-   warm up, then repetitions run round-robin (rotated each round), so slow drifts in the
+   the raw pipe (B1), bare Faust (B2), LangGraph durable and in memory (P1, in this
+   process) and one baton worker per guarantee, each on a fresh topic prefix. All warm
+   up, then repetitions run round-robin (rotated each round), so slow drifts in the
    machine's load touch every subject alike.
-3. The open-loop subjects: a fresh worker per guarantee, loaded at ``load_fraction`` of the
-   runs/s its guarantee reached in step 2, repetitions round-robin again. Their topics are
-   read back afterwards for the latencies.
-4. T9 (``bench._cost``): two workers, always-strong and routed + cached, on a labelled
+3. The open-loop subjects: a fresh worker per guarantee. T3 (and T12): loaded at
+   ``load_fraction`` of the runs/s its guarantee reached in step 2, repetitions
+   round-robin; then T6 (a 500 ms model at a low fixed rate) and T10 (one 200-step run
+   at a time) on the same workers. Their topics are read back afterwards, once.
+4. T5 (``bench._inflight``): one worker, runs kept in flight on an 800 ms model, ramped.
+5. T8 (``bench._crash``): a worker holding N runs is killed with SIGKILL and restarted.
+6. T11 (``bench._scaling``): 1, 2, then 3 workers in one group, closed loop.
+7. T9 (``bench._cost``): two workers, always-strong and routed + cached, on a labelled
    mixed workload served by a loopback model server; question sets round-robin.
 """
 
@@ -32,12 +37,16 @@ from pathlib import Path
 
 from bench._codec import measure_codec
 from bench._cost import CostPlan, measure_cost
+from bench._crash import CrashPlan, measure_crash
 from bench._figures import all_figures, busy_machine_notes
+from bench._inflight import InflightPlan, measure_inflight
 from bench._latency import run_latencies
+from bench._overhead import t6_measurement, t10_measurement
+from bench._peer import PeerSubject, missing_dependency
 from bench._plan import MEASURED, Plan, plan
 from bench._processes import broker, machine
 from bench._questions import MixSpec
-from bench._readback import read_back
+from bench._readback import Readback, read_back
 from bench._report import (
     Latency,
     Measurement,
@@ -47,20 +56,38 @@ from bench._report import (
     SuiteSettings,
     WorkloadInfo,
 )
+from bench._scaling import ScalingPlan, measure_scaling
 from bench._schedule import OpenLoopSchedule, latencies_from_schedule
 from bench._stats import cpu_shares, histogram, percentiles, spread
-from bench._subjects import BatonSubject, Bench, OpenLoopRun, RawPipeSubject, Subject
+from bench._subjects import (
+    BatonSubject,
+    Bench,
+    FaustPipeSubject,
+    OpenLoopRun,
+    RawPipeSubject,
+    Subject,
+)
 from bench._workload import (
     EVENTS_DEFINITION,
     EVENTS_PER_RUN,
+    FIXED_WORKFLOW,
+    LONG_STEPS,
+    LONG_WORKFLOW,
     PAYLOAD_BYTES,
     ROUTE,
     STEPS,
     WORKFLOW_NAME,
+    long_steps,
     write_files,
 )
 
-__all__ = ["Options", "run_suite"]
+__all__ = ["T5_LEVELS", "T5_QUICK_LEVELS", "T6_RATE", "Options", "run_suite"]
+
+#: T5's in-flight levels, full and quick; the ramp stops at the first that misses.
+T5_LEVELS = (50, 100, 250, 500, 1000, 2000, 4000)
+T5_QUICK_LEVELS = (25, 50, 100)
+#: T6's open-loop rate (runs/s): a light load, a few runs in flight.
+T6_RATE = 5.0
 
 _LATENCY_DEFINITIONS = {
     "step_overhead": "next step's request appended - this step's result appended "
@@ -97,6 +124,8 @@ class Options:
         warmup_runs: Closed-loop runs before measuring (None: 30 quick, 300 full).
         load_fraction: Open-loop rate as a fraction of the closed-loop maximum.
         tasks: T9 tasks per question set (None: 100 quick, 200 full).
+        t5_levels: T5's in-flight levels (None: 25, 50, 100 quick; 50 ... 4000 full).
+        t8_runs: T8's runs held by the killed worker (None: 300 quick, 3000 full).
         plot: Write the PNG plot.
         command: The command line, recorded in the report.
     """
@@ -111,6 +140,8 @@ class Options:
     warmup_runs: int | None = None
     load_fraction: float = 0.3
     tasks: int | None = None
+    t5_levels: tuple[int, ...] | None = None
+    t8_runs: int | None = None
     plot: bool = True
     command: str = "python -m bench"
 
@@ -129,6 +160,14 @@ class Options:
             load_fraction=self.load_fraction,
             payload_bytes=PAYLOAD_BYTES,
             cost_tasks=self.tasks or (100 if self.quick else 200),
+            t5_levels=list(self.t5_levels or (T5_QUICK_LEVELS if self.quick else T5_LEVELS)),
+            t5_settle_s=4.0 if self.quick else 8.0,
+            t5_window_s=6.0 if self.quick else 15.0,
+            t6_rate_per_s=T6_RATE,
+            t8_runs=self.t8_runs or (300 if self.quick else 3000),
+            t10_steps=LONG_STEPS,
+            t11_workers=[1, 2, 3],
+            t11_runs=max(50, (self.runs or (200 if self.quick else 2000)) // 4),
         )
 
     @property
@@ -217,10 +256,19 @@ async def _kafka_phases(
     bench: Bench, chosen: Plan, settings: SuiteSettings, progress: _Progress
 ) -> None:
     # A phase that fails is reported as such (its figures say "failed"); the next still runs.
-    if chosen.raw_pipe or chosen.closed:
+    if chosen.closed_phase:
         subjects: list[Subject] = []
         if chosen.raw_pipe:
             subjects.append(RawPipeSubject(bench))
+        if chosen.faust_pipe:
+            subjects.append(FaustPipeSubject(bench))
+        if chosen.peer:
+            missing = missing_dependency()
+            if missing is None:
+                subjects.extend(PeerSubject(bench, durable) for durable in (True, False))
+            else:
+                progress.say(missing)
+                progress.notes.append(missing)
         subjects.extend(BatonSubject(bench, g, "closed") for g in chosen.closed)
         try:
             await _closed_phase(subjects, settings, progress)
@@ -228,9 +276,38 @@ async def _kafka_phases(
             _phase_failed("closed loop", exc, progress)
     if chosen.open:
         try:
-            await _open_phase(bench, chosen.open, settings, progress)
+            await _open_phase(bench, chosen, settings, progress)
         except Exception as exc:
             _phase_failed("open loop", exc, progress)
+    if chosen.inflight:
+        try:
+            inflight = InflightPlan(
+                levels=tuple(settings.t5_levels),
+                settle_s=settings.t5_settle_s,
+                window_s=settings.t5_window_s,
+                warmup_runs=max(10, settings.warmup_runs // 2),
+            )
+            measurement = await measure_inflight(bench, inflight, progress.say)
+            progress.measurements[measurement.key] = measurement
+        except Exception as exc:
+            _phase_failed("T5", exc, progress)
+    if chosen.crash:
+        try:
+            measurement = await measure_crash(bench, CrashPlan(runs=settings.t8_runs), progress.say)
+            progress.measurements[measurement.key] = measurement
+        except Exception as exc:
+            _phase_failed("T8", exc, progress)
+    if chosen.scaling:
+        try:
+            scaling = ScalingPlan(
+                workers=tuple(settings.t11_workers),
+                runs=settings.t11_runs,
+                repetitions=settings.repetitions,
+                warmup_runs=max(10, settings.warmup_runs // 3),
+            )
+            progress.measurements.update(await measure_scaling(bench, scaling, progress.say))
+        except Exception as exc:
+            _phase_failed("T11", exc, progress)
     if chosen.cost:
         try:
             cost = CostPlan(
@@ -284,9 +361,10 @@ async def _closed_phase(
                     label = f"r{round_}p{pass_}"
                     rep = await subject.closed_loop(settings.closed_loop_runs, label)
                     reps[subject.key].append(rep)
+                    rate = f"{rep.events_per_s:,.0f} events/s, " if subject.counts_events else ""
                     say(
                         f"  round {round_ + 1}/{settings.repetitions} {subject.key}: "
-                        f"{rep.events_per_s:,.0f} events/s, {rep.runs_per_s:,.1f} runs/s "
+                        f"{rate}{rep.runs_per_s:,.1f} runs/s "
                         f"({rep.completed_runs}/{rep.runs} in {rep.elapsed_s:.2f} s)"
                     )
     finally:
@@ -298,30 +376,35 @@ async def _closed_phase(
 
 
 def _closed_measurement(subject: Subject, reps: list[Repetition]) -> Measurement:
-    baton = isinstance(subject, BatonSubject)
     return Measurement(
         key=subject.key,
         kind="closed_loop",
-        subject="baton" if baton else "raw_pipe",
-        guarantee=subject.guarantee if isinstance(subject, BatonSubject) else "at_least_once",
+        subject=subject.kind,
+        guarantee=subject.guarantee,
         process_role=subject.role,
-        topic_prefix=getattr(subject, "prefix", None),
-        warmup_runs=getattr(subject, "warmup_runs", 0),
+        topic_prefix=subject.prefix or None,
+        warmup_runs=subject.warmup_runs,
         repetitions=reps,
         runs_per_s=spread([r.runs_per_s for r in reps]) if reps else None,
-        events_per_s=spread([r.events_per_s for r in reps]) if reps else None,
+        events_per_s=spread([r.events_per_s for r in reps])
+        if reps and subject.counts_events
+        else None,
         cpu=cpu_shares(reps),
+        notes=subject.report_notes(),
     )
 
 
 async def _open_phase(
-    bench: Bench, guarantees: Sequence[str], settings: SuiteSettings, progress: _Progress
+    bench: Bench, chosen: Plan, settings: SuiteSettings, progress: _Progress
 ) -> None:
     say = progress.say
-    subjects = [BatonSubject(bench, g, "open") for g in guarantees]
+    subjects = [BatonSubject(bench, g, "open") for g in chosen.open]
     runs: dict[str, list[OpenLoopRun]] = {s.key: [] for s in subjects}
+    t6_runs: dict[str, list[OpenLoopRun]] = {s.key: [] for s in subjects}
+    t10_runs: dict[str, list[tuple[str, Repetition]]] = {s.key: [] for s in subjects}
     schedules: dict[str, OpenLoopSchedule] = {}
     maxima: dict[str, tuple[float, str]] = {}
+    t6_schedule = OpenLoopSchedule.for_duration(settings.t6_rate_per_s, settings.open_loop_seconds)
     try:
         say(f"open loop: starting {', '.join(s.key for s in subjects)}")
         await asyncio.gather(*(s.setup() for s in subjects))
@@ -329,32 +412,115 @@ async def _open_phase(
             warmup = max(10, settings.warmup_runs // 2)
             say(f"  warm-up {subject.key}: {warmup} runs")
             await subject.warmup(warmup)
-            maxima[subject.key] = await _max_rate(subject, settings, progress)
-            rate = settings.load_fraction * maxima[subject.key][0]
-            schedules[subject.key] = OpenLoopSchedule.for_duration(rate, settings.open_loop_seconds)
-        for round_ in range(settings.repetitions):
-            shift = round_ % len(subjects)
-            for subject in [*subjects[shift:], *subjects[:shift]]:
-                schedule = schedules[subject.key]
-                run = await subject.open_loop(schedule, f"r{round_}")
-                runs[subject.key].append(run)
-                rep = run.repetition
+        if chosen.latency:
+            latency = subjects
+            for subject in latency:
+                maxima[subject.key] = await _max_rate(subject, settings, progress)
+                rate = settings.load_fraction * maxima[subject.key][0]
+                schedules[subject.key] = OpenLoopSchedule.for_duration(
+                    rate, settings.open_loop_seconds
+                )
+            for round_ in range(settings.repetitions):
+                for subject in _rotated(latency, round_):
+                    schedule = schedules[subject.key]
+                    run = await subject.open_loop(schedule, f"r{round_}")
+                    runs[subject.key].append(run)
+                    rep = run.repetition
+                    say(
+                        f"  round {round_ + 1}/{settings.repetitions} {subject.key}: "
+                        f"{schedule.count} runs at {schedule.rate_per_s:.1f}/s, "
+                        f"{rep.completed_runs} completed"
+                    )
+        t6 = [s for s in subjects if s.guarantee in chosen.orchestration]
+        for round_ in range(settings.repetitions if t6 else 0):
+            for subject in _rotated(t6, round_):
+                run = await subject.open_loop(t6_schedule, f"t6r{round_}", FIXED_WORKFLOW)
+                t6_runs[subject.key].append(run)
                 say(
-                    f"  round {round_ + 1}/{settings.repetitions} {subject.key}: "
-                    f"{schedule.count} runs at {schedule.rate_per_s:.1f}/s, "
-                    f"{rep.completed_runs} completed"
+                    f"  T6 round {round_ + 1}/{settings.repetitions} {subject.key}: "
+                    f"{t6_schedule.count} runs of a 500 ms model at {T6_RATE:g}/s, "
+                    f"{run.repetition.completed_runs} completed"
+                )
+        t10 = [s for s in subjects if s.guarantee in chosen.long_run]
+        for round_ in range(settings.repetitions if t10 else 0):
+            for subject in _rotated(t10, round_):
+                label = f"t10r{round_}"
+                rep = await subject.closed_loop(
+                    1, label, LONG_WORKFLOW, events_per_run=1 + 2 * LONG_STEPS
+                )
+                t10_runs[subject.key].append((subject.run_ids(label, 1)[0], rep))
+                say(
+                    f"  T10 round {round_ + 1}/{settings.repetitions} {subject.key}: one "
+                    f"{LONG_STEPS}-step run in {rep.elapsed_s:.1f} s"
                 )
     finally:
         for subject in subjects:
             with contextlib.suppress(Exception):
                 await subject.teardown()
+    long_order = [name for name, _ in long_steps()]
     for subject in subjects:
-        if not runs[subject.key]:
+        every_run = [
+            run_id for run in (*runs[subject.key], *t6_runs[subject.key]) for run_id in run.run_ids
+        ]
+        every_run += [run_id for run_id, _ in t10_runs[subject.key]]
+        if not every_run:
             continue
         say(f"  reading back {subject.key}")
-        progress.measurements[subject.key] = await _open_measurement(
-            bench, subject, runs[subject.key], schedules[subject.key], maxima[subject.key], settings
-        )
+        back = await read_back(bench.broker.bootstrap, subject.catalog, every_run)
+        catalog = subject.catalog
+        roles = {
+            catalog.run_journal.name: "run journal",
+            catalog.run_events.name: "run events",
+            catalog.run_state.name: "run state",
+        }
+        for run in (*runs[subject.key], *t6_runs[subject.key]):
+            for topic, role in roles.items():
+                back.add_shared(
+                    role,
+                    run.written.get(f"{topic}:records", 0),
+                    run.written.get(f"{topic}:bytes", 0),
+                    run.run_ids,
+                )
+        if runs[subject.key]:
+            progress.measurements[subject.key] = _open_measurement(
+                subject,
+                runs[subject.key],
+                schedules[subject.key],
+                maxima[subject.key],
+                settings,
+                back,
+            )
+        if t6_runs[subject.key]:
+            key = f"t6/{subject.guarantee}"
+            progress.measurements[key] = t6_measurement(
+                key,
+                subject.guarantee,
+                subject.role,
+                subject.prefix,
+                [name for name, _ in STEPS],
+                [(run.run_ids, run.repetition) for run in t6_runs[subject.key]],
+                back,
+                settings.t6_rate_per_s,
+            )
+        if t10_runs[subject.key]:
+            key = f"t10/{subject.guarantee}"
+            progress.measurements[key] = t10_measurement(
+                key,
+                subject.guarantee,
+                subject.role,
+                subject.prefix,
+                long_order,
+                t10_runs[subject.key],
+                back,
+            )
+
+
+def _rotated(subjects: Sequence[BatonSubject], round_: int) -> list[BatonSubject]:
+    """The subjects in the order of this round: rotated by one each round."""
+    if not subjects:
+        return []
+    shift = round_ % len(subjects)
+    return [*subjects[shift:], *subjects[:shift]]
 
 
 async def _max_rate(
@@ -370,16 +536,15 @@ async def _max_rate(
     return probe.runs_per_s, f"a {runs}-run closed-loop probe on this worker"
 
 
-async def _open_measurement(
-    bench: Bench,
+def _open_measurement(
     subject: BatonSubject,
     runs: list[OpenLoopRun],
     schedule: OpenLoopSchedule,
     maximum: tuple[float, str],
     settings: SuiteSettings,
+    back: Readback,
 ) -> Measurement:
     every_run = [run_id for run in runs for run_id in run.run_ids]
-    back = await read_back(bench.broker.bootstrap, subject.catalog, every_run)
     order = [name for name, _ in STEPS]
     per_name: dict[str, list[list[float]]] = {}
     incomplete = retried = 0
@@ -408,7 +573,7 @@ async def _open_measurement(
             )
         )
     lateness = [s * 1000 for run in runs for s in run.lateness_s]
-    records, sizes = back.per_run()
+    records, sizes = back.per_run(every_run)
     notes = []
     if incomplete:
         notes.append(f"{incomplete} run(s) were missing a record when read back")

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from bench._report import Figure, Report, Spread, Target
+from bench._report import Figure, Measurement, Report, Spread, Target
 
 __all__ = ["format_spread", "format_value", "render"]
 
@@ -108,6 +108,26 @@ def render(report: Report, console: Console) -> None:
             cpu.add_row(Text(key), Text(shares))
     if cpu.rows:
         console.print(cpu)
+    for measurement in report.measurements.values():
+        if measurement.inflight:
+            console.print(_ramp_table(measurement))
+    for key, measurement in report.measurements.items():
+        crash = measurement.crash
+        if crash is not None:
+            console.print(
+                f"{key}: {crash.runs} runs held; after the restart: ready {_s(crash.ready_s)}, "
+                f"next step dispatched {_s(crash.resume_s)}, first result "
+                f"{_s(crash.first_result_s)}, last {_s(crash.all_results_s)}; "
+                f"{crash.lost} lost, {crash.duplicates} duplicated",
+                highlight=False,
+            )
+        for index, run in enumerate(measurement.long_runs):
+            console.print(
+                f"{key} run {index + 1}: {run.steps} steps in {run.elapsed_s:.1f} s; median "
+                f"overhead first {run.window} {_ms(run.first_ms)}, last {run.window} "
+                f"{_ms(run.last_ms)}",
+                highlight=False,
+            )
     for key, measurement in report.measurements.items():
         if measurement.bytes_per_run:
             total = measurement.bytes_per_run.get("total", 0.0)
@@ -120,3 +140,28 @@ def render(report: Report, console: Console) -> None:
             console.print(Text(f"{key}: {note}", style="yellow"))
     for note in report.notes:
         console.print(Text(note, style="yellow"))
+
+
+def _s(value: float | None) -> str:
+    return "never" if value is None else f"{value:.1f} s"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def _ramp_table(measurement: Measurement) -> Table:
+    """T5's ramp, a row per level."""
+    table = Table(title=f"{measurement.key}: runs kept in flight", title_justify="left")
+    for column in ("in flight", "runs/s", "ideal runs/s", "share", "mean run", "RSS per run"):
+        table.add_column(column, justify="right")
+    for level in measurement.inflight:
+        table.add_row(
+            f"{level.in_flight:,}",
+            f"{level.rate_per_s:,.1f}",
+            f"{level.ideal_rate_per_s:,.1f}",
+            Text(f"{level.fraction:.0%}", style="green" if level.keeps_ideal else "red"),
+            f"{level.mean_run_ms:,.0f} ms",
+            f"{level.rss_per_run_kib:,.1f} KiB",
+        )
+    return table

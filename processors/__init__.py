@@ -41,17 +41,29 @@ from processors._provider import (
     ToolResultMessage,
 )
 from processors._retrieve import RetrieveParams, RetrieveProcessor
+from processors._sandbox import (
+    MAX_TEMPLATE_CALL_DEPTH,
+    MAX_TEMPLATE_CHARS,
+    MAX_TEMPLATE_DEPTH,
+    MAX_TEMPLATE_INT_BITS,
+    MAX_TEMPLATE_STEPS,
+    TEMPLATE_TIME_BUDGET_S,
+)
 from processors._scripted import ScriptedProvider
 from processors._templates import (
+    TEMPLATE_GLOBALS,
     Expression,
     Template,
     TemplateError,
+    TemplateLimitExceeded,
     TemplateRenderError,
     compile_expression,
     compile_template,
     is_template,
     references,
     render_value,
+    step_reads,
+    template_budget,
 )
 from processors._tool import ToolParams, ToolProcessor
 from processors._tools import (
@@ -67,6 +79,13 @@ from processors._transform import TransformParams, TransformProcessor
 from processors._validate import ValidateParams, ValidateProcessor, ValidateRule
 
 __all__ = [
+    "MAX_TEMPLATE_CALL_DEPTH",
+    "MAX_TEMPLATE_CHARS",
+    "MAX_TEMPLATE_DEPTH",
+    "MAX_TEMPLATE_INT_BITS",
+    "MAX_TEMPLATE_STEPS",
+    "TEMPLATE_GLOBALS",
+    "TEMPLATE_TIME_BUDGET_S",
     "AgentParams",
     "AgentProcessor",
     "AnthropicProvider",
@@ -103,6 +122,7 @@ __all__ = [
     "StepOutput",
     "Template",
     "TemplateError",
+    "TemplateLimitExceeded",
     "TemplateRenderError",
     "ToolCall",
     "ToolCallMessage",
@@ -138,4 +158,6 @@ __all__ = [
     "load_tools",
     "references",
     "render_value",
+    "step_reads",
+    "template_budget",
 ]

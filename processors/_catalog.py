@@ -25,7 +25,7 @@ from pydantic import (
 
 from processors._errors import UnknownRoute
 from processors._templates import TemplateError, compile_template, is_template
-from topics import ConfigurationError
+from topics import ConfigurationError, load_yaml
 
 __all__ = [
     "DEFAULT_ANTHROPIC_MAX_TOKENS",
@@ -278,7 +278,7 @@ def load_model_catalog(path: str | Path) -> ModelCatalog:
     except OSError as exc:
         raise ConfigurationError(f"cannot read model catalog {path}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text, origin=str(path))
     except yaml.YAMLError as exc:
         raise ConfigurationError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):

@@ -21,9 +21,13 @@ The branch decides what happens next: the processor retries retryable errors in-
      │    ├── ToolRequestRefused     the rendered request would leave the configured host: not sent
      │    ├── ToolFailed             a python tool raised, or an answer has the wrong shape
      │    ├── UnknownTool            a tool name the registry lacks (an agent's model may ask)
-     │    └── UnknownSource          a retrieval source the registry lacks
+     │    ├── UnknownSource          a retrieval source the registry lacks
+     │    └── TemplateRenderError    a template failed while rendering: a missing value, a type
+     │         │                     error
+     │         └── TemplateLimitExceeded  it went over a sandbox limit (size, time, ...): named
      └── ConfigurationError          (topics) a mistake in config: fix it, never retried
-          └── UnknownRoute           a route name the model catalog does not have
+          ├── UnknownRoute           a route name the model catalog does not have
+          └── TemplateError          a template or expression that does not compile
 
 A step result names the error by its class name (``StepError.error_class``). An exception that
 is none of these is a bug: ``execute`` reports it as ``InternalError``, not retryable.
@@ -43,6 +47,9 @@ __all__ = [
     "ProviderRejected",
     "ProviderTimeout",
     "ProviderUnavailable",
+    "TemplateError",
+    "TemplateLimitExceeded",
+    "TemplateRenderError",
     "ToolFailed",
     "ToolRateLimited",
     "ToolRejected",
@@ -182,3 +189,15 @@ class UnknownTool(PermanentError):
 
 class UnknownSource(PermanentError):
     """A retrieval source name the registry does not have."""
+
+
+class TemplateError(ConfigurationError):
+    """A template or expression that does not compile (found when a workflow is loaded)."""
+
+
+class TemplateRenderError(PermanentError):
+    """A template that failed while rendering: a missing value, a type error, a limit."""
+
+
+class TemplateLimitExceeded(TemplateRenderError):
+    """A template went over one of the sandbox's limits; the message names the limit."""

@@ -46,13 +46,17 @@ from processors._provider import (
 from processors._schema import check_schema, schema_problems
 from processors._scripted import ScriptedProvider
 from topics import (
+    MAX_JSON_BYTES,
+    MAX_JSON_DEPTH,
     CachedToolCall,
     CacheEntry,
     ConfigurationError,
+    JsonLimitExceeded,
     RetryableError,
     StepKind,
     StepRequested,
     Usage,
+    check_json,
 )
 
 __all__ = [
@@ -326,7 +330,25 @@ class ModelClient:
             self.breakers.after_call(endpoint, route.breaker_failures, None)
             return result
 
-        completion: Completion = await retrying(guarded)
+        # Most calls succeed at once: tenacity is entered only after a first retryable
+        # failure, which it is handed as its first attempt's outcome (no extra call), so
+        # the attempts, waits and logs are exactly those of retrying from the start.
+        first: RetryableError | None = None
+        try:
+            completion = await guarded()
+        except RetryableError as exc:
+            if isinstance(exc, CircuitOpen):
+                raise
+            first = exc
+        if first is not None:
+            pending: list[RetryableError] = [first]
+
+            async def again() -> Completion:
+                if pending:
+                    raise pending.pop()
+                return await guarded()
+
+            completion = await retrying(again)
         usage = Usage(
             input_tokens=completion.input_tokens,
             output_tokens=completion.output_tokens,
@@ -459,12 +481,13 @@ def structured_answer(text: str, schema: Mapping[str, JsonValue], usage: Usage) 
     """The JSON in an answer, checked against the step's output schema.
 
     Raises:
-        OutputSchemaViolation: The answer is not JSON, or does not match ``schema``; it
-            carries ``usage``, as the call was billed all the same.
+        OutputSchemaViolation: The answer is not JSON, is over the JSON limits (the message
+            names the limit), or does not match ``schema``; it carries ``usage``, as the call
+            was billed all the same.
     """
     try:
         answer = parse_json_answer(text)
-    except ValueError as exc:
+    except (ValueError, JsonLimitExceeded) as exc:
         raise OutputSchemaViolation(str(exc), usage=usage) from None
     problems = schema_problems(schema, answer, "output")
     if problems:
@@ -479,7 +502,14 @@ def parse_json_answer(text: str) -> Any:
 
     Raises:
         ValueError: There is no JSON to read (the message says why and where).
+        JsonLimitExceeded: The answer is larger than ``MAX_JSON_BYTES``, or its JSON nests
+            deeper than ``MAX_JSON_DEPTH``.
     """
+    size = len(text.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_JSON_BYTES:
+        raise JsonLimitExceeded(
+            f"the answer is {size} bytes, over the JSON limit of {MAX_JSON_BYTES}"
+        )
     try:
         return _loads(text)
     except ValueError as exc:
@@ -494,10 +524,18 @@ def parse_json_answer(text: str) -> Any:
 
 
 def _loads(text: str) -> Any:
+    # The stdlib parser for its messages (the model reads them on a retry), bounded: it
+    # recurses per level, so nesting past Python's stack is a limit, not a crash.
     try:
-        return json.loads(text, parse_constant=_no_constant)
+        value = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise JsonLimitExceeded(
+            f"the answer nests deeper than the limit of {MAX_JSON_DEPTH} levels"
+        ) from None
+    check_json(value, what="the answer")
+    return value
 
 
 def _no_constant(name: str) -> Any:

@@ -28,7 +28,7 @@ from processors._errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from topics import ConfigurationError
+from topics import MAX_JSON_BYTES, ConfigurationError, JsonLimitExceeded, loads_json
 
 __all__ = [
     "ChatMessage",
@@ -57,6 +57,8 @@ __all__ = [
 ]
 
 _MAX_MESSAGE = 300
+_MAX_ERROR_BODY = 64 * 1024
+_WIRE_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 _REDACTED = "[redacted]"
 _WIRE_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _WIRE_MAX = 64
@@ -229,11 +231,15 @@ def is_count(value: object) -> bool:
 
 
 def parse_arguments(text: str) -> tuple[dict[str, JsonValue], str | None]:
-    """A tool call's JSON arguments text read into an object, or ``{}`` and why not."""
+    """A tool call's JSON arguments text read into an object, or ``{}`` and why not.
+
+    Raises:
+        JsonLimitExceeded: The arguments nest deeper or are larger than baton accepts.
+    """
     if not text.strip():
         return {}, None  # some servers send "" for a call without arguments
     try:
-        value = orjson.loads(text)
+        value = loads_json(text, what="the tool call's arguments")
     except orjson.JSONDecodeError as exc:
         return {}, f"the arguments are not JSON: {exc} (arguments: {excerpt(text)!r})"
     if not isinstance(value, dict):
@@ -328,14 +334,23 @@ async def post_json(
 ) -> httpx.Response:
     """POST ``body`` as JSON; a transport failure becomes one of baton's errors.
 
+    The answer is read as it streams in, and no further than ``MAX_JSON_BYTES``: a larger
+    success is refused without holding it in memory (an error's body is kept cut short, it
+    only gives a message).
+
     Raises:
         ProviderTimeout: No answer within ``timeout`` (connect, write, read or pool).
         ProviderUnavailable: The connection failed, was reset or closed without an answer.
         ConfigurationError: The URL is unusable.
+        JsonLimitExceeded: A success answer larger than ``MAX_JSON_BYTES``.
     """
     sent = {"Content-Type": "application/json", "Accept": "application/json", **headers}
+    content = orjson.dumps(body)
     try:
-        return await client.post(url, content=orjson.dumps(body), headers=sent, timeout=timeout)
+        async with client.stream(
+            "POST", url, content=content, headers=sent, timeout=timeout
+        ) as streamed:
+            answer, complete = await _read_at_most(streamed, MAX_JSON_BYTES)
     except httpx.TimeoutException as exc:
         raise ProviderTimeout(
             f"{where}: no answer within {timeout:g} s ({type(exc).__name__})"
@@ -346,6 +361,29 @@ async def post_json(
         detail = redact(str(exc), key)
         reason = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
         raise ProviderUnavailable(f"{where}: {reason}") from None
+    if not complete and 200 <= streamed.status_code < 300:
+        raise JsonLimitExceeded(
+            f"{where}: the answer is over {MAX_JSON_BYTES} bytes, the JSON size limit"
+        )
+    # The body as read (decoded): the headers that described it on the wire go.
+    kept = [
+        (name, value)
+        for name, value in streamed.headers.multi_items()
+        if name.lower() not in _WIRE_HEADERS
+    ]
+    return httpx.Response(
+        streamed.status_code, headers=kept, content=answer, request=streamed.request
+    )
+
+
+async def _read_at_most(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """At most ``limit`` bytes of the body, and whether that was all of it."""
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            return bytes(body[:limit]), False
+    return bytes(body), True
 
 
 def check_status(response: httpx.Response, where: str, key: str | None) -> None:
@@ -371,13 +409,15 @@ def check_status(response: httpx.Response, where: str, key: str | None) -> None:
 
 
 def read_json(response: httpx.Response, where: str, key: str | None) -> object:
-    """A successful response's JSON body.
+    """A successful response's JSON body, within ``MAX_JSON_DEPTH`` and ``MAX_JSON_BYTES``.
 
     Raises:
         ProviderUnavailable: The body is not JSON.
+        JsonLimitExceeded: The body nests deeper or is larger than baton accepts (permanent:
+            the same call would answer the same way).
     """
     try:
-        return orjson.loads(response.content)
+        return loads_json(response.content, what=f"{where}: the answer")
     except orjson.JSONDecodeError:
         raise ProviderUnavailable(
             f"{where}: HTTP {response.status_code} with a body that is not JSON: "
@@ -389,11 +429,13 @@ def provider_message(response: httpx.Response, key: str | None) -> str:
     """The provider's own explanation, from the error shapes servers use.
 
     OpenAI and Anthropic: ``{"error": {"message": ...}}``; Ollama: ``{"error": "..."}``;
-    older vLLM: ``{"message": ...}``; FastAPI-style servers: ``{"detail": "..."}``.
+    older vLLM: ``{"message": ...}``; FastAPI-style servers: ``{"detail": "..."}``. Only the
+    body's first ``_MAX_ERROR_BODY`` bytes are read: the message is an excerpt anyway.
     """
-    text = response.text
+    body = response.content[:_MAX_ERROR_BODY]
+    text = body.decode("utf-8", errors="replace")
     try:
-        data = orjson.loads(response.content)
+        data = orjson.loads(body)
     except orjson.JSONDecodeError:
         data = None
     if isinstance(data, dict):

@@ -21,6 +21,7 @@ import inspect
 import logging
 import math
 import random
+import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -39,6 +40,7 @@ from processors._processor import StepOutput, parse_params
 from processors._schema import schema_problems
 from processors._templates import compile_template, is_template, render_value
 from processors._tools import (
+    PATH_PARAMETER,
     HttpEndpoint,
     HttpToolSpec,
     ToolFailed,
@@ -49,8 +51,19 @@ from processors._tools import (
     ToolTimeout,
     ToolUnavailable,
     accepts_idempotency_key,
+    path_parameter,
 )
-from topics import BatonError, ConfigurationError, RetryableError, StepKind, StepRequested
+from topics import (
+    MAX_JSON_BYTES,
+    MAX_JSON_DEPTH,
+    BatonError,
+    ConfigurationError,
+    JsonLimitExceeded,
+    RetryableError,
+    StepKind,
+    StepRequested,
+    loads_json,
+)
 
 __all__ = ["HttpAnswer", "HttpCall", "ToolParams", "ToolProcessor", "call_with_retries", "redact"]
 
@@ -138,8 +151,9 @@ class ToolProcessor:
             call = lambda: self._call_http(spec, prepared)  # noqa: E731
         else:
             function = self._registry.function(params.tool)
+            secrets = tuple(v for v in (self._environ.get(n) for n in spec.secrets) if v)
             call = lambda: _call_python(  # noqa: E731
-                function, params.args, request.idempotency_key, spec.timeout_s, what
+                function, params.args, request.idempotency_key, spec.timeout_s, what, secrets
             )
         output = await call_with_retries(
             call,
@@ -175,7 +189,9 @@ async def _call_python(
     idempotency_key: str,
     timeout_s: float,
     what: str,
+    secrets: Sequence[str] = (),
 ) -> JsonValue:
+    """Call a python tool; whatever it raises or answers leaves here redacted and bounded."""
     kwargs = {"idempotency_key": idempotency_key} if accepts_idempotency_key(function) else {}
     arguments = copy.deepcopy(args)  # the tool may change its dict; the request stays as sent
     try:
@@ -191,31 +207,49 @@ async def _call_python(
                 result = await result
     except TimeoutError:
         raise ToolTimeout(f"{what}: no answer within {timeout_s:g} s") from None
-    except BatonError:
+    except BatonError as exc:
+        # The tool's own error keeps its class (and retry_after); its text is redacted.
+        exc.args = (_excerpt(redact(str(exc), secrets)),)
         raise
     except Exception as exc:
-        logger.warning("%s raised", what, exc_info=True)
-        raise ToolFailed(_excerpt(f"{what}: {type(exc).__name__}: {exc}")) from None
-    return _json(result, what, "the answer")
+        trace = "".join(traceback.format_exception(exc))
+        logger.warning("%s raised:\n%s", what, redact(trace, secrets))
+        raise ToolFailed(
+            _excerpt(redact(f"{what}: {type(exc).__name__}: {exc}", secrets))
+        ) from None
+    answer = redact(_json(result, what, "the answer"), secrets)
+    try:
+        size = len(orjson.dumps(answer))
+    except orjson.JSONEncodeError as exc:  # an integer past 64 bits
+        raise ToolFailed(f"{what}: the answer is not JSON: {exc}") from None
+    if size > MAX_JSON_BYTES:
+        raise JsonLimitExceeded(
+            f"{what}: the answer is {size} bytes of JSON, over the limit of {MAX_JSON_BYTES}"
+        )
+    return answer
 
 
-def _json(value: Any, what: str, where: str) -> JsonValue:
+def _json(value: Any, what: str, where: str, depth: int = 0) -> JsonValue:
     if value is None or isinstance(value, str | bool | int):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ToolFailed(f"{what}: {where} is {value}, which JSON cannot hold")
         return value
+    if not isinstance(value, Mapping | list | tuple):
+        raise ToolFailed(f"{what}: {where} is a {type(value).__name__}, not JSON")
+    if depth >= MAX_JSON_DEPTH:  # also where a value that contains itself ends
+        raise JsonLimitExceeded(
+            f"{what}: the answer nests deeper than the limit of {MAX_JSON_DEPTH} levels"
+        )
     if isinstance(value, Mapping):
         result: dict[str, JsonValue] = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ToolFailed(f"{what}: {where} has a key {key!r} that is not a string")
-            result[key] = _json(item, what, f"{where}.{key}")
+            result[key] = _json(item, what, f"{where}.{key}", depth + 1)
         return result
-    if isinstance(value, list | tuple):
-        return [_json(item, what, f"{where}[{i}]") for i, item in enumerate(value)]
-    raise ToolFailed(f"{what}: {where} is a {type(value).__name__}, not JSON")
+    return [_json(item, what, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
 
 
 # -- the HTTP exchange ------------------------------------------------------------------------
@@ -279,14 +313,15 @@ class HttpCall:
             what: Names the tool or source in messages.
 
         Raises:
-            ToolRequestRefused: The path would leave ``base_url``, or a header value would
-                break the header block or is not ASCII.
+            ToolRequestRefused: The path would leave ``base_url``, a path parameter is empty
+                or holds a ``.`` or ``..`` segment, or a header value would break the header
+                block or is not ASCII.
             TemplateRenderError: A template fails (a missing argument, a type error).
-            InvalidParams: A query value renders to something that is not a scalar or list.
+            InvalidParams: A query value renders to something that is not a scalar or list,
+                or a path parameter to something that is not a string or number.
             ConfigurationError: A secret's variable is unset (the message names it).
         """
-        path = _render_text(endpoint.path, context)
-        url = endpoint.url(path or "", what)
+        url = endpoint.url(_render_path(endpoint.path, context, what), what)
         method = endpoint.method
         where = f"{what} ({method} {_origin(url)}{url.path})"
         secrets: dict[str, str] = {}
@@ -332,6 +367,7 @@ class HttpCall:
             ToolRejected: Any other 4xx, or a redirect (never followed: it could leave the
                 pinned host).
             ToolFailed: The answer is larger than ``max_response_bytes``.
+            JsonLimitExceeded: The answer's JSON nests deeper than ``MAX_JSON_DEPTH``.
         """
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -377,7 +413,10 @@ class HttpCall:
         if not body.strip():
             return HttpAnswer(None, is_json=False)
         try:
-            parsed: JsonValue = orjson.loads(body)
+            # The body is already within max_response_bytes; its nesting is checked here.
+            parsed: JsonValue = loads_json(
+                body, what=f"{self.where}: the answer", max_bytes=self.max_response_bytes
+            )
         except orjson.JSONDecodeError:
             return HttpAnswer(body.decode("utf-8", errors="replace"), is_json=False)
         return HttpAnswer(parsed, is_json=True)
@@ -411,6 +450,31 @@ async def _read(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
         if len(body) > limit:
             return bytes(body[:limit]), False
     return bytes(body), True
+
+
+def _render_path(template: str, context: Mapping[str, Any], what: str) -> str:
+    """The path with each ``{{ }}`` placeholder's value percent-encoded inside its segment."""
+    parts: list[str] = []
+    end = 0
+    for match in PATH_PARAMETER.finditer(template):
+        parts.append(template[end : match.start()])
+        value = compile_template(match.group()).render(context)
+        if value is None or isinstance(value, dict | list):
+            kind = "null" if value is None else f"a {type(value).__name__}"
+            raise InvalidParams(
+                f"{what}: path parameter {match.group()} is {kind}, not a string or number"
+            )
+        encoded = path_parameter(value)
+        if encoded is None:
+            shown = repr(value) if len(str(value)) <= 60 else repr(str(value)[:57] + "...")
+            raise ToolRequestRefused(
+                f"{what}: path parameter {match.group()} = {shown} refused: a path parameter "
+                "may not be empty or hold a '.' or '..' segment"
+            )
+        parts.append(encoded)
+        end = match.end()
+    parts.append(template[end:])
+    return "".join(parts)
 
 
 def _render_text(template: str, context: Mapping[str, Any]) -> str | None:

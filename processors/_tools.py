@@ -26,7 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, ClassVar, Literal
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import httpx
 import jmespath
@@ -55,8 +55,14 @@ from processors._errors import (
     UnknownTool,
 )
 from processors._schema import check_schema
-from processors._templates import TemplateError, compile_template, is_template, references
-from topics import ConfigurationError
+from processors._templates import (
+    TEMPLATE_GLOBALS,
+    TemplateError,
+    compile_template,
+    is_template,
+    references,
+)
+from topics import ConfigurationError, load_yaml
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -81,7 +87,10 @@ __all__ = [
     "UnknownTool",
     "accepts_idempotency_key",
     "load_tools",
+    "PATH_PARAMETER",
+    "path_parameter",
     "path_problem",
+    "path_template_problem",
     "secret_names",
 ]
 
@@ -92,6 +101,8 @@ ENTRY_POINT_GROUP = "baton.tools"
 #: of that name); sync or async; returns JSON.
 ToolCallable = Callable[..., Any]
 
+#: A placeholder of a path template: ``{{ expression }}``.
+PATH_PARAMETER = re.compile(r"\{\{(?:(?!\{\{|\}\}).)*\}\}", re.DOTALL)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
@@ -99,8 +110,6 @@ _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _RESERVED_HEADERS = frozenset(
     {"host", "idempotency-key", "content-length", "transfer-encoding", "connection"}
 )
-# What Jinja2 itself puts in scope (its globals and ``loop`` inside a for loop).
-_JINJA_NAMES = frozenset({"loop", "range", "dict", "lipsum", "cycler", "joiner", "namespace"})
 _PARSER = Environment()  # parses templates to find the secrets they read; never renders
 
 
@@ -130,9 +139,10 @@ class HttpEndpoint(_Config):
     )
     path: str = Field(
         default="/",
-        description="Path under base_url; a template. Must start with a literal '/'; the "
-        "rendered path may not hold a scheme, '//', '@', a backslash, '.' or '..' segments, "
-        "'?' or '#'.",
+        description="Path under base_url: literal text and {{ expression }} placeholders, "
+        "each value percent-encoded as (part of) one segment. Must start with a literal '/'; "
+        "the literal text may not hold a scheme, '//', '@', a backslash, '.' or '..' "
+        "segments, '?' or '#'; a value may not be empty or hold a '.' or '..' segment.",
     )
     query: dict[str, str | int | float | bool] = Field(
         default_factory=dict,
@@ -195,10 +205,9 @@ class HttpEndpoint(_Config):
         if not value.startswith("/") or value.startswith("//"):
             raise ValueError("must start with a single literal '/'")
         _check_template(value, cls._context_names)
-        if not is_template(value):
-            problem = path_problem(value)
-            if problem:
-                raise ValueError(problem)
+        problem = path_template_problem(value) if is_template(value) else path_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("query")
@@ -241,14 +250,14 @@ class HttpEndpoint(_Config):
         """The URL of a rendered ``path``, checked to stay on ``base_url``.
 
         Args:
-            path: The rendered path.
+            path: The rendered path, its parameters percent-encoded (``render_path``).
             what: Names the tool or source in the error.
 
         Raises:
             ToolRequestRefused: The path would leave ``base_url``'s origin or prefix.
         """
         shown = path if len(path) <= 120 else path[:117] + "..."
-        problem = path_problem(path)
+        problem = _sent_path_problem(path)
         if problem:
             raise ToolRequestRefused(f"{what}: path {shown!r} refused: {problem}")
         base = httpx.URL(self.base_url)
@@ -294,6 +303,82 @@ def path_problem(path: str) -> str | None:
             return "a path may not hold '.' or '..' segments"
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
             return "a path may not hold control characters"
+    return None
+
+
+def path_template_problem(template: str) -> str | None:
+    """Why a path template may not be used, or ``None`` when it may.
+
+    A path template is literal text and ``{{ expression }}`` placeholders; the text around
+    them (a placeholder standing for one ordinary segment) must pass ``path_problem``. Values
+    are percent-encoded when rendered, so ``| urlencode`` would encode them twice.
+    """
+    skeleton = PATH_PARAMETER.sub("x", template)
+    if "{{" in skeleton or "{%" in skeleton or "{#" in skeleton:
+        return (
+            "a path template is literal text and {{ expression }} placeholders only "
+            "(no {% %} tags or comments)"
+        )
+    for placeholder in PATH_PARAMETER.findall(template):
+        try:
+            tree = _PARSER.parse(placeholder)
+        except TemplateSyntaxError:
+            continue  # reported by the template check
+        if any(f.name == "urlencode" for f in tree.find_all(nodes.Filter)):
+            return (
+                "path parameters are percent-encoded by baton: drop `| urlencode` from "
+                f"{placeholder}"
+            )
+    return path_problem(skeleton)
+
+
+def path_parameter(value: JsonValue) -> str | None:
+    """A rendered path parameter as it is sent, percent-encoded; ``None`` when refused.
+
+    Every character but letters, digits and ``-._~`` is encoded, ``/`` included, so a value
+    stays inside its segment (``1/close`` is sent as ``1%2Fclose``). A value that is empty, or
+    holds a ``.`` or ``..`` segment as it is or decoded (``../x``, ``%2e%2e``), is refused,
+    so not even a server that decodes ``%2F`` before routing could climb out of the path.
+    """
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, int | float):
+        text = str(value)
+    elif isinstance(value, str):
+        text = value
+    else:
+        return None
+    if not text:
+        return None
+    decoded = text
+    for _ in range(3):
+        pieces = decoded.replace("\\", "/").split("/")
+        if any(piece.split(";")[0] in (".", "..") for piece in pieces):
+            return None
+        decoded = unquote(decoded)
+    return quote(text, safe="")
+
+
+def _sent_path_problem(path: str) -> str | None:
+    """``path_problem`` for a rendered path, whose parameters are already encoded.
+
+    Its literal text was checked (decoded) when the configuration was loaded, and a
+    parameter can only add encoded characters, so it is checked as it is and its segments
+    decoded once, as the far side reads them.
+    """
+    if not path.startswith("/"):
+        return "a path must start with '/'"
+    if "?" in path or "#" in path:
+        return "a path may not hold '?' or '#' (put query parameters in `query`)"
+    if "://" in path or "@" in path or "\\" in path:
+        return "a path may not hold a URL scheme, '@' or a backslash"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        return "a path may not hold control characters"
+    segments = path.split("/")[1:]
+    if "" in segments[:-1]:
+        return "a path may not hold '//' (or an empty segment)"
+    if any(unquote(segment).split(";")[0] in (".", "..") for segment in segments):
+        return "a path may not hold '.' or '..' segments"
     return None
 
 
@@ -362,6 +447,20 @@ class PythonToolSpec(_Tool):
         le=10,
         description="In-process retries when the callable raises a retryable baton error.",
     )
+    secrets: tuple[str, ...] = Field(
+        default=(),
+        description="Names of the environment variables holding the secrets the callable "
+        "uses (it reads them itself): their values are redacted from its errors, log lines "
+        "and answers, as an HTTP tool's are.",
+    )
+
+    @field_validator("secrets")
+    @classmethod
+    def _variable_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+        return value
 
 
 ToolSpec = Annotated[HttpToolSpec | PythonToolSpec, Field(discriminator="kind")]
@@ -585,7 +684,7 @@ def load_tools(
     except OSError as exc:
         raise ConfigurationError(f"cannot read tools file {path}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text, origin=str(path))
     except yaml.YAMLError as exc:
         raise ConfigurationError(f"{path}: not valid YAML: {exc}") from None
     if data is None:
@@ -657,7 +756,7 @@ def _check_template(source: str, allowed: frozenset[str]) -> None:
         raise ValueError(str(exc)) from None
     if "secrets" in names and "secrets" not in allowed:
         raise ValueError(f"template {source!r}: only headers may read secrets")
-    unknown = names - allowed - _JINJA_NAMES
+    unknown = names - allowed - TEMPLATE_GLOBALS
     if unknown:
         readable = ", ".join(sorted(allowed - {"secrets"}))
         raise ValueError(

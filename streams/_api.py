@@ -1,21 +1,25 @@
 """The HTTP API every coordinator worker serves, and the reviewers' approval inbox.
 
-- ``POST /v1/tasks``: submit a task (the JSON form of TaskSubmitted; ``task_id`` optional).
-- ``GET /v1/runs/{run_id}``: a run's committed state. Any worker answers: one that does not
-  own the run forwards the request to the owner.
+- ``POST /v1/tasks``: submit a task (the JSON form of TaskSubmitted; ``task_id`` optional)
+  for a tenant the caller acts for (a task naming none gets the caller's only tenant).
+- ``GET /v1/runs/{run_id}``: a run's committed state, if the caller acts for its tenant. Any
+  worker answers: one that does not own the run asks the owner.
 - ``GET /v1/approvals``: the open approval requests the caller may decide (and has not yet),
   from every coordinator: this worker asks the others and merges their answers.
 - ``GET /v1/approvals/{approval_id}``: one open request, from its run's owner.
 - ``POST /v1/approvals/{approval_id}/decision``: approve or reject. The worker signs the
-  decision with its key and publishes it to ``approvals.decided``; the run's coordinator
-  weighs it.
-- ``GET /``, ``GET /static/{name}``: the approval inbox (``streams.web``).
-- ``GET /healthz``: liveness, and which partitions this worker owns.
+  decision with its key, naming the request's digest, and publishes it to
+  ``approvals.decided``; the run's coordinator weighs it.
+- ``GET /``, ``GET /static/{name}``: the approval inbox (``streams.web``), open.
+- ``GET /healthz``: liveness, and which partitions this worker owns (no run data), open.
 
-The approval endpoints need ``Authorization: Bearer <token>``, a reviewer's token from the
-access file. Their checks exist to give precise errors; the coordinator checks every decision
-again and is the authority. Approval ids are ``<run id>/<step>/<n>``: give them
-percent-encoded (``%2F``) or as they are.
+Every ``/v1/`` endpoint needs ``Authorization: Bearer <token>``, a principal's token from the
+access file (401 without one or with one nobody holds), and answers 403 for a run, workflow
+or request of a tenant the principal does not act for. Workers call each other with their
+own credential, never the caller's token (``streams._peers``). The approval endpoints'
+checks exist to give precise errors; the coordinator checks every decision again and is the
+authority. Approval ids are ``<run id>/<step>/<n>``: give them percent-encoded (``%2F``) or
+as they are.
 
 Errors are JSON ``{"error": "..."}`` with a precise status.
 """
@@ -24,8 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -36,13 +42,20 @@ import httpx
 import orjson
 from aiohttp import web as aioweb
 from aiokafka.errors import KafkaError
-from faust.exceptions import ConsumerNotStarted
 from faust.web.exceptions import WebError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streams import web as inbox
-from streams._access import Identity
+from streams._access import DEFAULT_TENANT, Identity
+from streams._peers import (
+    FORWARDED_HEADER,
+    SIGNATURE_HEADER,
+    CallRefused,
+    call_headers,
+    verify_call,
+)
 from streams.coordinator import CoordinatorRuntime, RunState
+from streams.coordinator._approvals import approval_request
 from topics import (
     ApprovalRequested,
     ApprovalVerdict,
@@ -58,7 +71,6 @@ log = logging.getLogger(__name__)
 
 _MAX_BODY = 1_000_000
 _MAX_REASON = 2000
-_FORWARDED = "X-Baton-Forwarded"
 #: How long ``GET /v1/approvals`` waits for another coordinator before listing without it.
 _PEER_TIMEOUT = 3.0
 _OWNER_TIMEOUT = 10.0
@@ -85,27 +97,17 @@ def run_view(state: RunState) -> dict[str, Any]:
 
 
 def approval_view(request: ApprovalRequested, state: RunState | None) -> dict[str, Any]:
-    """The JSON view of an open approval request: its fields, and the votes counted so far."""
-    view: dict[str, Any] = request.model_dump(mode="json")
+    """The JSON view of an open approval request: as it was asked, and the votes so far."""
     step = state.steps.get(request.step) if state is not None else None
     approval = step.approval if step is not None else None
-    votes = (
-        approval.votes
-        if approval is not None and approval.approval_id == request.approval_id
-        else []
+    current = approval is not None and approval.approval_id == request.approval_id
+    if current and state is not None:
+        request = approval_request(state, request.step) or request
+    view: dict[str, Any] = request.model_dump(mode="json")
+    view["votes"] = (
+        [v.model_dump(mode="json") for v in approval.votes] if approval and current else []
     )
-    view["votes"] = [vote.model_dump(mode="json") for vote in votes]
     return view
-
-
-def _processing(app: faust.App) -> list[str]:
-    """The step topics this worker's processors consume (none when it runs no processors)."""
-    if app.producer_only:
-        return []
-    try:
-        return sorted({tp.topic for tp in app.consumer.assignment()})
-    except ConsumerNotStarted:
-        return []
 
 
 class _Refused(WebError):
@@ -132,11 +134,28 @@ class _DecisionBody(BaseModel):
 
     verdict: ApprovalVerdict
     reason: str | None = Field(default=None, max_length=_MAX_REASON)
+    request_digest: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="The digest of the request as the reviewer saw it (optional).",
+    )
+
+
+@dataclass(frozen=True)
+class _Caller:
+    """Who a request is from: the principal, and the worker that forwarded it, if one did."""
+
+    identity: Identity
+    via: str | None = None
+
+    @property
+    def forwarded(self) -> bool:
+        return self.via is not None
 
 
 def _run_of(approval_id: str) -> str | None:
     """The run an approval id (``<run>/<step>/<n>``) belongs to; ``None`` if it is not one."""
-    parts = approval_id.rsplit("/", 2)
+    parts = approval_id.split("/")
     if len(parts) != 3 or not all(parts) or not parts[2].isdigit():
         return None
     return parts[0]
@@ -154,11 +173,15 @@ def _cause(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
-class _ApprovalEndpoints:
-    """What the ``/v1/approvals`` endpoints do, apart from the HTTP plumbing.
+def _not_for(identity: Identity, tenant: str) -> _Refused:
+    return _Refused(403, f"{identity.principal} may not act for tenant {tenant!r}")
+
+
+class _Endpoints:
+    """What the ``/v1/`` endpoints do, apart from the HTTP plumbing.
 
     Args:
-        runtime: The coordinator this worker runs (its open requests, runs and keys).
+        runtime: The coordinator this worker runs (its runs, open requests, access, keys).
         http: The client that asks the other coordinators.
     """
 
@@ -169,12 +192,35 @@ class _ApprovalEndpoints:
         # approval id: a second POST from the same reviewer gets its 409 at once.
         self._sent: dict[str, set[str]] = {}
 
-    def identify(self, request: Any) -> Identity:
-        """The reviewer behind the request's bearer token.
+    # -- who is calling ------------------------------------------------------------------------
+
+    async def identify(self, request: Any) -> _Caller:
+        """The principal behind a request: its bearer token, or a worker's signed call.
 
         Raises:
-            _Refused: 401, without a token or with one nobody holds.
+            _Refused: 401, without a token, with one nobody holds, or for a worker call that
+                does not verify.
         """
+        access = self.runtime.access
+        if request.headers.get(SIGNATURE_HEADER):
+            body = await request.read()
+            try:
+                caller = verify_call(
+                    access.worker_key,
+                    method=request.method,
+                    path=request.raw_path,
+                    headers=request.headers,
+                    body=body,
+                    now=time.time(),
+                )
+            except CallRefused as exc:
+                raise _Refused(
+                    401, str(exc), {"WWW-Authenticate": 'Bearer realm="baton"'}
+                ) from None
+            identity = access.identity(caller)
+            if identity is None:
+                raise _Refused(401, f"a worker call for {caller}, whom this worker does not know")
+            return _Caller(identity, via=request.headers.get(FORWARDED_HEADER) or "a worker")
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise _Refused(
@@ -182,26 +228,76 @@ class _ApprovalEndpoints:
                 "authentication needed: send Authorization: Bearer <token>",
                 {"WWW-Authenticate": 'Bearer realm="baton"'},
             )
-        identity = self.runtime.access.authenticate(token.strip())
+        identity = access.authenticate(token.strip())
         if identity is None:
             raise _Refused(
                 401,
                 "the bearer token is not valid",
                 {"WWW-Authenticate": 'Bearer realm="baton", error="invalid_token"'},
             )
-        return identity
+        return _Caller(identity)
 
-    # -- reading -------------------------------------------------------------------------------
+    # -- tasks and runs ------------------------------------------------------------------------
+
+    def task(self, body: bytes, identity: Identity) -> TaskSubmitted:
+        """The task a ``POST /v1/tasks`` body holds, if the caller may submit it.
+
+        Raises:
+            _Refused: 413, 400 (not a JSON object), 422 (naming the bad field), 403 (a tenant
+                the caller does not act for, or a workflow its tenant may not run).
+        """
+        fields = _json_object(body, "body must be a JSON object")
+        fields.setdefault("task_id", str(uuid.uuid4()))
+        fields.setdefault("submitted_at", datetime.now(UTC).isoformat())
+        if "tenant" not in fields:
+            only = identity.only_tenant
+            if only is None and not identity.acts_for(DEFAULT_TENANT):
+                raise _Refused(
+                    422,
+                    f"tenant: name the tenant; {identity.principal} acts for "
+                    f"{', '.join(sorted(identity.tenants))}",
+                )
+            fields["tenant"] = only or DEFAULT_TENANT
+        try:
+            task = TaskSubmitted.model_validate(fields)
+        except ValidationError as exc:
+            raise _Refused(422, describe_validation_error(exc)) from None
+        if not identity.acts_for(task.tenant):
+            raise _not_for(identity, task.tenant)
+        if not self.runtime.policies.may_run(task.tenant, task.workflow):
+            raise _Refused(403, f"tenant {task.tenant!r} may not run workflow {task.workflow!r}")
+        return task
+
+    def run(self, run_id: str, identity: Identity) -> dict[str, Any]:
+        """One of this worker's runs, if the caller acts for its tenant.
+
+        Raises:
+            _Refused: 404 (no such run), 403 (another tenant's run).
+        """
+        state = self.runtime.state_of(run_id)
+        if state is None:
+            raise _Refused(404, f"no run {run_id!r}")
+        if not identity.acts_for(state.tenant):
+            raise _Refused(
+                403,
+                f"{identity.principal} may not see run {run_id!r}: it is tenant {state.tenant!r}'s",
+            )
+        return run_view(state)
+
+    # -- reading approvals ---------------------------------------------------------------------
 
     def _decided_by(self, approval_id: str, view: dict[str, Any]) -> set[str]:
         voted = {str(vote["approver"]) for vote in view["votes"]}
         return voted | self._sent.get(approval_id, set())
 
     def local(self, identity: Identity) -> dict[str, Any]:
-        """This worker's open requests that the reviewer may decide and has not decided."""
+        """This worker's open requests that the caller may decide and has not decided."""
         items = []
+        access = self.runtime.access
         for approval_id, request in list(self.runtime.approvals.items()):
-            if not self.runtime.access.allows(request.approvers, identity.principal):
+            if not identity.acts_for(request.tenant):
+                continue
+            if not access.allows(request.approvers, identity.principal):
                 continue
             view = approval_view(request, self.runtime.state_of(request.run_id))
             if identity.principal not in self._decided_by(approval_id, view):
@@ -209,17 +305,18 @@ class _ApprovalEndpoints:
         return {
             "approvals": sorted(items, key=_deadline_key),
             "reviewer": identity.principal,
+            "tenants": sorted(identity.tenants),
             "partitions": sorted(self.runtime.ready),
             "partial": [],
         }
 
-    async def everywhere(self, request: Any, identity: Identity) -> dict[str, Any]:
+    async def everywhere(self, identity: Identity) -> dict[str, Any]:
         """The open requests from every coordinator; the ones that did not answer named."""
         mine = self.local(identity)
         peers = sorted(
             {url for url in self.runtime.assignor.owners.values() if url} - {self.runtime.url}
         )
-        answers = await asyncio.gather(*(self._ask(url, request) for url in peers))
+        answers = await asyncio.gather(*(self._ask(url, identity) for url in peers))
         items: dict[str, dict[str, Any]] = {i["approval_id"]: i for i in mine["approvals"]}
         accounted = set(self.runtime.ready)
         partial: list[dict[str, Any]] = []
@@ -244,14 +341,40 @@ class _ApprovalEndpoints:
         return {
             "approvals": sorted(items.values(), key=_deadline_key),
             "reviewer": identity.principal,
+            "tenants": mine["tenants"],
             "partial": partial,
         }
 
-    async def _ask(self, url: str, request: Any) -> dict[str, Any] | str:
+    def _peer_headers(
+        self, identity: Identity, method: str, path: str, body: bytes
+    ) -> dict[str, str]:
+        """Headers that make a call to another worker, on the caller's behalf.
+
+        Raises:
+            _Refused: 503, when this worker has no worker key to sign with.
+        """
+        key = self.runtime.access.worker_key
+        if key is None:
+            raise _Refused(
+                503,
+                "this worker cannot ask the other workers: no `worker_key` in the access file",
+            )
+        return call_headers(
+            key,
+            method=method,
+            path=path,
+            caller=identity.principal,
+            sender=self.runtime.url,
+            at=int(time.time()),
+            body=body,
+        )
+
+    async def _ask(self, url: str, identity: Identity) -> dict[str, Any] | str:
         """Another coordinator's own requests, or why it did not give them."""
-        headers = {_FORWARDED: self.runtime.url}
-        if "Authorization" in request.headers:
-            headers["Authorization"] = request.headers["Authorization"]
+        try:
+            headers = self._peer_headers(identity, "GET", "/v1/approvals", b"")
+        except _Refused as exc:
+            return str(exc.detail)
         try:
             response = await self.http.get(
                 f"{url}/v1/approvals", headers=headers, timeout=_PEER_TIMEOUT
@@ -269,16 +392,19 @@ class _ApprovalEndpoints:
         return body
 
     def open_request(self, approval_id: str, identity: Identity) -> dict[str, Any]:
-        """One of this worker's open requests, if the reviewer may decide it.
+        """One of this worker's open requests, if the caller may decide it.
 
         Raises:
-            _Refused: 404 (no such open request) or 403 (not one of its approvers).
+            _Refused: 404 (no such open request) or 403 (another tenant's request, or not
+                one of its approvers).
         """
         request = self.runtime.approvals.get(approval_id)
         if request is None:
             raise _Refused(
                 404, f"no open approval request {approval_id!r} (decided, escalated or unknown)"
             )
+        if not identity.acts_for(request.tenant):
+            raise _not_for(identity, request.tenant)
         if not self.runtime.access.allows(request.approvers, identity.principal):
             raise _Refused(
                 403,
@@ -289,33 +415,44 @@ class _ApprovalEndpoints:
 
     # -- routing to the run's owner ------------------------------------------------------------
 
-    def owner(self, request: Any, approval_id: str) -> str | None:
-        """``None`` when this worker owns the request's run, else the owner's address.
+    def owner(self, caller: _Caller, run_id: str) -> str | None:
+        """``None`` when this worker owns the run, else the owner's address.
 
         Raises:
-            _Refused: 404 for an id that is not an approval id; 503 while nobody serves the
-                run's partition.
+            _Refused: 503 while nobody serves the run's partition.
         """
-        run_id = _run_of(approval_id)
-        if run_id is None:
-            raise _Refused(404, f"no open approval request {approval_id!r}: not an approval id")
         owned, owner = self.runtime.owner_of(run_id)
         if owned:
             return None
-        if owner is None or owner == self.runtime.url or request.headers.get(_FORWARDED):
+        if owner is None or owner == self.runtime.url or caller.forwarded:
             partition = partition_for(run_id, self.runtime.catalog.partitions)
             raise _Refused(
                 503, f"partition {partition} of run {run_id!r} is being taken over; retry"
             )
         return owner
 
+    def approval_owner(self, caller: _Caller, approval_id: str) -> str | None:
+        """Like ``owner``, for the run an approval id names.
+
+        Raises:
+            _Refused: 404 for an id that is not an approval id, and as ``owner``.
+        """
+        run_id = _run_of(approval_id)
+        if run_id is None:
+            raise _Refused(404, f"no open approval request {approval_id!r}: not an approval id")
+        return self.owner(caller, run_id)
+
     async def forward(
-        self, web: Any, request: Any, owner: str, method: str, path: str, body: bytes = b""
+        self,
+        web: Any,
+        caller: _Caller,
+        owner: str,
+        method: str,
+        path: str,
+        body: bytes = b"",
     ) -> Any:
-        """Ask the run's owner, and pass its answer on."""
-        headers = {_FORWARDED: self.runtime.url}
-        if "Authorization" in request.headers:
-            headers["Authorization"] = request.headers["Authorization"]
+        """Ask the run's owner, on the caller's behalf, and pass its answer on."""
+        headers = self._peer_headers(caller.identity, method, path, body)
         if body:
             headers["Content-Type"] = "application/json"
         try:
@@ -328,12 +465,8 @@ class _ApprovalEndpoints:
             )
         except httpx.HTTPError as exc:
             raise _Refused(502, f"the run's owner {owner} did not answer: {_cause(exc)}") from None
-        challenge = response.headers.get("WWW-Authenticate")
         return web.bytes(
-            response.content,
-            content_type="application/json",
-            status=response.status_code,
-            headers={"WWW-Authenticate": challenge} if challenge else None,
+            response.content, content_type="application/json", status=response.status_code
         )
 
     # -- deciding ------------------------------------------------------------------------------
@@ -356,14 +489,7 @@ class _ApprovalEndpoints:
         Raises:
             _Refused: 413, 400 (not a JSON object) or 422 (naming the bad field).
         """
-        if len(body) > _MAX_BODY:
-            raise _Refused(413, f"body over {_MAX_BODY} bytes")
-        try:
-            fields = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise _Refused(400, f"body is not JSON: {exc}") from None
-        if not isinstance(fields, dict):
-            raise _Refused(400, 'body must be a JSON object: {"verdict": "approve"|"reject"}')
+        fields = _json_object(body, 'body must be a JSON object: {"verdict": "approve"|"reject"}')
         try:
             decision = _DecisionBody.model_validate(fields)
         except ValidationError as exc:
@@ -376,18 +502,27 @@ class _ApprovalEndpoints:
     async def decide(
         self, approval_id: str, identity: Identity, decision: _DecisionBody
     ) -> dict[str, Any]:
-        """Sign the reviewer's decision and publish it for the run's coordinator.
+        """Sign the reviewer's decision on the open request and publish it for its coordinator.
 
         Raises:
-            _Refused: 404, 403, 409 (decided already), 503 (cannot sign or publish).
+            _Refused: 404, 403, 409 (decided already, or the request is not the one the
+                reviewer saw), 503 (cannot sign or publish).
         """
         key_id, key = self.signing_key()
         view = self.open_request(approval_id, identity)
         if identity.principal in self._decided_by(approval_id, view):
             raise _Refused(409, f"{identity.principal} has decided {approval_id!r} already")
+        digest = str(view["request_digest"])
+        if decision.request_digest is not None and decision.request_digest != digest:
+            raise _Refused(
+                409,
+                f"request_digest: {approval_id!r} is not the request you saw "
+                f"(its digest is {digest})",
+            )
         signed = sign_decision(
             approval_id=approval_id,
             run_id=view["run_id"],
+            request_digest=digest,
             verdict=decision.verdict,
             approver=identity.principal,
             reason=decision.reason,
@@ -414,6 +549,23 @@ class _ApprovalEndpoints:
         }
 
 
+def _json_object(body: bytes, not_object: str) -> dict[str, Any]:
+    """A request body's JSON object.
+
+    Raises:
+        _Refused: 413 (too big), 400 (not JSON, or not an object: ``not_object``).
+    """
+    if len(body) > _MAX_BODY:
+        raise _Refused(413, f"body over {_MAX_BODY} bytes")
+    try:
+        fields = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise _Refused(400, f"body is not JSON: {exc}") from None
+    if not isinstance(fields, dict):
+        raise _Refused(400, not_object)
+    return fields
+
+
 _Handler = Callable[[aioweb.Request], Awaitable[aioweb.StreamResponse]]
 
 
@@ -438,12 +590,20 @@ async def _json_errors(request: aioweb.Request, handler: _Handler) -> aioweb.Str
         )
 
 
-def install_api(app: faust.App, runtime: CoordinatorRuntime, http: httpx.AsyncClient) -> None:
-    """Add the API's pages and the approval inbox to the worker's Faust app."""
+def install_api(
+    app: faust.App,
+    runtime: CoordinatorRuntime,
+    http: httpx.AsyncClient,
+    processing: Callable[[], list[str]] = list,
+) -> None:
+    """Add the API's pages and the approval inbox to the worker's Faust app.
+
+    ``processing`` names the step topics this worker's processors read (for ``/healthz``).
+    """
     # Faust types ``app.web`` as its driver-neutral base; the worker runs the aiohttp driver.
     server: aioweb.Application = app.web.web_app  # type: ignore[attr-defined]
     server.middlewares.append(_json_errors)
-    approvals = _ApprovalEndpoints(runtime, http)
+    api = _Endpoints(runtime, http)
     assets = inbox.read_assets()
 
     @app.page("/healthz")
@@ -453,54 +613,32 @@ def install_api(app: faust.App, runtime: CoordinatorRuntime, http: httpx.AsyncCl
                 "ok": True,
                 "events_processed": runtime.events_processed,
                 "partitions": sorted(runtime.ready),
-                "processing": _processing(app),
+                "processing": processing(),
+                "runs": runtime.runs,
+                "restored": runtime.restores,
+                "written": runtime.written,
             }
         )
 
     @app.page("/v1/runs/{run_id}")
-    async def get_run(web: Any, request: Any, run_id: str) -> Any:
-        owned, owner = runtime.owner_of(run_id)
-        if owned:
-            state = runtime.state_of(run_id)
-            if state is None:
-                return web.json({"error": f"no run {run_id!r}"}, status=404)
-            return web.json(run_view(state))
-        if owner is None or owner == runtime.url or request.headers.get(_FORWARDED):
-            partition = partition_for(run_id, runtime.catalog.partitions)
-            return web.json(
-                {"error": f"partition {partition} of run {run_id!r} is being taken over; retry"},
-                status=503,
-            )
-        try:
-            response = await http.get(
-                f"{owner}/v1/runs/{run_id}", headers={_FORWARDED: runtime.url}, timeout=10
-            )
-        except httpx.HTTPError as exc:
-            return web.json({"error": f"the run's owner {owner} did not answer: {exc}"}, status=502)
-        return web.bytes(
-            response.content, content_type="application/json", status=response.status_code
-        )
+    class Run(_View):
+        """A run's committed state."""
+
+        async def get(self, request: Any, run_id: str) -> Any:
+            caller = await api.identify(request)
+            owner = api.owner(caller, run_id)
+            if owner is not None:
+                path = f"/v1/runs/{quote(run_id, safe='')}"
+                return await api.forward(self, caller, owner, "GET", path)
+            return self.json(api.run(run_id, caller.identity))
 
     @app.page("/v1/tasks")
-    class Tasks(faust.web.View):
+    class Tasks(_View):
         """Submit a task."""
 
         async def post(self, request: Any) -> Any:
-            body = await request.read()
-            if len(body) > _MAX_BODY:
-                return self.json({"error": f"body over {_MAX_BODY} bytes"}, status=413)
-            try:
-                fields = orjson.loads(body)
-            except orjson.JSONDecodeError as exc:
-                return self.json({"error": f"body is not JSON: {exc}"}, status=400)
-            if not isinstance(fields, dict):
-                return self.json({"error": "body must be a JSON object"}, status=400)
-            fields.setdefault("task_id", str(uuid.uuid4()))
-            fields.setdefault("submitted_at", datetime.now(UTC).isoformat())
-            try:
-                task = TaskSubmitted.model_validate(fields)
-            except ValidationError as exc:
-                return self.json({"error": describe_validation_error(exc)}, status=422)
+            caller = await api.identify(request)
+            task = api.task(await request.read(), caller.identity)
             catalog = runtime.catalog
             await runtime.plain.send_and_wait(
                 catalog.tasks.name,
@@ -518,15 +656,15 @@ def install_api(app: faust.App, runtime: CoordinatorRuntime, http: httpx.AsyncCl
         """Approve or reject an open request."""
 
         async def post(self, request: Any, approval_id: str) -> Any:
-            identity = approvals.identify(request)
+            caller = await api.identify(request)
             body = await request.read()
-            decision = approvals.parse_decision(body)
-            approvals.signing_key()  # before forwarding: a worker that cannot sign says so
-            owner = approvals.owner(request, approval_id)
+            decision = api.parse_decision(body)
+            api.signing_key()  # before forwarding: a worker that cannot sign says so
+            owner = api.approval_owner(caller, approval_id)
             if owner is not None:
                 path = f"/v1/approvals/{quote(approval_id, safe='')}/decision"
-                return await approvals.forward(self, request, owner, "POST", path, body)
-            accepted = await approvals.decide(approval_id, identity, decision)
+                return await api.forward(self, caller, owner, "POST", path, body)
+            accepted = await api.decide(approval_id, caller.identity, decision)
             return self.json(accepted, status=202)
 
     @app.page("/v1/approvals/{approval_id:.+}")
@@ -534,22 +672,22 @@ def install_api(app: faust.App, runtime: CoordinatorRuntime, http: httpx.AsyncCl
         """One open request."""
 
         async def get(self, request: Any, approval_id: str) -> Any:
-            identity = approvals.identify(request)
-            owner = approvals.owner(request, approval_id)
+            caller = await api.identify(request)
+            owner = api.approval_owner(caller, approval_id)
             if owner is not None:
                 path = f"/v1/approvals/{quote(approval_id, safe='')}"
-                return await approvals.forward(self, request, owner, "GET", path)
-            return self.json(approvals.open_request(approval_id, identity))
+                return await api.forward(self, caller, owner, "GET", path)
+            return self.json(api.open_request(approval_id, caller.identity))
 
     @app.page("/v1/approvals")
     class Approvals(_View):
         """The open requests the caller may decide."""
 
         async def get(self, request: Any) -> Any:
-            identity = approvals.identify(request)
-            if request.headers.get(_FORWARDED):
-                return self.json(approvals.local(identity))
-            return self.json(await approvals.everywhere(request, identity))
+            caller = await api.identify(request)
+            if caller.forwarded:
+                return self.json(api.local(caller.identity))
+            return self.json(await api.everywhere(caller.identity))
 
     @app.page("/")
     async def index(web: Any, request: Any) -> Any:

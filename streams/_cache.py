@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import KafkaError
 
 from processors import MemoryResponseCache
+from streams._deadletters import letter_for, too_large
 from topics import (
     CacheEntry,
     Codec,
@@ -70,6 +71,7 @@ class KafkaResponseCache:
     ) -> None:
         self.entries = MemoryResponseCache(ttl_s, clock)
         self._topic = catalog.llm_cache
+        self._dead_letters = catalog.dead_letter
         self._bootstrap = bootstrap
         self._codec = codec
         self._load_timeout_s = load_timeout_s
@@ -204,30 +206,46 @@ class KafkaResponseCache:
                 continue
             for records in batches.values():
                 for record in records:
-                    self._apply(record)
+                    problem = self._apply(record)
+                    if problem is not None:
+                        await self._dead_letter(record, problem)
             self._advanced.set()
 
-    def _apply(self, record: ConsumerRecord[bytes, bytes]) -> None:
+    def _apply(self, record: ConsumerRecord[bytes, bytes]) -> str | None:
+        """Take one record into the cache; why it was refused, if it was."""
         self.records_read += 1
         key = record.key.decode(errors="replace") if record.key is not None else None
         if record.value is None:
             if key is not None:
                 self.entries.forget(key)
-            return
+            return None
+        problem = too_large(record)
+        if problem is None:
+            try:
+                entry = self._codec.decode(record.value, CacheEntry)
+            except DecodeError as exc:
+                problem = exc.reason
+            else:
+                if entry.key == key:
+                    self.entries.remember(entry)
+                    return None
+                problem = "its key is not the entry's"
+        self.skipped += 1
+        log.warning("skipping the response cache record at offset %d: %s", record.offset, problem)
+        return problem
+
+    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        assert self._producer is not None
+        letter = letter_for(record, error_class="DecodeError", reason=reason, at=_utcnow())
         try:
-            entry = self._codec.decode(record.value, CacheEntry)
-        except DecodeError as exc:
-            self.skipped += 1
-            log.warning("skipping the response cache record at offset %d: %s", record.offset, exc)
-            return
-        if entry.key != key:
-            self.skipped += 1
-            log.warning(
-                "skipping the response cache record at offset %d: its key is not the entry's",
-                record.offset,
+            await self._producer.send_and_wait(
+                self._dead_letters.name,
+                self._codec.encode(letter),
+                key=record.key,
+                partition=record.partition % self._dead_letters.partitions,
             )
-            return
-        self.entries.remember(entry)
+        except KafkaError as exc:
+            log.warning("could not dead-letter a response cache record: %s", exc)
 
     def _delivered(self, delivery: asyncio.Future[object]) -> None:
         if delivery.cancelled():

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from topics import (
+    BATCH_BYTES,
     Codec,
     ControlCommand,
     DecodeError,
@@ -38,7 +39,11 @@ class BatonClient:
         self.catalog = catalog
         self.codec = codec or Codec()
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+            bootstrap_servers=bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            max_batch_size=BATCH_BYTES,
         )
         self._results = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,

@@ -11,12 +11,20 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from topics import LLM_CACHE_RETENTION_MS, ConfigurationError, RetryTier, TopicCatalog
+from streams.workflow import parse_duration
+from topics import (
+    DEFAULT_RUN_RETENTION_S,
+    LLM_CACHE_RETENTION_MS,
+    ConfigurationError,
+    RetryTier,
+    TopicCatalog,
+    load_yaml,
+)
 
 __all__ = ["Settings", "load_settings"]
 
@@ -44,7 +52,18 @@ class Settings(BaseModel):
             unique per worker on a machine and stable across restarts (recovery is faster).
         processing_guarantee: ``exactly_once`` (Kafka transactions: the coordinator's state
             change and the events it emits commit together) or ``at_least_once``.
-        commit_interval: Seconds between offset commits (and transaction commits).
+        commit_interval: Seconds a coordinator batch gathers transitions before it commits
+            (one Kafka transaction under ``exactly_once``): longer means fewer records and
+            transactions, shorter means a step's request is visible sooner. Processors
+            commit their offsets at least this often.
+        flush_interval: Seconds between the coordinator's flushes of each partition's runs
+            to the compacted ``run-state`` topic. A takeover reads the journal written since
+            the last flush, so shorter means faster takeovers, longer fewer writes.
+        run_retention: How long a finished run is remembered (``7d``, ``12h``, or seconds):
+            within it, a task with the run's id starts nothing; after it, the run is
+            forgotten by the workers and by the broker, and the id may start a new run.
+        stop_grace: Seconds a stopping worker (SIGTERM) lets the steps it is running
+            finish before it hands the rest back to their coordinators.
         session_timeout: Seconds after which a silent worker is declared dead and its
             partitions move to the others. A worker restarted under the same ``worker_id``
             takes its partitions back at once (static group membership).
@@ -59,8 +78,8 @@ class Settings(BaseModel):
         retry_tiers: The delayed-retry tiers, shortest first (``5s,1m,10m``): each is a
             topic whose requests wait that long before they run again.
         policies_file: Organisation-wide policies (``policies.yaml``): approval gates, ...
-        access_file: Reviewers (bearer tokens -> identity and groups) and the keys approval
-            decisions are signed with (``access.yaml``).
+        access_file: Principals (bearer tokens -> identity, groups and tenants), the keys
+            approval decisions are signed with, and the workers' own key (``access.yaml``).
         approval_webhook: A URL told (POST, JSON) about every approval request and escalation.
         cache_ttl: Seconds a model answer in the response cache is served for repeated
             calls (temperature 0, steps that did not opt out), shared by every worker
@@ -79,7 +98,12 @@ class Settings(BaseModel):
     kafka_heap: str | None = Field(default=None, pattern=r"^[1-9][0-9]*[kKmMgG]$")
     worker_id: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9_.-]+$")
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
-    commit_interval: float = Field(default=0.5, gt=0, le=60)
+    commit_interval: float = Field(default=0.05, gt=0, le=60)
+    flush_interval: float = Field(default=5.0, gt=0, le=3600)
+    run_retention: Annotated[float, BeforeValidator(parse_duration)] = Field(
+        default=DEFAULT_RUN_RETENTION_S, ge=1
+    )
+    stop_grace: float = Field(default=10.0, ge=0, le=600)
     session_timeout: float = Field(default=15.0, ge=6, le=300)
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=1, le=65535)
@@ -115,7 +139,10 @@ class Settings(BaseModel):
     def catalog(self) -> TopicCatalog:
         """The topic catalog these settings describe."""
         return TopicCatalog(
-            prefix=self.topic_prefix, partitions=self.partitions, retry_tiers=self.tiers()
+            prefix=self.topic_prefix,
+            partitions=self.partitions,
+            retry_tiers=self.tiers(),
+            run_retention_s=self.run_retention,
         )
 
 
@@ -140,7 +167,7 @@ def _from_environment(environ: dict[str, str]) -> dict[str, tuple[str, str]]:
 
 def _from_file(path: Path) -> dict[str, tuple[Any, str]]:
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        loaded = load_yaml(path.read_text(encoding="utf-8"), origin=str(path))
     except OSError as exc:
         raise ConfigurationError(f"cannot read configuration file {path}: {exc}") from exc
     except yaml.YAMLError as exc:

@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from topics import (
+    MAX_RECORD_BYTES,
     Codec,
     ConfigurationError,
     DeadLetter,
@@ -36,6 +37,8 @@ __all__ = [
     "DeadLetterScan",
     "consumer",
     "is_exhausted_step",
+    "letter_for",
+    "too_large",
     "latest_by_id",
     "partitions_of",
     "ranges_since",
@@ -45,6 +48,53 @@ __all__ = [
 
 #: Seconds a read may go without receiving anything before it is given up as stuck.
 STALL_TIMEOUT_S = 30.0
+
+
+#: The most of a record's bytes a dead letter keeps: the letter must fit in a record too.
+MAX_LETTER_PAYLOAD = MAX_RECORD_BYTES - 64 * 1024
+
+
+def too_large(record: Any) -> str | None:
+    """Why a consumed record is refused unread (over ``MAX_RECORD_BYTES``), or ``None``."""
+    size = len(record.value) if record.value is not None else 0
+    if size > MAX_RECORD_BYTES:
+        return f"the record is {size} bytes, over the limit of {MAX_RECORD_BYTES}"
+    return None
+
+
+def letter_for(
+    record: Any,
+    *,
+    error_class: str,
+    reason: str,
+    at: datetime,
+    run_id: str | None = None,
+    payload_type: str | None = None,
+) -> DeadLetter:
+    """The dead letter of a consumed Kafka record that cannot be handled: its bytes, whole.
+
+    Its id is the record's place (``topic/partition/offset``), so a record dead-lettered
+    again (at-least-once writers, a takeover reading it again) keeps one id.
+    """
+    offset = getattr(record, "offset", None)
+    payload = record.value or b""
+    if len(payload) > MAX_LETTER_PAYLOAD:
+        # The letter must fit in a record itself; what is kept says so.
+        reason = f"{reason} (payload cut to its first {MAX_LETTER_PAYLOAD} of {len(payload)} bytes)"
+        payload = payload[:MAX_LETTER_PAYLOAD]
+    return DeadLetter(
+        dead_letter_id=f"{record.topic}/{record.partition}/{offset if offset is not None else '-'}",
+        origin_topic=record.topic,
+        origin_partition=record.partition,
+        origin_offset=offset,
+        key=record.key,
+        payload=payload,
+        payload_type=payload_type,
+        error_class=error_class,
+        error=reason,
+        run_id=run_id,
+        at=at,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,14 +24,20 @@ The policies file (``BATON_POLICIES_FILE``, YAML) holds rules no workflow can op
       approvers: [group:finance]                     # for on_breach: approve
       approval_timeout: 1h
 
-    tenants:                                         # spend ceilings, rolling windows
-      acme: {max_cost_usd: 200, window: 1d}
-      default: {max_cost_usd: 20, window: 1d}        # every other tenant
+    tenants:                                         # ceilings (rolling windows), workflows
+      acme: {max_cost_usd: 200, window: 1d, workflows: ["support-*"]}
+      "*": {max_cost_usd: 20, window: 1d}            # every other tenant, one shared ceiling
 
 Before a step starts, every approval policy that matches it gates it: the run asks the
 policy's approvers and waits; approved, the step starts; rejected (or timed out at the end of
 the escalation path, by default), the run ends ``rejected``. Budgets: see
 ``streams.coordinator._budgets``; ceilings: ``streams.coordinator._ledger``.
+
+Tenants: a tenant listed by name has its own entry; every tenant not listed gets the ``"*"``
+entry (``default`` is its older spelling, used when there is no ``"*"``), and all of them
+share that entry's one ceiling: naming a new tenant never buys a fresh ceiling. An entry's
+``workflows`` (name patterns, default every workflow) are what the API lets its principals
+run; ``workflows: []`` under ``"*"`` turns unknown tenants away.
 """
 
 from __future__ import annotations
@@ -48,16 +54,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from processors import TemplateError, compile_expression, compile_template
 from streams.workflow import Duration, EscalationLevel, Principal
 from streams.workflow._spec import _levels
-from topics import ConfigurationError, describe_validation_error
+from topics import ConfigurationError, describe_validation_error, load_yaml
 
 __all__ = [
+    "OTHER_TENANTS",
     "ApprovalPolicy",
     "BudgetPolicy",
     "Caps",
     "Policies",
     "TenantCeiling",
+    "TenantPolicy",
     "load_policies",
 ]
+
+#: The ``tenants`` entry for every tenant not listed by name.
+OTHER_TENANTS = "*"
+#: The older spelling of ``"*"`` (used when there is no ``"*"`` entry).
+_LEGACY_OTHERS = "default"
 
 
 class ApprovalPolicy(BaseModel):
@@ -136,17 +149,29 @@ class BudgetPolicy(BaseModel):
     approval_timeout: Duration = Field(default=3600.0)
 
 
-class TenantCeiling(BaseModel):
-    """A tenant's spending ceiling over a rolling window."""
+class TenantPolicy(BaseModel):
+    """What applies to one tenant (or, under ``"*"``, to every tenant not listed).
+
+    Attributes:
+        max_cost_usd: Its spending ceiling over ``window``; ``None``: no ceiling.
+        window: The rolling window (at most 30 days: ``baton.spend`` keeps 35).
+        workflows: Name patterns of the workflows its tasks may run through the API
+            (default: every workflow; ``[]``: none).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_cost_usd: Decimal = Field(ge=0)
+    max_cost_usd: Decimal | None = Field(default=None, ge=0)
     window: Duration = Field(
         default=86400.0,
         le=30 * 86400,
         description="The rolling window (at most 30 days: baton.spend keeps 35).",
     )
+    workflows: list[str] = Field(default_factory=lambda: ["*"])
+
+
+#: The older name of ``TenantPolicy``.
+TenantCeiling = TenantPolicy
 
 
 class Policies(BaseModel):
@@ -156,13 +181,35 @@ class Policies(BaseModel):
 
     approvals: list[ApprovalPolicy] = Field(default_factory=list)
     budgets: BudgetPolicy = Field(default_factory=BudgetPolicy)
-    tenants: dict[str, TenantCeiling] = Field(
-        default_factory=dict, description="Ceilings by tenant; `default` applies to the rest."
+    tenants: dict[str, TenantPolicy] = Field(
+        default_factory=dict, description='By tenant; "*" applies to every other tenant.'
     )
 
-    def ceiling(self, tenant: str) -> TenantCeiling | None:
-        """The ceiling that applies to a tenant."""
-        return self.tenants.get(tenant) or self.tenants.get("default")
+    def _entry(self, tenant: str) -> str | None:
+        for name in (tenant, OTHER_TENANTS, _LEGACY_OTHERS):
+            if name in self.tenants:
+                return name
+        return None
+
+    def account(self, tenant: str) -> str | None:
+        """The ledger account a tenant's spend counts against (``None``: no ceiling).
+
+        A tenant listed by name has its own; every other tenant shares the ``"*"`` entry's.
+        """
+        entry = self._entry(tenant)
+        if entry is None or self.tenants[entry].max_cost_usd is None:
+            return None
+        return entry
+
+    def ceiling(self, tenant: str) -> TenantPolicy | None:
+        """The entry whose ceiling a tenant's spend counts against, if it has one."""
+        account = self.account(tenant)
+        return None if account is None else self.tenants[account]
+
+    def may_run(self, tenant: str, workflow: str) -> bool:
+        """Whether a tenant's tasks may run a workflow (its entry's ``workflows``)."""
+        entry = self._entry(tenant)
+        return entry is None or _any(workflow, self.tenants[entry].workflows)
 
     def check_routes(self, routes: Collection[str], origin: Path | None) -> None:
         """Fail if ``budgets.downgrade`` names a route the model catalog does not have.
@@ -191,7 +238,7 @@ def load_policies(path: Path | None) -> Policies:
     if path is None:
         return Policies()
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = load_yaml(path.read_text(encoding="utf-8"), origin=str(path)) or {}
     except OSError as exc:
         raise ConfigurationError(f"cannot read policies file {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:

@@ -24,7 +24,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
-from topics import Codec, DeadLetter, DecodeError, StepRequested, TopicCatalog
+from streams._deadletters import letter_for, too_large
+from topics import Codec, DecodeError, StepRequested, TopicCatalog
 
 __all__ = ["RetryRelay"]
 
@@ -143,6 +144,9 @@ class RetryRelay(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
 
     async def _hold(self, tp: TopicPartition, queue: deque[Any], record: Any) -> None:
         try:
+            problem = too_large(record)
+            if problem is not None:
+                raise DecodeError(problem, record.value)
             request = self.codec.decode(record.value, StepRequested)
         except DecodeError as exc:
             await self._dead_letter(record, exc.reason)
@@ -158,17 +162,7 @@ class RetryRelay(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
 
     async def _dead_letter(self, record: Any, reason: str) -> None:
         log.warning("dead-lettering %s@%d: %s", record.topic, record.offset, reason)
-        letter = DeadLetter(
-            dead_letter_id=f"{record.topic}/{record.partition}/{record.offset}",
-            origin_topic=record.topic,
-            origin_partition=record.partition,
-            origin_offset=record.offset,
-            key=record.key,
-            payload=record.value or b"",
-            error_class="DecodeError",
-            error=reason,
-            at=datetime.now(UTC),
-        )
+        letter = letter_for(record, error_class="DecodeError", reason=reason, at=datetime.now(UTC))
         await self._producer.send_and_wait(
             self.catalog.dead_letter.name,
             self.codec.encode(letter),

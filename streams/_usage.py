@@ -188,12 +188,11 @@ async def read_usage(
             ranges = await ranges_since(client, tps, since)
             async for record in scan(client, ranges):
                 try:
-                    event = codec.decode(record.value, RunEvent)
+                    found = codec.run_events(record.value)
                 except DecodeError:
                     skipped += 1
                     continue
-                if event.usage is not None:
-                    events.append(event)
+                events.extend(event for event in found if event.usage is not None)
     except KafkaError as exc:
         raise RetryableError(f"reading {catalog.run_events.name} failed: {exc}") from exc
     return summarize(events, by, since, until, skipped)

@@ -18,6 +18,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from streams._deadletters import too_large
 from streams.workflow import Workflow, WorkflowError, parse_workflow
 from topics import Codec, DecodeError, RetryableError, TopicCatalog, WorkflowDefinition
 
@@ -131,7 +132,7 @@ class WorkflowFeed:
         while True:
             batches = await self._consumer.getmany(self._topic, timeout_ms=500)
             for record in batches.get(self._topic, []):
-                problem = self._apply(record.value, record.offset)
+                problem = too_large(record) or self._apply(record.value, record.offset)
                 if problem is not None and self.on_poison is not None:
                     await self.on_poison(record, problem)
             self._position = await self._consumer.position(self._topic)

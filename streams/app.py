@@ -4,9 +4,10 @@
   produce loop on aiokafka, exactly once by default (``streams.coordinator``).
 - The **retry relay** (group ``<prefix>-retry-relay``) runs beside every coordinator and
   sends delayed retries on when they are due.
-- The **processors** run as Faust agents in the app ``<prefix>-processors`` (one agent per
-  step kind, at-least-once: outside calls are at-least-once whatever the guarantee). The
-  same Faust app serves the HTTP API and runs the worker's lifecycle (signals, logging).
+- The **processors** (group ``<prefix>-processors``) run each step request as its own task
+  (``streams._processing``), at-least-once: outside calls are at-least-once whatever the
+  guarantee.
+- A Faust app serves the HTTP API and runs the worker's lifecycle (signals, logging).
 
 Separate consumer groups let processors scale apart from coordinators
 (``baton worker --processors llm --no-coordinator`` on more machines).
@@ -39,13 +40,11 @@ from streams._access import load_access
 from streams._api import install_api
 from streams._cache import KafkaResponseCache
 from streams._config import Settings
-from streams._emitter import Emitter
 from streams._policies import load_policies
-from streams._processing import ProcessorAgents
+from streams._processing import ProcessorService
 from streams._relay import RetryRelay
 from streams._workflows import WorkflowBook, WorkflowFeed
 from streams.coordinator import CoordinatorRuntime
-from streams.localkafka import live_brokers
 from topics import Codec, StepKind, TopicCatalog
 
 __all__ = ["PROCESSOR_KINDS", "Worker", "build_worker"]
@@ -70,6 +69,7 @@ class _Resources(mode.Service):
         http: httpx.AsyncClient,
         runtime: CoordinatorRuntime | None,
         relay: RetryRelay | None,
+        processors: ProcessorService | None,
         cache: KafkaResponseCache | None = None,
     ) -> None:
         super().__init__()
@@ -77,11 +77,11 @@ class _Resources(mode.Service):
         self.http = http
         self.runtime = runtime
         self.relay = relay
+        self.processors = processors
         self.cache = cache
 
     async def on_start(self) -> None:
-        # Started before anything else: the agents start after this service, so processors
-        # take their first request with the cache read.
+        # The cache first, so processors take their first request with the cache read.
         if self.cache is not None:
             await self.cache.start()
         if self.runtime is not None:
@@ -90,8 +90,14 @@ class _Resources(mode.Service):
             await self.feed.start()
         if self.relay is not None:
             await self.relay.start()
+        if self.processors is not None:
+            await self.processors.start()
 
     async def on_stop(self) -> None:
+        # Processors first: the steps in flight finish and report while the coordinator
+        # still takes their results.
+        if self.processors is not None:
+            await self.processors.stop()
         if self.relay is not None:
             await self.relay.stop()
         if self.runtime is not None:
@@ -107,15 +113,15 @@ class Worker:
     """A built worker, ready to run.
 
     Attributes:
-        app: The Faust app (processor agents, HTTP API, lifecycle).
+        app: The Faust app (HTTP API, lifecycle).
         runtime: The coordinator, if this worker runs one.
-        processors: The processor agents, if this worker runs any.
+        processors: The step processors, if this worker runs any.
         book: The deployed workflows, kept current.
     """
 
     app: faust.App
     runtime: CoordinatorRuntime | None
-    processors: ProcessorAgents | None
+    processors: ProcessorService | None
     book: WorkflowBook
     loglevel: str = "info"
 
@@ -156,21 +162,9 @@ def build_worker(
     datadir = Path(settings.home) / "workers" / settings.worker_id
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        f"{settings.topic_prefix}-processors",
+        f"{settings.topic_prefix}-worker",
         broker=[f"kafka://{a.strip()}" for a in bootstrap.split(",") if a.strip()],
         datadir=str(datadir),
-        processing_guarantee="at_least_once",
-        topic_partitions=settings.partitions,
-        topic_replication_factor=settings.replication_factor
-        or min(3, len(live_brokers(bootstrap)) or 1),
-        topic_disable_leader=True,
-        consumer_auto_offset_reset="earliest",
-        stream_wait_empty=False,
-        broker_commit_interval=settings.commit_interval,
-        broker_max_poll_records=500,
-        consumer_group_instance_id=f"{settings.worker_id}-{settings.web_port}",
-        broker_session_timeout=settings.session_timeout,
-        broker_heartbeat_interval=max(1.0, settings.session_timeout / 6),
         store="memory://",
         autodiscover=False,
         web_enabled=coordinator,
@@ -179,6 +173,9 @@ def build_worker(
         canonical_url=url,
         web_tables_enabled=False,
     )
+    # Faust runs no agent here: it serves the API and runs the worker's lifecycle. Without
+    # this it would still start a consumer (and its thread) that joins a group for nothing.
+    app.producer_only = True
     models = (
         load_model_catalog(settings.models_file)
         if settings.models_file
@@ -199,14 +196,15 @@ def build_worker(
             worker_id=settings.worker_id,
             exactly_once=settings.processing_guarantee == "exactly_once",
             session_timeout=settings.session_timeout,
+            commit_interval=settings.commit_interval,
+            flush_interval=settings.flush_interval,
             policies=policies,
             access=access,
             webhook=settings.approval_webhook,
             models=models,
             tools=tools,
         )
-        install_api(app, runtime, http)
-    agents = None
+    processors = None
     cache = None
     chosen = list(PROCESSOR_KINDS if kinds is None else kinds)
     if chosen:
@@ -215,19 +213,20 @@ def build_worker(
         if settings.cache_ttl > 0 and calls_models and _any_cacheable(models):
             cache = KafkaResponseCache(bootstrap, catalog, codec, ttl_s=settings.cache_ttl)
         built = build_processors(models, http, env, tools, cache=cache)
-        agents = ProcessorAgents(
-            app,
-            catalog,
-            codec,
-            Emitter(app, catalog, codec),
-            {kind: built[kind] for kind in chosen},
+        processors = ProcessorService(
+            bootstrap=bootstrap,
+            catalog=catalog,
+            codec=codec,
+            processors={kind: built[kind] for kind in chosen},
             worker=settings.worker_id,
+            instance_id=f"{settings.worker_id}-{settings.web_port}",
             concurrency=settings.processor_concurrency,
+            commit_interval=max(settings.commit_interval, 0.5),
+            stop_grace=settings.stop_grace,
+            session_timeout=settings.session_timeout,
         )
-    if agents is None:
-        # No processors: Faust only serves the API and runs the lifecycle (a consumer with
-        # nothing to subscribe to would crash).
-        app.producer_only = True
+    if runtime is not None:
+        install_api(app, runtime, http, processors.topics if processors else list)
     relay = (
         RetryRelay(
             bootstrap,
@@ -238,8 +237,8 @@ def build_worker(
         if coordinator
         else None
     )
-    app.add_dependency(_Resources(feed, http, runtime, relay, cache))
-    return Worker(app=app, runtime=runtime, processors=agents, book=book)
+    app.add_dependency(_Resources(feed, http, runtime, relay, processors, cache))
+    return Worker(app=app, runtime=runtime, processors=processors, book=book)
 
 
 def _any_cacheable(models: ModelCatalog) -> bool:

@@ -24,7 +24,11 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if external:
         yield external
         return
-    with LocalKafka(tmp_path_factory.mktemp("kafka")) as kafka:
+    # Records past a topic's retention are deleted within a second (Kafka checks every 5
+    # minutes by default), so a test with a short run retention sees the broker forget.
+    with LocalKafka(
+        tmp_path_factory.mktemp("kafka"), overrides={"log.retention.check.interval.ms": "1000"}
+    ) as kafka:
         yield kafka.bootstrap
 
 

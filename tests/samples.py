@@ -17,7 +17,10 @@ from topics import (
     ControlCommand,
     DeadLetter,
     Event,
+    JournalEntry,
     RunEvent,
+    RunEventBatch,
+    RunJournal,
     RunResult,
     RunStatus,
     SpendKind,
@@ -170,16 +173,18 @@ def full_events() -> list[Event]:
             context=NESTED_JSON,
             cost_usd=Decimal("0.0002"),
             requested_at=T0,
+            request_digest="d1" * 32,
         ),
         ApprovalDecision(
             approval_id="ticket-1042/approve/0",
             run_id="ticket-1042",
+            request_digest="d1" * 32,
             verdict=ApprovalVerdict.reject,
             approver="user:alice",
             reason="too generous",
             decided_at=T1,
             key_id="k2",
-            signature="ab" * 32,
+            signature="v2:" + "ab" * 32,
         ),
         WorkflowDefinition(
             name="support-triage",
@@ -226,6 +231,26 @@ def full_events() -> list[Event]:
             output_tokens=96,
             cost_usd=Decimal("0.000179"),
             created_at=T0,
+        ),
+        RunEventBatch(
+            events=[
+                RunEvent(run_id="ticket-1042", seq=0, type="run_started", at=T0),
+                RunEvent(
+                    run_id="ticket-1043",
+                    seq=3,
+                    type="step_dispatched",
+                    at=T1,
+                    step="draft",
+                    attempt=2,
+                    detail={"route": "fast"},
+                ),
+            ]
+        ),
+        RunJournal(
+            entries=[
+                JournalEntry(run_id="ticket-1042", record=b"\x01state"),
+                JournalEntry(run_id="ticket-1043", record=b""),
+            ]
         ),
     ]
 
@@ -297,4 +322,6 @@ def minimal_events() -> list[Event]:
             output_tokens=0,
             created_at=T0,
         ),
+        RunEventBatch(events=[]),
+        RunJournal(entries=[]),
     ]

@@ -7,12 +7,13 @@ from topics._admin import TopicState, create_topics, describe_topics
 from topics._avro import avro_schema
 from topics._catalog import (
     DEFAULT_RETRY_TIERS,
+    DEFAULT_RUN_RETENTION_S,
     LLM_CACHE_RETENTION_MS,
     RetryTier,
     Topic,
     TopicCatalog,
 )
-from topics._codec import Codec, describe_validation_error
+from topics._codec import BATCH_BYTES, MAX_RECORD_BYTES, Codec, describe_validation_error
 from topics._errors import (
     BatonError,
     ConfigurationError,
@@ -32,9 +33,12 @@ from topics._events import (
     ControlCommand,
     DeadLetter,
     Event,
+    JournalEntry,
     Money,
     Record,
     RunEvent,
+    RunEventBatch,
+    RunJournal,
     RunResult,
     RunStatus,
     SpendKind,
@@ -52,6 +56,7 @@ from topics._events import (
     Usage,
     WorkflowDefinition,
 )
+from topics._ids import ID_CHARACTERS, check_task_id, check_tenant
 from topics._json import (
     MAX_JSON_BYTES,
     MAX_JSON_DEPTH,
@@ -59,17 +64,42 @@ from topics._json import (
     check_json,
     loads_json,
 )
-from topics._partitioning import partition_for
+from topics._partitioning import partition_for, run_id_of
 from topics._registry import EVENT_TYPES, SchemaEntry, SchemaRegistry
-from topics._signing import decision_message, sign_decision, verify_decision
+from topics._signing import (
+    DECISION_FORM,
+    decision_message,
+    request_digest,
+    sign_decision,
+    verify_decision,
+)
+from topics._yaml import (
+    MAX_YAML_BYTES,
+    MAX_YAML_DEPTH,
+    MAX_YAML_NODES,
+    YamlLimitExceeded,
+    load_yaml,
+)
 
 __all__ = [
+    "DECISION_FORM",
+    "ID_CHARACTERS",
+    "check_task_id",
+    "check_tenant",
     "MAX_JSON_BYTES",
+    "MAX_RECORD_BYTES",
     "MAX_JSON_DEPTH",
     "JsonLimitExceeded",
     "check_json",
     "loads_json",
+    "BATCH_BYTES",
+    "MAX_YAML_BYTES",
+    "MAX_YAML_DEPTH",
+    "MAX_YAML_NODES",
+    "YamlLimitExceeded",
+    "load_yaml",
     "DEFAULT_RETRY_TIERS",
+    "DEFAULT_RUN_RETENTION_S",
     "EVENT_TYPES",
     "LLM_CACHE_RETENTION_MS",
     "ApprovalDecision",
@@ -92,7 +122,10 @@ __all__ = [
     "Record",
     "RetryTier",
     "RetryableError",
+    "JournalEntry",
     "RunEvent",
+    "RunEventBatch",
+    "RunJournal",
     "RunResult",
     "SpendKind",
     "SpendRecorded",
@@ -120,6 +153,8 @@ __all__ = [
     "describe_topics",
     "describe_validation_error",
     "partition_for",
+    "request_digest",
+    "run_id_of",
     "sign_decision",
     "verify_decision",
 ]

@@ -27,6 +27,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from topics._events import MONEY_SCALE, Record
+from topics._json import loads_json
 
 __all__ = ["NAMESPACE", "JSON_LOGICAL_TYPE", "avro_schema", "full_name"]
 
@@ -39,7 +40,8 @@ def _write_json(value: Any, schema: Any) -> str:
 
 
 def _read_json(text: str, writer_schema: Any, reader_schema: Any) -> Any:
-    return orjson.loads(text)
+    # JSON inside an event is checked against the depth and size limits where it enters.
+    return loads_json(text, what="a JSON field")
 
 
 # fastavro applies these to every string field with logicalType "json", at any depth; other

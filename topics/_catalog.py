@@ -20,6 +20,8 @@ from topics._events import (
     DeadLetter,
     Event,
     RunEvent,
+    RunEventBatch,
+    RunJournal,
     RunResult,
     SpendRecorded,
     StepKind,
@@ -30,10 +32,20 @@ from topics._events import (
     WorkflowDefinition,
 )
 
-__all__ = ["DEFAULT_RETRY_TIERS", "LLM_CACHE_RETENTION_MS", "RetryTier", "Topic", "TopicCatalog"]
+__all__ = [
+    "DEFAULT_RETRY_TIERS",
+    "DEFAULT_RUN_RETENTION_S",
+    "LLM_CACHE_RETENTION_MS",
+    "RetryTier",
+    "Topic",
+    "TopicCatalog",
+]
 
 _HOUR_MS = 3_600_000
 _DAY_MS = 24 * _HOUR_MS
+
+#: How long a finished run is remembered by default (as Temporal's namespace retention).
+DEFAULT_RUN_RETENTION_S = 7 * 24 * 3600.0
 
 #: How long the response cache topic keeps an entry: the longest TTL a worker may serve.
 LLM_CACHE_RETENTION_MS = 7 * _DAY_MS
@@ -102,15 +114,22 @@ class TopicCatalog:
         prefix: The name prefix (``baton`` gives ``baton.tasks``, ...).
         partitions: The partition count shared by every co-partitioned topic.
         retry_tiers: The delayed-retry tiers, shortest first.
+        run_retention_s: How long a finished run is remembered (its task id cannot start
+            another run) and how long the run-state changelog keeps a record.
     """
 
     prefix: str = "baton"
     partitions: int = 12
     retry_tiers: tuple[RetryTier, ...] = DEFAULT_RETRY_TIERS
+    run_retention_s: float = DEFAULT_RUN_RETENTION_S
     _steps: dict[StepKind, Topic] = field(init=False, repr=False, compare=False)
     _retries: dict[str, Topic] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.run_retention_s <= 0:
+            raise ConfigurationError(
+                f"run retention must be positive, not {self.run_retention_s} s"
+            )
         if self.partitions < 1:
             raise ConfigurationError(f"partitions must be at least 1, not {self.partitions}")
         tier_names = [tier.name for tier in self.retry_tiers]
@@ -147,7 +166,7 @@ class TopicCatalog:
         retention_ms: int | None,
         description: str,
         *,
-        cleanup_policy: Literal["delete", "compact"] = "delete",
+        cleanup_policy: Literal["delete", "compact", "compact,delete"] = "delete",
         accepts_json: bool = False,
         extra_configs: tuple[tuple[str, str], ...] = (),
     ) -> Topic:
@@ -214,9 +233,16 @@ class TopicCatalog:
 
     @cached_property
     def run_events(self) -> Topic:
-        """Every state transition of every run, with cost and timing."""
+        """Every state transition of every run, with cost and timing.
+
+        One ``RunEventBatch`` per coordinator commit and partition (single ``RunEvent``
+        records, as older releases wrote them, are read too).
+        """
         return self._run_topic(
-            "run-events", (RunEvent,), 30 * _DAY_MS, "coordinator -> audit, UI, ops"
+            "run-events",
+            (RunEventBatch, RunEvent),
+            30 * _DAY_MS,
+            "coordinator -> audit, UI, ops (key: null; one batch per commit)",
         )
 
     @cached_property
@@ -232,9 +258,13 @@ class TopicCatalog:
 
     @cached_property
     def timers(self) -> Topic:
-        """Wake-ups the coordinator sends itself when a run has a deadline due."""
+        """Retired: wake-ups older releases' coordinators sent themselves.
+
+        Deadlines now fire inside the coordinator's loop; nothing writes or reads this topic.
+        It stays in the catalog so ``baton topics describe`` knows it on older deployments.
+        """
         return self._run_topic(
-            "timers", (TimerFired,), _HOUR_MS, "coordinator timer -> coordinator"
+            "timers", (TimerFired,), _HOUR_MS, "retired (older releases' coordinator wake-ups)"
         )
 
     @cached_property
@@ -277,23 +307,43 @@ class TopicCatalog:
 
     @cached_property
     def run_state(self) -> Topic:
-        """The coordinator's changelog: the latest state of every run (JSON), compacted.
+        """The coordinator's snapshots: the latest stored state of every run, compacted.
 
-        Written in the same transaction as the events of each transition, and read back
-        when a worker takes over a partition.
+        In-flight runs are written now and then (a flush), finished runs once, as a small
+        summary. Records older than the run retention are deleted by the broker
+        (``compact,delete``): a finished run is forgotten then, and in-flight runs are
+        written again before they would be. Read back when a worker takes over a partition.
         """
         return self._run_topic(
             "run-state",
             (),
-            None,
+            int(self.run_retention_s * 1000),
             "coordinator -> coordinator (state restored on takeover)",
-            cleanup_policy="compact",
+            cleanup_policy="compact,delete",
             # Small segments and an eager cleaner keep the log near one record per run, so
             # a worker taking over a partition reads little more than the live state.
             extra_configs=(
-                ("segment.ms", str(10 * 60 * 1000)),
+                (
+                    "segment.ms",
+                    str(min(10 * 60 * 1000, max(1000, int(self.run_retention_s * 100)))),
+                ),
                 ("min.cleanable.dirty.ratio", "0.1"),
             ),
+        )
+
+    @cached_property
+    def run_journal(self) -> Topic:
+        """The coordinator's write-ahead journal: the runs each commit changed.
+
+        One ``RunJournal`` per commit and partition, in the commit's transaction. The
+        coordinator deletes what a flush to ``run-state`` made redundant (DeleteRecords), so
+        a takeover reads only the journal since the last flush. The retention is a backstop.
+        """
+        return self._run_topic(
+            "run-journal",
+            (RunJournal,),
+            int(self.run_retention_s * 1000),
+            "coordinator -> coordinator (replayed on takeover; key: null)",
         )
 
     @cached_property
@@ -342,6 +392,7 @@ class TopicCatalog:
         yield self.spend
         yield self.llm_cache
         yield self.run_state
+        yield self.run_journal
 
     def by_name(self, name: str) -> Topic:
         """Look a topic up by its full name."""

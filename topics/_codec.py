@@ -10,23 +10,36 @@ Decoding never crashes deep in fastavro: every way bytes can be wrong ends in a
 
 from __future__ import annotations
 
+import contextlib
 import io
-import json
 import struct
 from decimal import Decimal
 from typing import Any, TypeVar, overload
 
 import fastavro
 import orjson
-from pydantic import ValidationError
+from pydantic import JsonValue, ValidationError
 
 from topics._avro import JSON_LOGICAL_TYPE, full_name
+from topics._avro_reader import Reader, compile_reader
+from topics._avro_writer import Unsupported, Writer, compile_writer
 from topics._catalog import Topic
 from topics._errors import DecodeError
-from topics._events import Event, TaskSubmitted
+from topics._events import Event, RunEvent, RunEventBatch, RunJournal, TaskSubmitted
+from topics._json import JsonLimitExceeded, loads_json
 from topics._registry import EVENT_TYPES, SchemaRegistry
 
-__all__ = ["Codec", "describe_validation_error"]
+__all__ = ["BATCH_BYTES", "MAX_RECORD_BYTES", "Codec", "describe_validation_error"]
+
+#: The largest record value baton writes, and reads: the broker's default limit is 1,048,588
+#: bytes for a whole batch (key and headers included). A record over it is dead-lettered.
+MAX_RECORD_BYTES = 1_000_000
+
+#: The record batch size baton's producers fill per partition (``max_batch_size``). aiokafka
+#: keeps one open batch per partition and makes ``send`` wait for a full one to be sent
+#: before it starts the next, so its default (16 KiB, a dozen 1 KB events) turns a burst of
+#: sends into a wait for each round trip; a larger batch lets a burst go out at once.
+BATCH_BYTES = 512 * 1024
 
 E = TypeVar("E", bound=Event)
 
@@ -53,12 +66,24 @@ class Codec:
     def __init__(self, registry: SchemaRegistry | None = None) -> None:
         self._registry = registry or SchemaRegistry.load()
         self._writers: dict[type[Event], tuple[bytes, Any]] = {}
+        # Top-level JSON fields per type: kept out of pydantic's dump and validation (their
+        # values are JSON by construction, parsed by orjson within the limits, see decode).
+        self._json_fields: dict[type[Event], frozenset[str]] = {
+            t: frozenset(n for n, f in t.model_fields.items() if _is_json(f.annotation))
+            for t in EVENT_TYPES
+        }
         self._readers: dict[int, tuple[type[Event], Any, Any]] = {}
         self._older: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+        #: Compiled readers (``_avro_reader``) for the newest schema of each type.
+        self._compiled_readers: dict[int, Reader] = {}
         types_by_name = {full_name(t): t for t in EVENT_TYPES}
+        #: Compiled writers (``_avro_writer``), where the schema compiles: fastavro otherwise.
+        self._compiled: dict[type[Event], Writer] = {}
         for event_type in EVENT_TYPES:
             latest = self._registry.latest(full_name(event_type))
             self._writers[event_type] = (_HEADER.pack(_MAGIC, latest.id), latest.parsed)
+            with contextlib.suppress(Unsupported):
+                self._compiled[event_type] = compile_writer(latest.schema)
         for entry in self._registry.entries:
             known = types_by_name.get(entry.name)
             if known is None:
@@ -68,6 +93,9 @@ class Codec:
             self._readers[entry.id] = (known, entry.parsed, reader)
             if reader is not None:
                 self._older[entry.id] = (latest.schema, entry.schema)
+            else:
+                with contextlib.suppress(Unsupported):
+                    self._compiled_readers[entry.id] = compile_reader(entry.schema)
 
     def schema_id(self, event_type: type[Event]) -> int:
         """The id this codec writes events of a type with."""
@@ -77,10 +105,56 @@ class Codec:
     def encode(self, event: Event) -> bytes:
         """The wire bytes of an event."""
         header, schema = self._writers[type(event)]
+        write = self._compiled.get(type(event))
+        if write is not None:
+            out = bytearray(header)
+            write(event, out)
+            return bytes(out)
         buffer = io.BytesIO()
         buffer.write(header)
-        fastavro.schemaless_writer(buffer, schema, event.model_dump())
+        fastavro.schemaless_writer(buffer, schema, self._dumped(event))
         return buffer.getvalue()
+
+    def encode_item(self, event: Event) -> bytes:
+        """An event's Avro body alone, to be framed into a batch by ``batch``."""
+        _, schema = self._writers[type(event)]
+        write = self._compiled.get(type(event))
+        if write is not None:
+            out = bytearray()
+            write(event, out)
+            return bytes(out)
+        buffer = io.BytesIO()
+        fastavro.schemaless_writer(buffer, schema, self._dumped(event))
+        return buffer.getvalue()
+
+    def _dumped(self, event: Event) -> dict[str, Any]:
+        json_fields = self._json_fields[type(event)]
+        if not json_fields:
+            return event.model_dump()
+        dumped = event.model_dump(exclude=json_fields)  # type: ignore[arg-type]  # a set
+        for name in json_fields:
+            dumped[name] = getattr(event, name)
+        return dumped
+
+    def batch(
+        self, batch_type: type[RunEventBatch] | type[RunJournal], items: list[bytes]
+    ) -> bytes:
+        """The wire bytes of a batch event from its items' Avro bodies.
+
+        ``RunEventBatch`` and ``RunJournal`` are one array field each; an Avro array is a
+        count, the items' bodies, and a zero. Items encoded one by one (``encode_item``,
+        ``journal_entry``) are framed without decoding or validating anything again.
+        """
+        header, _ = self._writers[batch_type]
+        if not items:
+            return header + b"\x00"
+        return b"".join((header, _long(len(items)), *items, b"\x00"))
+
+    @staticmethod
+    def journal_entry(run_id: str, record: bytes) -> bytes:
+        """The Avro body of one ``JournalEntry`` (a run id and a stored record)."""
+        name = run_id.encode()
+        return b"".join((_long(len(name)), name, _long(len(record)), record))
 
     @overload
     def decode(self, data: bytes | None, expected: type[E]) -> E: ...
@@ -111,26 +185,54 @@ class Codec:
             raise DecodeError(
                 f"schema id {schema_id} is a {event_type.__name__}; expected {names}", data
             )
-        buffer = io.BytesIO(data)
-        buffer.seek(_HEADER.size)
+        compiled = self._compiled_readers.get(schema_id)
         try:
-            record = fastavro.schemaless_reader(buffer, writer_schema, reader_schema)
+            if compiled is not None:  # written with the newest schema: no resolution
+                record, end = compiled(data if isinstance(data, bytes) else bytes(data), 5)
+            else:
+                buffer = io.BytesIO(data)
+                buffer.seek(_HEADER.size)
+                record = fastavro.schemaless_reader(buffer, writer_schema, reader_schema)
+                end = buffer.tell()
         except Exception as exc:  # truncated or garbled bodies raise many different types
             raise DecodeError(
                 f"{event_type.__name__} body does not match schema id {schema_id}: "
                 f"{type(exc).__name__}: {exc}",
                 data,
             ) from exc
-        if buffer.tell() != len(data):
+        if end != len(data):
             raise DecodeError(
-                f"{len(data) - buffer.tell()} unexpected bytes after the "
+                f"{len(data) - end} unexpected bytes after the "
                 f"{event_type.__name__} body (schema id {schema_id})",
                 data,
             )
         if schema_id in self._older:
             reader_raw, writer_raw = self._older[schema_id]
             record = _with_defaults_converted(record, reader_raw, writer_raw, {}, {})
-        return _validate(event_type, record, data)
+        json_fields = self._json_fields[event_type]
+        if not json_fields:
+            return _validate(event_type, record, data)
+        # A JSON field was parsed by orjson, within the limits: it is a JSON value already,
+        # so pydantic validates the rest (walking a large JSON value twice is most of the
+        # cost of decoding a request), and the JSON values are set as they are.
+        fields: dict[str, Any] = record  # a fresh dict: the JSON values move out of it
+        values = {}
+        for name in json_fields:
+            if name in fields:
+                values[name] = fields[name]
+                fields[name] = None
+        event = _validate(event_type, fields, data)
+        event.__dict__.update(values)
+        return event
+
+    def run_events(self, data: bytes | None) -> list[RunEvent]:
+        """The run events in a ``run-events`` record: a batch, or one event (older releases).
+
+        Raises:
+            DecodeError: The value is neither.
+        """
+        event = self.decode(data, (RunEventBatch, RunEvent))
+        return event.events if isinstance(event, RunEventBatch) else [event]  # type: ignore[list-item]
 
     def decode_for(self, topic: Topic, data: bytes | None, key: bytes | None = None) -> Event:
         """Decode a record value from a catalog topic (JSON too, where the topic accepts it).
@@ -149,8 +251,10 @@ class Codec:
             DecodeError: Not JSON, not an object, or not a valid task; says why.
         """
         try:
-            value = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            value = loads_json(data, what="a JSON task")
+        except JsonLimitExceeded as exc:
+            raise DecodeError(str(exc), data) from exc
+        except ValueError as exc:  # orjson's errors, bad UTF-8 included
             raise DecodeError(f"invalid JSON: {exc}", data) from exc
         if not isinstance(value, dict):
             raise DecodeError("a JSON task must be an object", data)
@@ -160,6 +264,21 @@ class Codec:
             except UnicodeDecodeError:
                 raise DecodeError("task_id missing and the record key is not UTF-8", data) from None
         return _validate(TaskSubmitted, value, data)
+
+
+def _is_json(annotation: object) -> bool:
+    return annotation is JsonValue
+
+
+def _long(value: int) -> bytes:
+    """Avro's zig-zag varint encoding of a long."""
+    zigzag = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while zigzag & ~0x7F:
+        out.append((zigzag & 0x7F) | 0x80)
+        zigzag >>= 7
+    out.append(zigzag)
+    return bytes(out)
 
 
 def _validate(event_type: type[E], value: Any, data: bytes) -> E:

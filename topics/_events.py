@@ -14,6 +14,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
 
+from topics._ids import check_task_id, check_tenant
+
 __all__ = [
     "ApprovalDecision",
     "ApprovalRequested",
@@ -29,7 +31,10 @@ __all__ = [
     "MONEY_SCALE",
     "Money",
     "Record",
+    "JournalEntry",
     "RunEvent",
+    "RunEventBatch",
+    "RunJournal",
     "RunResult",
     "RunStatus",
     "SpendKind",
@@ -165,14 +170,16 @@ class Budget(Record):
 class TaskSubmitted(Event):
     """A request to run a workflow. Key: the task id, which is also the run id."""
 
-    task_id: str = Field(min_length=1, max_length=200, description="Task id = run id.")
+    task_id: Annotated[str, AfterValidator(check_task_id)] = Field(description="Task id = run id.")
     workflow: str = Field(min_length=1, description="Workflow name.")
     workflow_version: str | None = Field(
         default=None,
         description="Content hash (or a unique prefix) to pin; null runs the latest deployed.",
     )
     input: JsonValue = Field(description="Workflow input, checked against its input schema.")
-    tenant: str = Field(default="default", min_length=1, description="Who pays for the run.")
+    tenant: Annotated[str, AfterValidator(check_tenant)] = Field(
+        default="default", description="Who pays for the run."
+    )
     budget: Budget | None = Field(
         default=None, description="Caps tighter than the workflow's defaults."
     )
@@ -275,6 +282,37 @@ class RunEvent(Event):
     detail: JsonValue = Field(default=None, description="Type-specific detail.")
 
 
+class RunEventBatch(Event):
+    """The run events of one coordinator commit on one partition, in order. Key: null.
+
+    One record carries every event the commit produced, for all the partition's runs it
+    touched: a record per commit, not per event, keeps the audit trail's cost per run small.
+    Events of one run appear in ``seq`` order across records.
+    """
+
+    events: list[RunEvent] = Field(description="The events, in the order they happened.")
+
+
+class JournalEntry(Record):
+    """One run's state as one coordinator commit left it."""
+
+    run_id: str = Field(description="The run.")
+    record: bytes = Field(description="The run's stored state, as the run-state topic keeps it.")
+
+
+class RunJournal(Event):
+    """The run states one coordinator commit changed on one partition. Key: null.
+
+    The coordinator's write-ahead journal: every commit appends one record (or a few, when
+    large) with the new state of each run it changed, in the same transaction as the events
+    it emitted. The compacted ``run-state`` topic receives each run's state only now and then
+    (a flush), after which the journal before it is deleted; a worker taking a partition over
+    reads the run-state snapshots, then the journal since the last flush.
+    """
+
+    entries: list[JournalEntry] = Field(description="The runs' new states.")
+
+
 class AttemptRecord(Record):
     """One failed attempt, kept in a dead letter's history."""
 
@@ -324,6 +362,10 @@ class ApprovalRequested(Event):
     context: JsonValue = Field(default=None, description="Input and outputs so far.")
     cost_usd: Money = Field(default=Decimal(0), description="Run cost so far.")
     requested_at: Timestamp = Field(description="When it was asked.")
+    request_digest: str = Field(
+        default="",
+        description="sha256 (hex) of the fields above: what a decision on it must name.",
+    )
 
 
 class ApprovalDecision(Event):
@@ -331,12 +373,15 @@ class ApprovalDecision(Event):
 
     approval_id: str = Field(description="The request decided.")
     run_id: str = Field(description="The run.")
+    request_digest: str = Field(
+        default="", description="The request_digest of the request decided (what was shown)."
+    )
     verdict: ApprovalVerdict = Field(description="approve or reject.")
     approver: str = Field(description="Identity of the reviewer: user:<id>.")
     reason: str | None = Field(default=None, description="Why, in the reviewer's words.")
     decided_at: Timestamp = Field(description="When it was decided.")
     key_id: str = Field(default="default", description="Which signing key signed it.")
-    signature: str = Field(description="HMAC-SHA256 over the fields above, hex.")
+    signature: str = Field(description="v2: and the HMAC-SHA256 over the fields above, hex.")
 
 
 class WorkflowDefinition(Event):

@@ -12,7 +12,9 @@ from functools import lru_cache
 
 from aiokafka.partitioner import murmur2
 
-__all__ = ["partition_for"]
+from topics._events import Event, TaskSubmitted
+
+__all__ = ["partition_for", "run_id_of"]
 
 
 # aiokafka's murmur2 is pure Python (about 5 us), and a run's events ask for it many times.
@@ -21,3 +23,11 @@ def partition_for(run_id: str, partitions: int) -> int:
     """The partition of a run."""
     hashed: int = murmur2(run_id.encode())
     return (hashed & 0x7FFFFFFF) % partitions
+
+
+def run_id_of(event: Event) -> str | None:
+    """The run an event belongs to (its record key), or ``None``."""
+    if isinstance(event, TaskSubmitted):
+        return event.task_id
+    run_id = getattr(event, "run_id", None)
+    return run_id if isinstance(run_id, str) and run_id else None

@@ -39,6 +39,8 @@ from topics._events import (
     DeadLetter,
     Event,
     RunEvent,
+    RunEventBatch,
+    RunJournal,
     RunResult,
     SpendRecorded,
     StepRequested,
@@ -68,6 +70,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     TimerFired,
     SpendRecorded,
     CacheEntry,
+    RunEventBatch,
+    RunJournal,
 )
 
 

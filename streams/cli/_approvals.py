@@ -13,12 +13,11 @@ from typing import Any
 from urllib.parse import quote
 
 import click
-import httpx
 from rich.markup import escape
 from rich.table import Table
 
-from streams.cli._main import console, err_console, settings
-from topics import ConfigurationError, PermanentError, RetryableError
+from streams.cli._http import call_api
+from streams.cli._main import console, err_console
 
 __all__ = ["approvals_group"]
 
@@ -27,39 +26,7 @@ _TOKEN_HELP = "Your reviewer token (default: the BATON_TOKEN environment variabl
 
 def _call(method: str, path: str, token: str | None, body: dict[str, Any] | None = None) -> Any:
     """One API call; an error answer becomes a one-line error naming what went wrong."""
-    if not token:
-        raise ConfigurationError("no reviewer token: give --token or set BATON_TOKEN")
-    api = settings().api
-    try:
-        response = httpx.request(
-            method,
-            f"{api}{path}",
-            headers={"Authorization": f"Bearer {token}"},
-            json=body,
-            timeout=15,
-        )
-    except httpx.HTTPError as exc:
-        raise RetryableError(
-            f"no worker API at {api} ({exc}): start `baton worker` or set BATON_API_URL"
-        ) from None
-    if response.is_success:
-        return response.json()
-    try:
-        said = str(response.json()["error"])
-    except (ValueError, KeyError, TypeError):
-        said = response.text.strip()[:200] or response.reason_phrase
-    status = response.status_code
-    if status == 401:
-        raise ConfigurationError(f"not signed in: {said} (check --token or BATON_TOKEN)")
-    if status == 403:
-        raise PermanentError(f"not allowed: {said}")
-    if status == 404:
-        raise PermanentError(f"not found: {said}")
-    if status == 409:
-        raise PermanentError(f"already decided: {said}")
-    if status in (502, 503):
-        raise RetryableError(f"try again: {said}")
-    raise PermanentError(f"the API answered {status}: {said}")
+    return call_api(method, path, token, body, what="reviewer token")
 
 
 def _money(value: Any) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -49,6 +50,21 @@ def _models_file(workdir: Path) -> tuple[Path, str]:
     return path, f"{fast} and {strong} at {base_url}"
 
 
+def _access(workdir: Path, env: dict[str, str]) -> str | None:
+    """An access file for the demo's worker when none is set: one principal, ``demo``.
+
+    Returns its fresh token (for ``BATON_TOKEN``), or ``None`` when the caller brought an
+    access file of their own.
+    """
+    if env.get("BATON_ACCESS_FILE"):
+        return None
+    token = secrets.token_urlsafe(24)
+    path = workdir / "access.yaml"
+    path.write_text('principals:\n  demo: {token_env: BATON_DEMO_TOKEN, tenants: "*"}\n')
+    env.update(BATON_ACCESS_FILE=str(path), BATON_DEMO_TOKEN=token)
+    return token
+
+
 def _bootstrap(config: Settings) -> str:
     if config.bootstrap or running_broker(config.home) is not None:
         return resolve_bootstrap(config)
@@ -90,6 +106,7 @@ def demo(count: int, keep: bool) -> None:
     models, model_note = _models_file(workdir)
     log = workdir / "worker.log"
     env = {**os.environ, "BATON_BOOTSTRAP": bootstrap, "BATON_MODELS_FILE": str(models)}
+    token = _access(workdir, env)
     console.print(f"Starting a worker (model: {model_note}); its log: {log}")
     with log.open("ab") as out:
         worker = subprocess.Popen(
@@ -119,6 +136,8 @@ def demo(count: int, keep: bool) -> None:
             "\nInspect a run with [bold]baton runs show <run id>[/] while a worker runs "
             "(`baton worker`, or `baton demo --keep`); stop Kafka with [bold]baton kafka down[/]."
         )
+        if keep and token is not None:
+            console.print(f"The API takes the demo's token: export BATON_TOKEN={token}")
     finally:
         if keep and worker.poll() is None:
             console.print(

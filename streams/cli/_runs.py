@@ -10,15 +10,16 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
-import httpx
 from pydantic import ValidationError
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from streams._client import BatonClient
+from streams.cli._http import TOKEN_HELP, call_api
 from streams.cli._main import console, settings
 from streams.cli._usage import usd
 from streams.localkafka import resolve_bootstrap
@@ -26,6 +27,7 @@ from topics import (
     ConfigurationError,
     ControlAction,
     ControlCommand,
+    PermanentError,
     RetryableError,
     RunResult,
     TaskSubmitted,
@@ -181,21 +183,16 @@ def runs_group() -> None:
 
 @runs_group.command("show")
 @click.argument("run_id")
+@click.option("--token", envvar="BATON_TOKEN", help=TOKEN_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
-def show(run_id: str, as_json: bool) -> None:
+def show(run_id: str, token: str | None, as_json: bool) -> None:
     """Show a run: status, steps with attempts, timing, tokens and cost, output."""
-    config = settings()
-    url = f"{config.api}/v1/runs/{run_id}"
     try:
-        response = httpx.get(url, timeout=10)
-    except httpx.HTTPError as exc:
-        raise RetryableError(
-            f"no worker API at {config.api} ({exc}): start `baton worker` or set BATON_API_URL"
-        ) from None
-    if response.status_code == 404:
-        raise ConfigurationError(f"no run {run_id!r}")
-    response.raise_for_status()
-    view = response.json()
+        view = call_api("GET", f"/v1/runs/{quote(run_id, safe='')}", token)
+    except PermanentError as exc:
+        if str(exc).startswith("not found:"):
+            raise ConfigurationError(f"no run {run_id!r}") from None
+        raise
     if as_json:
         click.echo(json.dumps(view, indent=2))
         return

@@ -1,12 +1,18 @@
 """Approvals: people decide, and the coordinator holds the run until they have.
 
 An ``approval`` step, or a policy that gates a step, opens an approval request: the run emits
-``ApprovalRequested`` and waits. A decision counts only if it is signed with a known key, is
-for the request that is open, comes from an allowed approver, and is that approver's first.
-Anything else is refused and recorded (``approval_refused``). One rejection ends the run
-``rejected``; ``quorum`` distinct approvals let it go on. When the deadline passes, the
-request escalates to the next level of its path; at the end of the path the step's
-``on_timeout`` decides (reject, by default).
+``ApprovalRequested`` and waits. Its id ``<run>/<step>/<n>`` numbers the run's requests, so
+no id is used twice in a run's life (validation re-runs and re-drives rebuild steps, not the
+run's counter), and its ``request_digest`` fixes what reviewers were shown.
+
+A decision counts only if it is signed (the ``v2`` form) with a known key, names the open
+request by id and digest, was made while that request was open (not before it was asked, not
+after its deadline) and arrives before the deadline, comes from an allowed approver who may
+act for the run's tenant, and is that approver's first. Anything else is refused and
+recorded (``approval_refused``, with the reason). One rejection ends the run ``rejected``;
+``quorum`` distinct approvals let it go on. When the deadline passes, the request escalates
+to the next level of its path; at the end of the path the step's ``on_timeout`` decides
+(reject, by default).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any
 from pydantic import JsonValue
 
 from processors import TemplateRenderError, compile_template, render_value
-from streams.coordinator._state import ApprovalState, StepPhase, Vote
+from streams.coordinator._state import ApprovalState, RunState, StepPhase, Vote
 from streams.coordinator._transition import Transition
 from streams.workflow import ApprovalStep, EscalationLevel
 from topics import (
@@ -26,10 +32,12 @@ from topics import (
     ApprovalRequested,
     ApprovalVerdict,
     RunStatus,
+    request_digest,
     verify_decision,
 )
 
 __all__ = [
+    "approval_request",
     "ask_budget_approval",
     "check_approval_deadlines",
     "gate",
@@ -156,9 +164,10 @@ def _ask(t: Transition, name: str, rule: _Rule, *, level: int) -> None:
         return
     if not reason:
         reason = f"policy {rule.policy}" if rule.policy else f"approval step {name}"
-    number = step.approvals_asked + 1
+    # Runs from before the run-wide counter count on from the steps' own counters.
+    asked = max([t.get("approvals_asked"), *(s.approvals_asked for s in t.steps.values())])
     approval = ApprovalState(
-        approval_id=f"{t.old.run_id}/{name}/{number}",
+        approval_id=f"{t.old.run_id}/{name}/{asked + 1}",
         level=level,
         approvers=approvers,
         quorum=quorum,
@@ -167,28 +176,16 @@ def _ask(t: Transition, name: str, rule: _Rule, *, level: int) -> None:
         context=shown,
         requested_at=t.now,
         policy=rule.policy,
+        cost_usd=t.get("usage").cost_usd,
     )
-    changes: dict[str, Any] = {"approval": approval, "approvals_asked": number}
+    request = _request(t.old, name, approval)
+    approval = approval.model_copy(update={"request_digest": request.request_digest})
+    changes: dict[str, Any] = {"approval": approval, "approvals_asked": step.approvals_asked + 1}
     if rule.policy is None:
         changes.update(phase=StepPhase.dispatched, deadline_at=None, dispatched_at=t.now)
     t.set_step(name, **changes)
-    t.emit.append(
-        ApprovalRequested(
-            approval_id=approval.approval_id,
-            run_id=t.old.run_id,
-            step=name,
-            workflow=t.old.workflow,
-            tenant=t.old.tenant,
-            reason=reason,
-            approvers=approvers,
-            quorum=quorum,
-            level=level,
-            deadline=approval.deadline,
-            context=shown,
-            cost_usd=t.get("usage").cost_usd,
-            requested_at=t.now,
-        )
-    )
+    t.set(approvals_asked=asked + 1)
+    t.emit.append(request)
     t.note(
         "approval_escalated" if level else "approval_requested",
         name,
@@ -200,8 +197,38 @@ def _ask(t: Transition, name: str, rule: _Rule, *, level: int) -> None:
             "deadline": approval.deadline.isoformat(),
             "policy": rule.policy,
             "reason": reason,
+            "request_digest": request.request_digest,
         },
     )
+
+
+def _request(state: RunState, name: str, approval: ApprovalState) -> ApprovalRequested:
+    """The ``ApprovalRequested`` an open request is, its digest computed when not stored."""
+    request = ApprovalRequested(
+        approval_id=approval.approval_id,
+        run_id=state.run_id,
+        step=name,
+        workflow=state.workflow,
+        tenant=state.tenant,
+        reason=approval.reason,
+        approvers=approval.approvers,
+        quorum=approval.quorum,
+        level=approval.level,
+        deadline=approval.deadline,
+        context=approval.context,
+        cost_usd=approval.cost_usd,
+        requested_at=approval.requested_at,
+    )
+    digest = approval.request_digest or request_digest(request)
+    return request.model_copy(update={"request_digest": digest})
+
+
+def approval_request(state: RunState, name: str) -> ApprovalRequested | None:
+    """A step's open request exactly as it was emitted (what reviewers see and decide)."""
+    step = state.steps.get(name)
+    if step is None or step.approval is None or state.finished:
+        return None
+    return _request(state, name, step.approval)
 
 
 def _refuse(t: Transition, decision: ApprovalDecision, why: str, step: str | None) -> None:
@@ -219,7 +246,8 @@ def _refuse(t: Transition, decision: ApprovalDecision, why: str, step: str | Non
 
 def on_decision(t: Transition, decision: ApprovalDecision) -> None:
     """Weigh one decision: refuse it (recorded), or count it."""
-    problem = verify_decision(decision, t.context.access.keys)
+    access = t.context.access
+    problem = verify_decision(decision, access.keys)
     if problem is not None:
         _refuse(t, decision, f"bad signature: {problem}", None)
         return
@@ -240,8 +268,15 @@ def on_decision(t: Transition, decision: ApprovalDecision) -> None:
         return
     approval = t.steps[found].approval
     assert approval is not None
-    if not t.context.access.allows(approval.approvers, decision.approver):
+    misplaced = _out_of_place(t, found, approval, decision)
+    if misplaced is not None:
+        _refuse(t, decision, misplaced, found)
+        return
+    if not access.allows(approval.approvers, decision.approver):
         _refuse(t, decision, f"{decision.approver} may not decide this request", found)
+        return
+    if not access.acts_for(decision.approver, t.old.tenant):
+        _refuse(t, decision, f"{decision.approver} may not act for tenant {t.old.tenant!r}", found)
         return
     if any(vote.approver == decision.approver for vote in approval.votes):
         _refuse(t, decision, f"{decision.approver} has decided this request already", found)
@@ -271,6 +306,28 @@ def on_decision(t: Transition, decision: ApprovalDecision) -> None:
         _resolve(t, found, approved=False, why=f"{found} rejected by {decision.approver}{why}")
     elif sum(v.verdict == ApprovalVerdict.approve for v in votes) >= approval.quorum:
         _resolve(t, found, approved=True, why="approved")
+
+
+def _out_of_place(
+    t: Transition, name: str, approval: ApprovalState, decision: ApprovalDecision
+) -> str | None:
+    """Why a decision does not answer the open request as it stands now, if it does not."""
+    digest = _request(t.old, name, approval).request_digest
+    if decision.request_digest != digest:
+        return "it names another request: its request_digest is not the open request's"
+    if decision.decided_at < approval.requested_at:
+        return (
+            f"decided at {decision.decided_at.isoformat()}, before the request was opened "
+            f"at {approval.requested_at.isoformat()}"
+        )
+    if decision.decided_at > approval.deadline:
+        return (
+            f"decided at {decision.decided_at.isoformat()}, after the request's deadline "
+            f"{approval.deadline.isoformat()}"
+        )
+    if t.now >= approval.deadline:
+        return f"arrived after the request's deadline {approval.deadline.isoformat()}"
+    return None
 
 
 def _resolve(t: Transition, name: str, *, approved: bool, why: str) -> None:

@@ -1,65 +1,132 @@
-"""One partition's share of a batch: its outputs, its state writes, its input offsets.
+"""One partition's open commit: the transitions it gathers and how they become durable.
 
-``exactly_once``: a Kafka transaction per batch on the partition's own transactional producer
-(transactional id ``<prefix>-coordinator-<partition>``, so whoever owns the partition next
-fences a zombie that still thinks it does). Outputs, state changelog records and the input
-offsets commit together; a crash before the commit leaves no trace.
+A ``Batch`` is open for at most the commit interval. It collects, for one partition, the
+input offsets it consumed, the outputs it sent, the new state of every run it changed and
+the run events those changes produced; then it commits them together:
 
-``at_least_once``: outputs first (their delivery awaited), then the state changelog records,
-then the input offsets. A crash at any point means inputs are processed again from the last
-saved state, so transitions may repeat; none is lost.
+- ``exactly_once``: a Kafka transaction on one of the partition's two transactional
+  producers (ids ``<prefix>-coordinator-<partition>-a|b``, used in turn: while one
+  transaction's markers are being written, the next one runs on the other producer instead
+  of waiting for them; whoever owns the partition next starts both, which fences a zombie).
+  Outputs, the journal record, the run-event batch, the flushed snapshots and the input
+  offsets commit together; a crash before the commit leaves no trace.
+- ``at_least_once``: outputs go out at once; at the commit their delivery is awaited, then
+  the journal, run events and snapshots are written, then the input offsets. A crash at any
+  point means inputs are processed again from the last committed state: transitions may
+  repeat, none is lost.
 
-Either way, state writes become visible to later reads in the same batch at once, and reach
-the partition's store only once the batch is committed. A run written several times in one
-batch gets one changelog record, its last state.
+Either way the new states reach the partition's store only once committed, and a batch
+that fails is dropped whole (``abort``) and its inputs read again. The store keeps them in
+the stored form (``_store.pack``) with a version one above the last committed one.
 
-The store holds each run's state as the changelog bytes it was restored from, or as the
-decoded ``RunState`` once a batch has read or written it (so a busy run is not decoded again
-for every event).
+Each commit writes one ``RunJournal`` and one ``RunEventBatch`` record (more only when they
+pass the record size), not one per run; now and then (``flush``) it also writes the runs
+changed since the last flush to the compacted ``run-state`` topic, after which the journal
+before it is no longer needed.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, MutableMapping
+import time
+from collections import Counter
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.coordinator._state import RunState
+from streams.coordinator._store import PartitionStore, summary_record
+from topics import (
+    MAX_RECORD_BYTES,
+    ApprovalRequested,
+    Codec,
+    RunEventBatch,
+    RunJournal,
+    TopicCatalog,
+)
 
-__all__ = ["AtLeastOnceBatch", "Batch", "ExactlyOnceBatch", "Store"]
+__all__ = ["AtLeastOnceBatch", "Batch", "ExactlyOnceBatch", "Prepared"]
 
-#: One partition's runs: changelog bytes until first read, then the decoded state.
-Store = MutableMapping[bytes, "bytes | RunState"]
+
+@dataclass
+class Prepared:
+    """What a commit makes durable, built just before it.
+
+    Attributes:
+        installs: Per run: the version, its new state and its stored record (of what is kept:
+            a finished run's summary, mostly).
+        journal: The journal records' values.
+        events: The run-event batch records' values.
+        snapshots: The records flushed to ``run-state``, by run (empty: not a flush).
+    """
+
+    installs: list[tuple[str, int, RunState, bytes]] = field(default_factory=list)
+    journal: list[bytes] = field(default_factory=list)
+    events: list[bytes] = field(default_factory=list)
+    snapshots: dict[str, bytes] = field(default_factory=dict)
 
 
 class Batch:
-    """The shared part: pending state on top of the partition's store."""
+    """The shared part: pending state on top of the partition's store.
 
-    def __init__(self, partition: int, store: Store, changelog: str) -> None:
-        self.partition = partition
-        self._store = store
-        self._changelog = changelog
-        self._pending: dict[bytes, RunState] = {}
-        #: After the commit: the states it saved, by key.
-        self.saved: dict[bytes, RunState] = {}
-        #: Events worth acting on once the batch is committed (approval requests).
-        self.emitted: list[Any] = []
+    Args:
+        store: The partition's committed runs.
+        catalog: The topics.
+        codec: Frames the journal and run-event batches.
+    """
 
-    def get(self, key: bytes) -> RunState | None:
+    def __init__(
+        self,
+        store: PartitionStore,
+        catalog: TopicCatalog,
+        codec: Codec,
+        written: Counter[str] | None = None,
+    ) -> None:
+        self.store = store
+        #: Records and bytes written to the coordinator's own topics, by topic (shared).
+        self.written: Counter[str] = written if written is not None else Counter()
+        self.partition = store.partition
+        self.catalog = catalog
+        self.codec = codec
+        self.opened = time.monotonic()
+        self._pending: dict[str, tuple[RunState, bytes]] = {}
+        #: Input offsets to commit (the next offset to read), and the first consumed.
+        self.offsets: dict[TopicPartition, int] = {}
+        self.first: dict[TopicPartition, int] = {}
+        #: Encoded run events, in order.
+        self.events: list[bytes] = []
+        #: Approval requests sent (acted on once committed).
+        self.approvals: list[ApprovalRequested] = []
+        #: Whether this commit also flushes the store to ``run-state``.
+        self.flush = False
+        #: Records and timers handled.
+        self.handled = 0
+        #: The journal's next offset after the commit (known once its records are sent).
+        self.journal_end: int | None = None
+
+    def get(self, run_id: str) -> RunState | None:
         """A run's state as of this point of the batch."""
-        pending = self._pending.get(key)
-        if pending is not None:
-            return pending
-        stored = self._store.get(key)
-        if isinstance(stored, bytes):
-            stored = RunState.from_bytes(stored)
-            self._store[key] = stored
-        return stored
+        pending = self._pending.get(run_id)
+        return pending[0] if pending is not None else self.store.get(run_id)
+
+    def put(self, run_id: str, state: RunState, body: bytes) -> None:
+        """Write a run's state, with its JSON (made durable when the batch commits)."""
+        self._pending[run_id] = (state, body)
+
+    @property
+    def touched(self) -> set[str]:
+        """The runs this batch changed."""
+        return set(self._pending)
+
+    def consumed(self, tp: TopicPartition, offset: int) -> None:
+        """Note an input record handled (its offset commits with the batch)."""
+        self.first.setdefault(tp, offset)
+        self.offsets[tp] = offset + 1
 
     async def begin(self) -> None:
-        """Start the batch."""
+        """Start the batch (before its first send)."""
 
     async def send(
         self, topic: str, key: bytes | None, value: bytes, partition: int
@@ -67,11 +134,7 @@ class Batch:
         """Send one output record."""
         raise NotImplementedError
 
-    def put(self, key: bytes, state: RunState) -> None:
-        """Write a run's state (saved when the batch commits)."""
-        self._pending[key] = state
-
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+    async def commit(self) -> Prepared:
         """Make the batch durable and move the inputs' offsets past it."""
         raise NotImplementedError
 
@@ -79,14 +142,57 @@ class Batch:
         """Drop the batch."""
         self._pending.clear()
 
-    def _encoded(self) -> dict[bytes, bytes]:
-        return {key: state.to_bytes() for key, state in self._pending.items()}
+    def prepare(self) -> Prepared:
+        """Stored records for every changed run, and the batch records to write."""
+        prepared = Prepared()
+        entries = []
+        for run_id, (state, body) in self._pending.items():
+            version = self.store.version(run_id) + 1
+            _, record = summary_record(version, state, body)
+            prepared.installs.append((run_id, version, state, record))
+            entries.append(self.codec.journal_entry(run_id, record))
+        if entries:
+            prepared.journal = [self.codec.batch(RunJournal, c) for c in _chunks(entries)]
+        if self.events:
+            prepared.events = [self.codec.batch(RunEventBatch, c) for c in _chunks(self.events)]
+        if self.flush:
+            snapshots = dict(self.store.dirty)
+            snapshots.update((run_id, record) for run_id, _, _, record in prepared.installs)
+            prepared.snapshots = snapshots
+        return prepared
 
-    def _apply(self, encoded: dict[bytes, bytes]) -> None:
-        # Finished runs are rarely read again: keep them as their compact bytes.
-        for key, state in self._pending.items():
-            self._store[key] = encoded[key] if state.finished else state
-        self.saved = dict(self._pending)
+    async def _write(self, prepared: Prepared) -> tuple[list[Awaitable[Any]], list[Awaitable[Any]]]:
+        """Send the journal, the run events and the snapshots; their delivery futures.
+
+        Returns:
+            The journal records' futures, and the others'.
+        """
+        journal: list[Awaitable[Any]] = []
+        others: list[Awaitable[Any]] = []
+        p = self.partition
+        catalog = self.catalog
+        for value in prepared.journal:
+            journal.append(await self.send(catalog.run_journal.name, None, value, p))
+            self._count(catalog.run_journal.name, value)
+        for value in prepared.events:
+            others.append(await self.send(catalog.run_events.name, None, value, p))
+            self._count(catalog.run_events.name, value)
+        for run_id, record in prepared.snapshots.items():
+            others.append(await self.send(catalog.run_state.name, run_id.encode(), record, p))
+            self._count(catalog.run_state.name, record)
+        return journal, others
+
+    def _count(self, topic: str, value: bytes) -> None:
+        self.written[f"{topic}:records"] += 1
+        self.written[f"{topic}:bytes"] += len(value)
+
+    def _installed(self, prepared: Prepared, journal: list[Any]) -> None:
+        for run_id, version, state, record in prepared.installs:
+            self.store.install(run_id, version, state, record)
+        if prepared.snapshots:
+            self.store.flushed(time.time())
+        if journal:
+            self.journal_end = max(meta.offset for meta in journal) + 1
         self._pending.clear()
 
 
@@ -95,13 +201,14 @@ class ExactlyOnceBatch(Batch):
 
     def __init__(
         self,
-        partition: int,
-        store: Store,
-        changelog: str,
+        store: PartitionStore,
+        catalog: TopicCatalog,
+        codec: Codec,
         producer: AIOKafkaProducer,
         group_id: str,
+        written: Counter[str] | None = None,
     ) -> None:
-        super().__init__(partition, store, changelog)
+        super().__init__(store, catalog, codec, written)
         self._producer = producer
         self._group_id = group_id
 
@@ -116,13 +223,19 @@ class ExactlyOnceBatch(Batch):
         )
         return future
 
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        encoded = self._encoded()
-        for key, value in encoded.items():
-            await self._producer.send(self._changelog, value, key=key, partition=self.partition)
-        await self._producer.send_offsets_to_transaction(offsets, self._group_id)
+    async def commit(self) -> Prepared:
+        prepared = self.prepare()
+        sent, others = await self._write(prepared)
+        # Their delivery first: a broker that verifies transactional writes (Kafka 3.6+)
+        # refuses a first write to a partition while the transaction's offsets are being
+        # added (NOT_ENOUGH_REPLICAS, retried 20 ms later), so they do not overlap.
+        journal = [await f for f in sent]
+        await asyncio.gather(*others)
+        if self.offsets:
+            await self._producer.send_offsets_to_transaction(self.offsets, self._group_id)
         await self._producer.commit_transaction()
-        self._apply(encoded)
+        self._installed(prepared, journal)
+        return prepared
 
     async def abort(self) -> None:
         await super().abort()
@@ -134,13 +247,14 @@ class AtLeastOnceBatch(Batch):
 
     def __init__(
         self,
-        partition: int,
-        store: Store,
-        changelog: str,
+        store: PartitionStore,
+        catalog: TopicCatalog,
+        codec: Codec,
         producer: AIOKafkaProducer,
         consumer: AIOKafkaConsumer,
+        written: Counter[str] | None = None,
     ) -> None:
-        super().__init__(partition, store, changelog)
+        super().__init__(store, catalog, codec, written)
         self._producer = producer
         self._consumer = consumer
         self._deliveries: list[Awaitable[Any]] = []
@@ -154,18 +268,31 @@ class AtLeastOnceBatch(Batch):
         self._deliveries.append(future)
         return future
 
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+    async def commit(self) -> Prepared:
         await asyncio.gather(*self._deliveries)
         self._deliveries.clear()
-        encoded = self._encoded()
-        saved = [
-            await self._producer.send(self._changelog, value, key=key, partition=self.partition)
-            for key, value in encoded.items()
-        ]
-        await asyncio.gather(*saved)
-        self._apply(encoded)
-        await self._consumer.commit(offsets)
+        prepared = self.prepare()
+        sent, _ = await self._write(prepared)
+        await asyncio.gather(*self._deliveries)
+        self._deliveries.clear()
+        if self.offsets:
+            await self._consumer.commit(self.offsets)
+        self._installed(prepared, [await f for f in sent])
+        return prepared
 
     async def abort(self) -> None:
         await super().abort()
         self._deliveries.clear()
+
+
+def _chunks(items: list[bytes], limit: int = MAX_RECORD_BYTES - 1024) -> list[list[bytes]]:
+    """Items split into groups whose bytes stay under the record limit (one group at least)."""
+    groups: list[list[bytes]] = [[]]
+    size = 0
+    for item in items:
+        if groups[-1] and size + len(item) > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(item)
+        size += len(item)
+    return groups if groups[-1] or len(groups) == 1 else groups[:-1]

@@ -22,7 +22,8 @@ by what calls cost beyond their estimates, never by more than one call's estimat
 estimate bounds the call (a completion never exceeds ``max_tokens``). An approved call is
 the exception, by design.
 
-Then the tenant's ceiling (``_ledger``): the estimate is reserved in the tenant's ledger and
+Then the tenant's ceiling (``_ledger``): the estimate is reserved in the tenant's ledger
+account (its own when ``policies.yaml`` lists it, else the one every unlisted tenant shares) and
 the step waits for the verdict, which every coordinator computes the same way. When the
 call's result arrives, its actual usage is added to the run and settled in the ledger.
 """
@@ -143,8 +144,8 @@ def admit(
         else:
             _stop(t, name, breach.text)
             return None
-    ceiling = t.context.policies.ceiling(t.old.tenant)
-    if ceiling is None:
+    account = t.context.policies.account(t.old.tenant)
+    if account is None:
         return request, guess
     t.set_step(
         name,
@@ -160,7 +161,7 @@ def admit(
     )
     t.emit.append(
         SpendRecorded(
-            tenant=t.old.tenant,
+            tenant=account,
             reservation_id=reservation_id,
             kind=SpendKind.reserve,
             amount_usd=guess.cost_usd,
@@ -190,13 +191,15 @@ def _verdict(
     if verdict:
         return request, held.estimate
     ceiling = t.context.policies.ceiling(t.old.tenant)
-    assert ceiling is not None, "a reservation is made only under a ceiling"
+    assert ceiling is not None and ceiling.max_cost_usd is not None, "reserved under a ceiling"
     spent = ledger.spent(t.old.tenant, t.now) if ledger is not None else Decimal(0)
+    shared = t.context.policies.account(t.old.tenant) != t.old.tenant
+    whose = " (the ceiling every tenant not listed shares)" if shared else ""
     t.set_step(name, reservation=None)
     _stop(
         t,
         name,
-        f"tenant {t.old.tenant}: ceiling ${_usd(ceiling.max_cost_usd)} per "
+        f"tenant {t.old.tenant}{whose}: ceiling ${_usd(ceiling.max_cost_usd)} per "
         f"{_span(ceiling.window)} reached (${_usd(spent)} spent in the window; {name} "
         f"needs ~${_usd(held.estimate.cost_usd)})",
     )
@@ -205,14 +208,15 @@ def _verdict(
 
 def settle(t: Transition, name: str, attempt: int, usage: Usage | None) -> None:
     """Record what one attempt of a model step cost in its tenant's ledger."""
-    if t.context.policies.ceiling(t.old.tenant) is None:
+    account = t.context.policies.account(t.old.tenant)
+    if account is None:
         return
     reservation_id = f"{t.old.run_id}/{name}/{attempt}"
     held = t.steps[name].reservation
     at = held.at if held is not None and held.reservation_id == reservation_id else t.now
     t.emit.append(
         SpendRecorded(
-            tenant=t.old.tenant,
+            tenant=account,
             reservation_id=reservation_id,
             kind=SpendKind.settle,
             amount_usd=usage.cost_usd if usage is not None else Decimal(0),

@@ -48,7 +48,9 @@ from topics import (
     TopicCatalog,
 )
 
-__all__ = ["Context", "Decision", "Inbound", "decide"]
+__all__ = ["Context", "Decision", "Inbound", "decide", "too_large"]
+
+_PENDING = StepState()
 
 Inbound = TaskSubmitted | StepResult | TimerFired | ControlCommand | ApprovalDecision
 
@@ -131,6 +133,10 @@ def _on_task(state: RunState | None, task: TaskSubmitted, context: Context) -> D
         t.note("task_duplicate", detail={"reason": "a run with this id exists; not started again"})
         return t.decision()
     workflow = context.workflow
+    if not context.policies.may_run(task.tenant, task.workflow):
+        return _reject(
+            task, context, f"tenant {task.tenant!r} may not run workflow {task.workflow!r}"
+        )
     if workflow is None:
         wanted = task.workflow + (f"@{task.workflow_version}" if task.workflow_version else "")
         return _reject(task, context, f"workflow {wanted} is not deployed")
@@ -140,7 +146,9 @@ def _on_task(state: RunState | None, task: TaskSubmitted, context: Context) -> D
     if problems:
         reason = "; ".join(f"{_json_path('input', e.absolute_path)}: {e.message}" for e in problems)
         return _reject(task, context, reason, workflow)
-    state = RunState(
+    # Every value comes validated (the task, the workflow, the budget): the run's first
+    # state is built without walking its input again.
+    state = RunState.model_construct(
         run_id=task.task_id,
         workflow=workflow.name,
         workflow_version=workflow.content_hash,
@@ -148,7 +156,8 @@ def _on_task(state: RunState | None, task: TaskSubmitted, context: Context) -> D
         labels=task.labels,
         input=task.input,
         budget=budget_for(workflow, task.budget, context.policies),
-        steps={name: StepState() for name in workflow.order},
+        # StepState is frozen: every pending step can share one.
+        steps=dict.fromkeys(workflow.order, _PENDING),
         started_at=context.now,
     )
     t = Transition(state, workflow, context)
@@ -160,33 +169,23 @@ def _on_task(state: RunState | None, task: TaskSubmitted, context: Context) -> D
 def _on_result(state: RunState | None, result: StepResult, context: Context) -> Decision:
     if state is None:
         return Decision(dead_letter=f"step result for unknown run {result.run_id!r}")
+    if state.finished:
+        # A finished run may be kept as a summary, without its steps.
+        return _late(state, result, context, "the run has ended")
     if result.step not in state.steps:
         return Decision(dead_letter=f"step result for unknown step {result.step!r}")
-    t = Transition(state, context.workflow, context)
     step = state.steps[result.step]
-    late = (
-        state.finished
-        or step.phase != StepPhase.dispatched
-        or step.attempt != result.attempt
-        or bool(step.waiting_on)  # an agent turn already settled, waiting for its tools
-    )
-    if late:
-        if state.finished:
-            reason = "the run has ended"
-        elif result.attempt == step.attempt:
+    if (
+        step.phase != StepPhase.dispatched
+        or bool(step.waiting_on)
+        or (step.attempt != result.attempt)
+    ):
+        if result.attempt == step.attempt:
             reason = "a result for this attempt was already settled"
         else:
             reason = f"attempt {result.attempt} is not the one in flight ({step.attempt})"
-        if result.usage is not None and (result.usage.cost_usd or result.usage.input_tokens):
-            # Too late to use, not too late to pay for: the money is accounted for.
-            t.set(usage=add_usage(t.get("usage"), result.usage))
-            t.set_step(result.step, usage=add_usage(step.usage, result.usage))
-            if t.workflow is not None and t.spec(result.step).kind in MODEL_KINDS:
-                settle(t, result.step, result.attempt, result.usage)
-        t.note(
-            "result_ignored", result.step, result.attempt, {"reason": reason}, usage=result.usage
-        )
-        return t.decision()
+        return _late(state, result, context, reason)
+    t = Transition(state, context.workflow, context)
     if t.workflow is None:
         return Decision(dead_letter=f"workflow version {state.workflow_version} is not deployed")
     kind = t.spec(result.step).kind
@@ -218,6 +217,27 @@ def _on_result(state: RunState | None, result: StepResult, context: Context) -> 
     if t.running:
         advance(t)
     return t.decision()
+
+
+def _late(state: RunState, result: StepResult, context: Context, reason: str) -> Decision:
+    """A result too late to use (or a second one): recorded, and its money accounted for."""
+    t = Transition(state, context.workflow, context)
+    usage = result.usage
+    if usage is not None and (usage.cost_usd or usage.input_tokens):
+        t.set(usage=add_usage(t.get("usage"), usage))
+        step = state.steps.get(result.step)
+        if step is not None:
+            t.set_step(result.step, usage=add_usage(step.usage, usage))
+        if t.workflow is not None and _is_model_step(t, result.step):
+            settle(t, result.step, result.attempt, usage)
+    t.note("result_ignored", result.step, result.attempt, {"reason": reason}, usage=usage)
+    return t.decision()
+
+
+def _is_model_step(t: Transition, name: str) -> bool:
+    if name in t.steps:
+        return t.spec(name).kind in MODEL_KINDS
+    return name in t.wf.order and t.wf.step(name).kind in MODEL_KINDS
 
 
 def _on_timer(state: RunState | None, context: Context) -> Decision:
@@ -263,6 +283,27 @@ def _on_redrive(state: RunState | None, command: ControlCommand, context: Contex
                 + (f" and {command.step} has not failed" if command.step else ""),
             },
         )
+    return t.decision()
+
+
+def too_large(state: RunState | None, event: Inbound, context: Context, limit: int) -> Decision:
+    """What to do when an event's outcome would write a record over ``limit`` bytes.
+
+    The run ends ``failed`` from the state before the event, saying why; a task whose run
+    would not even start within the limit is ``rejected`` (its input is not kept). Either
+    way the result carries no output, so it is small. A finished run stays as it was.
+    """
+    what = f"a record of the run would pass the size limit ({limit} bytes)"
+    if state is None:
+        if not isinstance(event, TaskSubmitted):
+            return Decision(dead_letter=f"{type(event).__name__}: {what}")
+        task = event.model_copy(update={"input": None})
+        return _reject(task, context, f"the task is too large: {what}")
+    if state.finished:
+        return Decision()
+    t = Transition(state, context.workflow, context)
+    t.note("run_too_large", detail={"limit_bytes": limit, "event": type(event).__name__})
+    t.finish(RunStatus.failed, f"{type(event).__name__} not applied: {what}")
     return t.decision()
 
 

@@ -46,8 +46,16 @@ CIRCUIT_OPEN = "CircuitOpen"
 OUTPUT_SCHEMA_VIOLATION = "OutputSchemaViolation"
 
 # Failures of the step itself, not of the route: another model would fail the same way.
+# Failures of the step itself, not of the model: another route would fail the same way.
 _NO_FALLBACK = frozenset(
-    {"TemplateRenderError", "InvalidParams", "InternalError", VALIDATION_FAILED}
+    {
+        "TemplateRenderError",
+        "TemplateLimitExceeded",
+        "JsonLimitExceeded",
+        "InvalidParams",
+        "InternalError",
+        VALIDATION_FAILED,
+    }
 )
 
 

@@ -20,6 +20,10 @@ token), and otherwise small next to the ceiling. It does not depend on how many 
 there are or how fast they see each other's spend: a reservation is judged against every
 reservation before it in the log, whichever worker wrote it.
 
+Tenants not listed by name in ``policies.yaml`` share one account, the ``"*"`` entry's
+(``Policies.account``): their entries are keyed by the account, so they are ordered on one
+partition like any tenant's, and a new tenant name never starts a fresh ceiling.
+
 This module is the pure part (tested without Kafka); ``_runtime`` feeds it the topic.
 """
 
@@ -83,18 +87,19 @@ class SpendLedger:
     def apply(self, entry: SpendRecorded) -> bool | None:
         """Apply one entry; for a new reservation, the verdict on it (else ``None``)."""
         self.applied += 1
+        account = self.policies.account(entry.tenant)
         ceiling = self.policies.ceiling(entry.tenant)
         if entry.kind == SpendKind.settle:
-            if ceiling is not None and self._verdicts.get(entry.reservation_id) is not False:
-                tenant = self._tenants.setdefault(entry.tenant, _Tenant())
+            if account is not None and self._verdicts.get(entry.reservation_id) is not False:
+                tenant = self._tenants.setdefault(account, _Tenant())
                 at = tenant.times.get(entry.reservation_id, entry.at)
                 tenant.put(entry.reservation_id, at, entry.amount_usd)
             return None
         if entry.reservation_id in self._verdicts:
             return None  # written twice (at least once): the first one counts
         admitted = True
-        if ceiling is not None:
-            tenant = self._tenants.setdefault(entry.tenant, _Tenant())
+        if account is not None and ceiling is not None and ceiling.max_cost_usd is not None:
+            tenant = self._tenants.setdefault(account, _Tenant())
             tenant.forget_before(entry.at - timedelta(seconds=ceiling.window))
             admitted = tenant.total + entry.amount_usd <= ceiling.max_cost_usd
             if admitted:
@@ -107,8 +112,12 @@ class SpendLedger:
         return self._verdicts.get(reservation_id)
 
     def spent(self, tenant: str, now: datetime) -> Decimal:
-        """A tenant's spend (settled, or reserved and not settled yet) in its window."""
-        state = self._tenants.get(tenant)
+        """A tenant's spend (settled, or reserved and not settled yet) in its window.
+
+        For a tenant not listed by name: the spend of every such tenant (one account).
+        """
+        account = self.policies.account(tenant)
+        state = self._tenants.get(account) if account is not None else None
         ceiling = self.policies.ceiling(tenant)
         if state is None:
             return Decimal(0)

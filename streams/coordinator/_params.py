@@ -26,6 +26,7 @@ from processors import (
 from streams.coordinator._state import StepState
 from streams.workflow import (
     AgentStep,
+    ContextReads,
     LlmStep,
     RetrieveStep,
     StepSpec,
@@ -42,6 +43,7 @@ def request_params(
     step: StepState,
     context: dict[str, Any],
     tools: ToolRegistry | None = None,
+    reads: ContextReads | None = None,
 ) -> tuple[JsonValue, JsonValue]:
     """The ``params`` and ``context`` of a step's next request.
 
@@ -50,6 +52,8 @@ def request_params(
         step: Its state.
         context: What templates see.
         tools: The tool registry, which describes an agent's tools to its model.
+        reads: What a transform's or validate's templates read of the context: only that
+            travels with its request (``None``: all of it).
 
     Raises:
         TemplateRenderError: A template does not render.
@@ -67,14 +71,29 @@ def request_params(
         query = compile_template(spec.query).render(context)
         return {"source": spec.source, "query": _text(query), "top_k": spec.top_k}, None
     if isinstance(spec, TransformStep):
-        return {"output": spec.output}, context
+        return {"output": spec.output}, _narrowed(context, reads)
     assert isinstance(spec, ValidateStep)
     params: dict[str, JsonValue] = {
         "value": spec.value,
         "schema": spec.schema_,
         "rules": [{"check": rule.check, "message": rule.message} for rule in spec.rules],
     }
-    return params, context
+    return params, _narrowed(context, reads)
+
+
+def _narrowed(context: dict[str, Any], reads: ContextReads | None) -> JsonValue:
+    """The part of the run context a processor's templates read (all of it, unknown)."""
+    if reads is None:
+        return context
+    narrowed: dict[str, JsonValue] = {
+        name: context[name] for name in ("input", "run") if name in reads.names
+    }
+    if "steps" in reads.names:
+        steps = context["steps"]
+        narrowed["steps"] = (
+            steps if reads.steps is None else {n: steps[n] for n in reads.steps if n in steps}
+        )
+    return narrowed
 
 
 def _llm(spec: LlmStep, step: StepState, context: dict[str, Any]) -> JsonValue:

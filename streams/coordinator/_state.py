@@ -7,6 +7,7 @@ worker of a newer release reads state written by an older one.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
@@ -15,6 +16,7 @@ from topics import (
     ApprovalVerdict,
     AttemptRecord,
     Budget,
+    Money,
     RunStatus,
     StepError,
     Timestamp,
@@ -62,7 +64,8 @@ class ApprovalState(BaseModel):
     """An approval request that is open.
 
     Attributes:
-        approval_id: The request's id (``<run>/<step>/<n>``; each escalation gets a new one).
+        approval_id: The request's id (``<run>/<step>/<n>``, ``n`` counting the run's requests:
+            never the same twice in a run's life, each escalation gets a new one).
         level: 0 for the first ask, then one more per escalation.
         approvers: Who may decide at this level.
         quorum: Distinct approvals needed.
@@ -72,6 +75,9 @@ class ApprovalState(BaseModel):
         requested_at: When it was asked.
         policy: The policy that asked (a gate in front of a step), or ``None`` for an
             approval step.
+        cost_usd: The run's cost when it was asked (what reviewers are shown).
+        request_digest: The digest of the request as emitted (``topics.request_digest``);
+            empty for a request opened by an older release (then computed when needed).
         votes: The approvals accepted so far.
     """
 
@@ -86,6 +92,8 @@ class ApprovalState(BaseModel):
     context: JsonValue = None
     requested_at: Timestamp
     policy: str | None = None
+    cost_usd: Money = Decimal(0)
+    request_digest: str = ""
     votes: list[Vote] = Field(default_factory=list)
 
 
@@ -156,7 +164,8 @@ class StepState(BaseModel):
         feedback: Validation errors to feed back to the next execution.
         approval: The approval request open for this step (an approval step, or a policy
             gate in front of it).
-        approvals_asked: Approval requests made for this step so far (numbers their ids).
+        approvals_asked: Approval requests made for this step since its state was last
+            rebuilt (ids are numbered by ``RunState.approvals_asked``, which is never reset).
         cleared: Policies whose approval this step has.
         estimate: The estimated usage of the model call in flight (for the run's caps).
         reservation: The tenant-ledger reservation of the model call about to be made.
@@ -220,6 +229,8 @@ class RunState(BaseModel):
         steps: Every step's state, in workflow order.
         seq: Sequence number of the next run event.
         dispatches: Step attempts dispatched so far (for ``max_steps``).
+        approvals_asked: Approval requests opened so far, in the run's whole life (numbers
+            their ids; it survives validation re-runs and re-drives, which rebuild steps).
         usage: Tokens and money of the whole run.
         output: The run's output, once completed.
         started_at: When the run started.
@@ -240,6 +251,7 @@ class RunState(BaseModel):
     steps: dict[str, StepState] = Field(default_factory=dict)
     seq: int = 0
     dispatches: int = 0
+    approvals_asked: int = 0
     usage: Usage = Field(default_factory=Usage)
     output: JsonValue = None
     started_at: Timestamp
@@ -266,8 +278,12 @@ class RunState(BaseModel):
         return min(present) if present else None
 
     def to_bytes(self) -> bytes:
-        """The stored form."""
-        return self.model_dump_json(exclude_defaults=True).encode()
+        """The stored form: the fields that were ever set (the others have their defaults).
+
+        ``exclude_unset`` rather than ``exclude_defaults``: as compact in practice, without
+        comparing every field with its default on every transition of every run.
+        """
+        return self.model_dump_json(exclude_unset=True).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RunState:

@@ -14,10 +14,18 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import JsonValue
 
-from processors import TemplateRenderError, compile_expression, render_value
+from processors import TemplateRenderError, compile_expression, is_template, render_value
 from streams.coordinator._params import request_params
 from streams.coordinator._state import RunState, StepPhase, StepState
-from streams.workflow import DEFAULT_TIMEOUTS, AgentStep, LlmStep, StepSpec, Workflow
+from streams.workflow import (
+    DEFAULT_TIMEOUTS,
+    AgentStep,
+    LlmStep,
+    StepSpec,
+    TransformStep,
+    ValidateStep,
+    Workflow,
+)
 from topics import (
     Budget,
     Event,
@@ -47,10 +55,14 @@ _OUTCOMES = {
 
 
 def add_usage(total: Usage, more: Usage | None) -> Usage:
-    """The sum of two usages (the route of the newer one is kept)."""
+    """The sum of two usages (the route of the newer one is kept).
+
+    Both are valid already (token counts are not negative, money is quantized), and so is
+    their sum: it is built without validating again, on every step of every run.
+    """
     if more is None:
         return total
-    return Usage(
+    return Usage.model_construct(
         input_tokens=total.input_tokens + more.input_tokens,
         output_tokens=total.output_tokens + more.output_tokens,
         cost_usd=total.cost_usd + more.cost_usd,
@@ -222,15 +234,22 @@ class Transition:
         """
         spec = self.spec(name)
         step = self.steps[name]
+        reads = (
+            self.wf.context_reads(name)
+            if step.call is None and isinstance(spec, TransformStep | ValidateStep)
+            else None
+        )
         params, step_context = request_params(
-            spec, step, self.template_context(name), self.context.tools
+            spec, step, self.template_context(name), self.context.tools, reads
         )
         start = not_before or self.now
         if step.call is not None:
             key = step.call.key
         else:
             key = f"{self.old.run_id}/{name}" + (f"/rerun-{step.reruns}" if step.reruns else "")
-        return StepRequested(
+        # Built from the run's valid state and rendered templates (JSON by construction):
+        # not validated again. The processor that reads it validates what it received.
+        return StepRequested.model_construct(
             run_id=self.old.run_id,
             step=name,
             kind=StepKind(spec.kind),
@@ -337,8 +356,14 @@ class Transition:
         spec = self.spec(name)
         if not isinstance(spec, LlmStep | AgentStep):
             return []
-        context = self.template_context(name)
         level = self.steps[name].cascade_level
+        cascading = bool(level) and isinstance(spec, LlmStep) and bool(spec.cascade)
+        if not spec.routes and not is_template(spec.model) and not cascading:
+            # Nothing to render (the usual case): the route and its fallbacks as written.
+            plain = [spec.model, *spec.fallback]
+            if not any(is_template(route) for route in plain):
+                return list(dict.fromkeys(plain))
+        context = self.template_context(name)
         if level and isinstance(spec, LlmStep) and spec.cascade:
             first, where = spec.cascade[min(level, len(spec.cascade)) - 1], "cascade"
         else:
@@ -427,7 +452,7 @@ class Transition:
                 )
         total: Usage = self.get("usage")
         self.emit.append(
-            RunResult(
+            RunResult.model_construct(
                 run_id=self.old.run_id,
                 workflow=self.old.workflow,
                 workflow_version=self.old.workflow_version,
@@ -436,7 +461,7 @@ class Transition:
                 output=output,
                 reason=reason,
                 steps=summaries,
-                usage=Usage(
+                usage=Usage.model_construct(
                     input_tokens=total.input_tokens,
                     output_tokens=total.output_tokens,
                     cost_usd=total.cost_usd,

@@ -103,6 +103,7 @@
     state.nodes.clear();
     state.decided.clear();
     $("reviewer").textContent = "";
+    $("tenants").textContent = "";
     announce("");
     show("login");
     showError(message || "");
@@ -144,6 +145,8 @@
 
   function render(data) {
     $("reviewer").textContent = "Signed in as " + data.reviewer;
+    const tenants = (data.tenants || []).map((t) => (t === "*" ? "every tenant" : t));
+    $("tenants").textContent = tenants.length ? "for " + tenants.join(", ") : "";
     const listed = new Set(data.approvals.map((item) => item.approval_id));
     for (const id of state.decided) {
       if (!listed.has(id)) {
@@ -205,6 +208,7 @@
     field(node, "workflow").textContent = item.workflow;
     field(node, "step").textContent = item.step;
     field(node, "reason").textContent = item.reason;
+    field(node, "tenant").textContent = item.tenant;
     field(node, "run_id").textContent = item.run_id;
     field(node, "cost").textContent = money(item.cost_usd);
     const deadline = new Date(item.deadline);
@@ -296,7 +300,11 @@
     const what = item.workflow + " · " + item.step + " (run " + item.run_id + ")";
     busy(node, true);
     try {
-      const body = reason ? { verdict, reason } : { verdict };
+      // Names the request as this page showed it: a different one is refused (409).
+      const body = { verdict, request_digest: item.request_digest };
+      if (reason) {
+        body.reason = reason;
+      }
       const path = "/v1/approvals/" + encodeURIComponent(item.approval_id) + "/decision";
       const answer = await api("POST", path, body);
       if (session !== state.session) {

@@ -23,10 +23,17 @@ from streams.workflow._spec import (
     WorkflowSpec,
     parse_duration,
 )
-from streams.workflow._workflow import Workflow, WorkflowError, load_workflow, parse_workflow
+from streams.workflow._workflow import (
+    ContextReads,
+    Workflow,
+    WorkflowError,
+    load_workflow,
+    parse_workflow,
+)
 
 __all__ = [
     "DEFAULT_TIMEOUTS",
+    "ContextReads",
     "AgentStep",
     "RetrieveStep",
     "ToolStep",

@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -22,6 +23,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 __all__ = [
     "AgentStep",
@@ -82,7 +84,28 @@ Duration = Annotated[
         }
     ),
 ]
-StepName = Annotated[str, Field(pattern=NAME_PATTERN)]
+_NAME = re.compile(NAME_PATTERN)
+
+
+def _step_name(value: str) -> str:
+    """A step name: ids built from it (``<run>/<step>/<n>``) must split one way only."""
+    if _NAME.match(value):
+        return value
+    if not value or len(value) > 63:
+        problem = f"it has {len(value)} characters (1 to 63)"
+    elif not re.match(r"[a-z0-9]", value[0]):
+        problem = "it must start with a lower-case letter or a digit"
+    else:
+        bad = next(c for c in value if not re.match(r"[a-z0-9_-]", c))
+        problem = f"{bad!r} is not allowed (use a-z 0-9 _ -)"
+    raise PydanticCustomError("step_name", f"{value!r} is not a step name: {problem}")
+
+
+StepName = Annotated[
+    str,
+    AfterValidator(_step_name),
+    WithJsonSchema({"type": "string", "pattern": NAME_PATTERN}),
+]
 
 #: How long an attempt of each kind may take before it is dispatched again.
 DEFAULT_TIMEOUTS: dict[str, float] = {

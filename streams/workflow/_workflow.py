@@ -20,7 +20,14 @@ import jsonschema
 import yaml
 from pydantic import ValidationError
 
-from processors import TemplateError, compile_expression, compile_template, is_template
+from processors import (
+    TEMPLATE_GLOBALS,
+    TemplateError,
+    compile_expression,
+    compile_template,
+    is_template,
+    step_reads,
+)
 from processors import references as template_references
 from streams.workflow._spec import (
     DEFAULT_TIMEOUTS,
@@ -34,12 +41,11 @@ from streams.workflow._spec import (
     ValidateStep,
     WorkflowSpec,
 )
-from topics import ConfigurationError
+from topics import ConfigurationError, YamlLimitExceeded, load_yaml
 
-__all__ = ["Workflow", "WorkflowError", "load_workflow", "parse_workflow"]
+__all__ = ["ContextReads", "Workflow", "WorkflowError", "load_workflow", "parse_workflow"]
 
 _CONTEXT_NAMES = frozenset({"input", "steps", "run"})
-_JINJA_GLOBALS = frozenset({"range", "dict", "lipsum", "cycler", "joiner", "namespace"})
 
 
 class WorkflowError(ConfigurationError):
@@ -123,6 +129,21 @@ class Workflow:
         """Every step that runs after ``name`` (transitively)."""
         return frozenset(s for s, before in self.upstream.items() if name in before)
 
+    def context_reads(self, name: str) -> ContextReads:
+        """What of the run context a ``transform``'s or ``validate``'s templates read.
+
+        Its request carries that much of the context, not all of it.
+        """
+        found = self._context_reads.get(name)
+        if found is None:
+            found = _context_reads(self.spec.steps[name])
+            self._context_reads[name] = found
+        return found
+
+    @cached_property
+    def _context_reads(self) -> dict[str, ContextReads]:
+        return {}
+
     @cached_property
     def input_validator(self) -> jsonschema.protocols.Validator:
         """A validator for task inputs."""
@@ -156,7 +177,9 @@ def parse_workflow(text: str, origin: str = "<workflow>") -> Workflow:
         WorkflowError: The workflow is invalid; lists every problem.
     """
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text, origin=origin)
+    except YamlLimitExceeded as exc:
+        raise WorkflowError(origin, [str(exc).removeprefix(f"{origin}: ")]) from None
     except yaml.YAMLError as exc:
         raise WorkflowError(origin, [f"not valid YAML: {_yaml_problem(exc)}"]) from exc
     if not isinstance(raw, dict):
@@ -272,6 +295,39 @@ def _check_schemas(spec: WorkflowSpec, problems: list[str]) -> None:
             problems.append(f"{where}: not a valid JSON Schema: {exc.message}")
 
 
+@dataclass(frozen=True)
+class ContextReads:
+    """What of the run context some templates read.
+
+    Attributes:
+        names: The top-level names (``input``, ``steps``, ``run``, ...).
+        steps: The steps read, or ``None`` when the templates may read any of them.
+    """
+
+    names: frozenset[str]
+    steps: frozenset[str] | None
+
+
+def _context_reads(step: StepSpec) -> ContextReads:
+    """What the templates a processor renders for ``step`` read (transform and validate)."""
+    sources: list[tuple[str, bool]] = []
+    if isinstance(step, TransformStep):
+        sources = [(text, False) for _, text in _strings(step.output, "output")]
+    elif isinstance(step, ValidateStep):
+        sources = [(text, False) for _, text in _strings(step.value, "value")]
+        sources += [(rule.check, True) for rule in step.rules]
+    names: set[str] = set()
+    steps: set[str] | None = set()
+    for source, expression in sources:
+        if not expression and not is_template(source):
+            continue
+        found, _ = template_references(source, expression=expression)
+        names |= found
+        read = step_reads(source, expression=expression)
+        steps = None if read is None or steps is None else steps | read
+    return ContextReads(frozenset(names), frozenset(steps) if steps is not None else None)
+
+
 def _strings(value: Any, where: str) -> Iterator[tuple[str, str]]:
     if isinstance(value, str):
         yield where, value
@@ -357,7 +413,7 @@ def _reads(
     except TemplateError as exc:
         problems.append(f"{where}: {exc}")
         return set()
-    allowed = _CONTEXT_NAMES | _JINJA_GLOBALS | extra
+    allowed = _CONTEXT_NAMES | TEMPLATE_GLOBALS | extra
     for unknown in sorted(names - allowed):
         choices = ", ".join(sorted(_CONTEXT_NAMES | extra))
         problems.append(f"{where}: unknown variable {unknown!r} (available: {choices})")

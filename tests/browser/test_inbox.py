@@ -229,3 +229,45 @@ async def test_a_token_nobody_holds_is_turned_away(worker: WorkerProcess, browse
     await expect(page.get_by_test_id("inbox")).to_be_hidden()
     await expect(page.get_by_test_id("session")).to_be_hidden()
     assert await page.evaluate("sessionStorage.getItem('baton.token')") is None
+
+
+async def test_a_reviewer_of_one_tenant_sees_and_decides_that_tenants_requests_only(
+    cluster: Cluster, worker: WorkerProcess, browser: Browser
+) -> None:
+    ana = await inbox(browser, worker)
+    await sign_in(ana, "ana")  # a lead who acts for acme only
+    await expect(ana.get_by_test_id("tenants")).to_have_text("for acme")
+    ben = await inbox(browser, worker)
+    await sign_in(ben, "ben")  # a lead who acts for bravo only
+    acme_run, bravo_run = new_run("inbox-acme"), new_run("inbox-bravo")
+    acme_id, bravo_id = f"{acme_run}/approve/1", f"{bravo_run}/approve/1"
+    # Bravo's request is open first, so every list that shows acme's could have shown it.
+    await submit(cluster, bravo_run, "refund-drafted", tenant="bravo", amount=70, customer="Bo")
+    await Reviewers(worker.api).open_for("ben", bravo_run)
+    await submit(cluster, acme_run, "refund-drafted", tenant="acme", amount=80, customer="Ann")
+
+    mine = card(ana, acme_id)
+    await expect(mine).to_be_visible(timeout=SEEN_MS)
+    await expect(mine.get_by_test_id("approval-tenant")).to_have_text("acme")
+    await expect(mine.get_by_test_id("approval-reason")).to_have_text("refund of 80 USD for Ann")
+    await expect(card(ana, bravo_id)).to_have_count(0)
+    await expect(ana.get_by_test_id("approval")).to_have_count(1)
+    await expect(card(ben, bravo_id)).to_be_visible(timeout=SEEN_MS)
+    await expect(card(ben, acme_id)).to_have_count(0)
+
+    await mine.get_by_label("Your reason").fill("fine for acme")
+    await mine.get_by_role("button", name="Approve").click()
+    await expect(mine).to_have_count(0, timeout=SEEN_MS)
+    await expect(ana.get_by_test_id("notice")).to_have_text(
+        f"Approved refund-drafted · approve (run {acme_run}) as user:ana."
+    )
+    result = await result_of(cluster, acme_run)
+    assert result.status == RunStatus.completed
+    (decided,) = await events_of(cluster, acme_run, "approval_decided")
+    assert decided.detail["approver"] == "user:ana"  # type: ignore[index]
+    # Bravo's request is still open, and still only ben's to decide.
+    await expect(card(ben, bravo_id)).to_be_visible()
+    await expect(card(ana, bravo_id)).to_have_count(0)
+    await expect(ana.get_by_test_id("error")).to_be_hidden()
+    # Its events up to its request: nothing decided it (ben's page still offers it).
+    assert not await events_of(cluster, bravo_run, "approval_decided", once="approval_requested")

@@ -34,22 +34,31 @@ from topics import (
 )
 
 KEY = "integration-signing-key-0123456789"
+WORKER_KEY = "integration-approvals-worker-key-8c41d2"
 TOKENS = {
     "alice": "alice-token-1",
     "bob": "bob-token-2",
     "carol": "carol-token-3",
     "mallory": "mallory-token-4",
+    "ana": "ana-token-5",
+    "ben": "ben-token-6",
 }
 
+#: alice, bob, carol and mallory act for the tenant ``default``; ana for ``acme`` only, ben
+#: for ``bravo`` only (both leads).
 ACCESS = """
 reviewers:
   alice: {token_env: BATON_TOKEN_ALICE, groups: [leads]}
   bob: {token_env: BATON_TOKEN_BOB, groups: [leads]}
   carol: {token_env: BATON_TOKEN_CAROL, groups: [managers]}
   mallory: {token_env: BATON_TOKEN_MALLORY}
+principals:
+  ana: {token_env: BATON_TOKEN_ANA, groups: [leads], tenants: [acme]}
+  ben: {token_env: BATON_TOKEN_BEN, groups: [leads], tenants: [bravo]}
 signing_keys:
   k1: {env: BATON_APPROVAL_KEY}
 sign_with: k1
+worker_key: {env: BATON_WORKER_KEY}
 """
 
 POLICIES = """
@@ -93,6 +102,39 @@ steps:
             escalate_to: [{approvers: [group:managers], timeout: 2s}],
             reason: "urgent refund of {{ input.amount }} USD"}
   send: {kind: transform, after: [approve], output: "sent: {{ steps.draft.output }}"}
+output: "{{ steps.send.output }}"
+""",
+    # A reviewer who writes "recheck" sends the approval back (a validation re-run).
+    "payout-checked": """
+workflow: payout-checked
+version: 1
+steps:
+  approve: {kind: approval, approvers: [group:leads], timeout: 1h,
+            reason: "pay {{ input.to }} {{ input.amount }} USD"}
+  check: {kind: validate, after: [approve],
+          value: "{{ steps.approve.output.reasons | join(' ') }}",
+          rules: [{check: "'recheck' not in value", message: "a reviewer asked for a re-check"}],
+          on_fail: {retry_step: approve, max: 2}}
+  pay: {kind: transform, after: [check], output: "paid {{ input.to }} {{ input.amount }}"}
+output: "{{ steps.pay.output }}"
+""",
+    # Two approvals in 3 seconds, or the step fails (and can be re-driven).
+    "refund-lapsing": """
+workflow: refund-lapsing
+version: 1
+steps:
+  approve: {kind: approval, approvers: [group:leads], quorum: 2, timeout: 3s,
+            on_timeout: fail, reason: "refund of {{ input.amount }} USD"}
+  send: {kind: transform, after: [approve], output: "sent {{ input.amount }}"}
+output: "{{ steps.send.output }}"
+""",
+    "refund-brief": """
+workflow: refund-brief
+version: 1
+steps:
+  approve: {kind: approval, approvers: [group:leads], timeout: 4s,
+            reason: "refund of {{ input.amount }} USD"}
+  send: {kind: transform, after: [approve], output: "sent {{ input.amount }}"}
 output: "{{ steps.send.output }}"
 """,
     "payouts": """
@@ -169,6 +211,7 @@ def approvals_cluster(bootstrap: str, prefix: str, home: Path, **env: str) -> Cl
             "BATON_ACCESS_FILE": str(home / "access.yaml"),
             "BATON_POLICIES_FILE": str(home / "policies.yaml"),
             "BATON_APPROVAL_KEY": KEY,
+            "BATON_WORKER_KEY": WORKER_KEY,
             **{f"BATON_TOKEN_{user.upper()}": token for user, token in TOKENS.items()},
             **env,
         },
@@ -247,9 +290,12 @@ class Reviewers:
         return await self.call("POST", f"/v1/approvals/{approval_id}/decision", user, json=body)
 
 
-async def submit(cluster: Cluster, run_id: str, workflow: str, **input: Any) -> None:
+async def submit(
+    cluster: Cluster, run_id: str, workflow: str, *, tenant: str = "default", **input: Any
+) -> None:
+    task = TaskSubmitted(task_id=run_id, workflow=workflow, input=input, tenant=tenant)
     async with BatonClient(cluster.bootstrap, cluster.catalog) as client:
-        await client.send([TaskSubmitted(task_id=run_id, workflow=workflow, input=input)])
+        await client.send([task])
 
 
 async def result_of(cluster: Cluster, run_id: str, timeout: float = 30.0) -> RunResult:
@@ -291,11 +337,19 @@ async def publish(cluster: Cluster, *decisions: ApprovalDecision) -> None:
 
 
 def signed(
-    approval_id: str, approver: str, verdict: str = "approve", key: str = KEY, **more: Any
+    approval_id: str,
+    approver: str,
+    verdict: str = "approve",
+    key: str = KEY,
+    *,
+    digest: str,
+    **more: Any,
 ) -> ApprovalDecision:
+    """A decision signed as any system holding a key would: for the request with ``digest``."""
     return sign_decision(
         approval_id=approval_id,
-        run_id=approval_id.rsplit("/", 2)[0],
+        run_id=approval_id.split("/")[0],
+        request_digest=digest,
         verdict=verdict,
         approver=approver,
         reason=more.get("reason"),

@@ -111,7 +111,8 @@ def model(request: RecordedRequest) -> MessageAnswer:
                 ToolUse("shell", {"cmd": "cat /etc/passwd"}),
                 ToolUse("order_status", {"id": 5}),
                 ToolUse("order_status", {"id": "../../admin/users"}),
-                ToolUse("order_status", {"id": "http://evil.example/steal"}),
+                # encoded dot segments: a server that decodes %2F would climb with them
+                ToolUse("order_status", {"id": "%2e%2e%2f%2e%2e%2fadmin"}),
                 ToolUse("refund", {"id": "A-1"}),
             )
         )
@@ -331,7 +332,9 @@ async def test_a_tool_matching_an_approval_policy_waits_for_finance(
     assert asked.step == "help:1"
     assert not [r for r in tools.requests if r.path == "/refunds"], "nothing paid before approval"
     assert isinstance(asked.detail, dict)
-    await publish(cluster, signed(str(asked.detail["approval_id"]), "user:fin", key=SIGNING_KEY))
+    digest = str(asked.detail["request_digest"])  # type: ignore[index]
+    approval_id = str(asked.detail["approval_id"])  # type: ignore[index]
+    await publish(cluster, signed(approval_id, "user:fin", key=SIGNING_KEY, digest=digest))
     result = await result_of(cluster, "pay")
 
     assert result.status == RunStatus.completed, result.reason

@@ -35,7 +35,7 @@ from tests.integration.approvals import (
     wait_serving,
 )
 from tests.integration.workers import Cluster, WorkerProcess, Workers, decoded
-from topics import ApprovalVerdict, DeadLetter, RunEvent, RunStatus, partition_for
+from topics import ApprovalDecision, ApprovalVerdict, DeadLetter, RunEvent, RunStatus, partition_for
 
 
 @dataclass
@@ -135,7 +135,7 @@ async def test_an_approval_through_the_api_lets_the_run_complete(
         "verdict": "approve",
         "reason": "within policy",
     }
-    run = (await reviewers.call("GET", f"/v1/runs/{run_id}")).json()
+    run = (await reviewers.call("GET", f"/v1/runs/{run_id}", "alice")).json()
     approve = next(s for s in run["steps"] if s["step"] == "approve")
     assert approve["output"] == {
         "verdict": "approve",
@@ -197,7 +197,7 @@ async def test_a_quorum_of_two_needs_two_distinct_approvers_through_the_cli(
         i["approval_id"] for i in (await reviewers.pending("alice"))["approvals"]
     ]
     assert (await reviewers.decide("alice", approval_id, "approve")).status_code == 409
-    run = (await reviewers.call("GET", f"/v1/runs/{run_id}")).json()
+    run = (await reviewers.call("GET", f"/v1/runs/{run_id}", "bob")).json()
     assert run["status"] == "running"  # one approval of two
 
     second = cli(worker, "approve", approval_id, user="bob")
@@ -285,36 +285,45 @@ async def test_decisions_that_do_not_count_are_refused_and_audited(
 ) -> None:
     run_id = new_run("refused")
     await submit(cluster, run_id, "refund-two", amount=900)
-    approval_id = (await reviewers.open_for("alice", run_id))["approval_id"]
+    item = await reviewers.open_for("alice", run_id)
+    approval_id, digest = item["approval_id"], item["request_digest"]
     later = datetime.now(UTC) + timedelta(seconds=1)
-    unsigned = signed(approval_id, "user:bob").model_copy(update={"signature": ""})
+
+    def sign(approval: str, approver: str, **more: Any) -> ApprovalDecision:
+        return signed(approval, approver, digest=digest, **more)
+
+    unsigned = sign(approval_id, "user:bob").model_copy(update={"signature": ""})
     await publish(
         cluster,
-        signed(approval_id, "user:mallory"),  # not an approver
-        signed(approval_id, "user:alice", reason="first"),  # counts
-        signed(approval_id, "user:alice", decided_at=later),  # the same approver again
+        sign(approval_id, "user:mallory"),  # not an approver
+        sign(approval_id, "user:alice", reason="first"),  # counts
+        sign(approval_id, "user:alice", decided_at=later),  # the same approver again
         unsigned,
-        signed(approval_id, "user:bob", key="a-key-nobody-trusts-at-all"),
-        signed(approval_id, "user:bob", key_id="k9"),
-        signed(f"{run_id}/approve/7", "user:bob"),  # no such request
-        signed(approval_id, "user:bob").model_copy(  # altered after signing
+        sign(approval_id, "user:bob", key="a-key-nobody-trusts-at-all-0123456789"),
+        sign(approval_id, "user:bob", key_id="k9"),
+        sign(f"{run_id}/approve/7", "user:bob"),  # no such request
+        sign(approval_id, "user:bob").model_copy(  # altered after signing
             update={"verdict": ApprovalVerdict.reject}
         ),
+        signed(approval_id, "user:bob", digest="0" * 64),  # for a request that is not this one
+        sign(approval_id, "user:ana"),  # a lead, but of another tenant
     )
 
     async def refused() -> list[RunEvent]:
         found = await events_of(cluster, run_id, "approval_refused")
-        return found if len(found) == 7 else []
+        return found if len(found) == 9 else []
 
-    reasons = [e.detail["reason"] for e in await until(refused, "seven refusals")]  # type: ignore[index]
+    reasons = [e.detail["reason"] for e in await until(refused, "nine refusals")]  # type: ignore[index]
     assert reasons == [
         "user:mallory may not decide this request",
         "user:alice has decided this request already",
-        "bad signature: the signature does not match",
+        "bad signature: not a v2 signature (no other form is accepted)",
         "bad signature: the signature does not match",
         "bad signature: unknown signing key 'k9'",
         "no such approval request is open (decided, escalated or unknown)",
         "bad signature: the signature does not match",
+        "it names another request: its request_digest is not the open request's",
+        "user:ana may not act for tenant 'default'",
     ]
 
     # Nothing changed but alice's one vote: the run waits for a second approver. (The API shows
@@ -324,7 +333,7 @@ async def test_decisions_that_do_not_count_are_refused_and_audited(
         return [v["approver"] for v in item["votes"]] == ["user:alice"]
 
     await until(alice_counted, "alice's vote, and only hers, is counted")
-    assert (await reviewers.call("GET", f"/v1/runs/{run_id}")).json()["status"] == "running"
+    assert (await reviewers.call("GET", f"/v1/runs/{run_id}", "bob")).json()["status"] == "running"
     assert (await reviewers.decide("bob", approval_id, "approve")).status_code == 202
     assert (await result_of(cluster, run_id)).status == RunStatus.completed
 
@@ -333,7 +342,7 @@ async def test_a_decision_for_a_run_that_does_not_exist_is_dead_lettered(
     cluster: Cluster, reviewers: Reviewers
 ) -> None:
     run_id = new_run("never-started")
-    await publish(cluster, signed(f"{run_id}/approve/1", "user:alice"))
+    await publish(cluster, signed(f"{run_id}/approve/1", "user:alice", digest="0" * 64))
 
     async def lettered() -> list[Any]:
         letters = await decoded(cluster, cluster.catalog.dead_letter.name, DeadLetter)
@@ -376,7 +385,7 @@ async def test_the_api_answers_each_mistake_precisely(
     approval_id = (await reviewers.open_for("alice", run_id))["approval_id"]
     decision = f"/v1/approvals/{approval_id}/decision"
 
-    for path in ("/v1/approvals", f"/v1/approvals/{approval_id}"):
+    for path in ("/v1/approvals", f"/v1/approvals/{approval_id}", f"/v1/runs/{run_id}"):
         missing = await reviewers.call("GET", path)
         assert missing.status_code == 401
         assert missing.headers["WWW-Authenticate"] == 'Bearer realm="baton"'
@@ -385,6 +394,8 @@ async def test_the_api_answers_each_mistake_precisely(
         assert unknown.status_code == 401 and "invalid_token" in unknown.headers["WWW-Authenticate"]
     posted = await reviewers.call("POST", decision, json={"verdict": "approve"})
     assert posted.status_code == 401
+    task = await reviewers.call("POST", "/v1/tasks", json={"workflow": "refund", "input": {}})
+    assert task.status_code == 401
 
     expected: list[tuple[dict[str, Any], int, str]] = [
         ({"content": b"{nope"}, 400, "body is not JSON"),

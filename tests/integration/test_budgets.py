@@ -226,7 +226,13 @@ async def test_approval_on_breach_waits_for_finance_then_runs(
         assert isinstance(asked.detail, dict)
         assert str(asked.detail["reason"]).startswith("over budget: max_cost_usd")
         await publish(
-            cluster, signed(str(asked.detail["approval_id"]), "user:fin", key=SIGNING_KEY)
+            cluster,
+            signed(
+                str(asked.detail["approval_id"]),  # type: ignore[index]
+                "user:fin",
+                key=SIGNING_KEY,
+                digest=str(asked.detail["request_digest"]),  # type: ignore[index]
+            ),
         )
         result = (await client.wait(["pricey"], timeout_s=60))["pricey"]
     assert result.status == RunStatus.completed, result.reason

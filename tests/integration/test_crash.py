@@ -9,7 +9,14 @@ import httpx
 import pytest
 
 from streams._client import BatonClient
-from tests.integration.workers import Cluster, Workers, all_results, wait_until_drained
+from tests.integration.workers import (
+    Cluster,
+    Workers,
+    all_results,
+    api_access,
+    ops,
+    wait_until_drained,
+)
 from topics import RunResult, RunStatus, TaskSubmitted
 
 SLOW_MODELS = """
@@ -49,7 +56,7 @@ def cluster(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> Cluster:
         tmp_path / "home",
         models_file=models,
         # Few steps at a time, so the batch is still running when the worker dies.
-        extra_env={"BATON_PROCESSOR_CONCURRENCY": "24"},
+        extra_env={"BATON_PROCESSOR_CONCURRENCY": "24", **api_access(tmp_path / "access")},
     )
     assert cluster.baton("topics", "create").returncode == 0
     workflow = tmp_path / "crashy.yaml"
@@ -102,7 +109,7 @@ async def _describe(workers: Workers, run_ids: list[str]) -> str:
     """What the worker knows of some runs, for a useful failure message."""
     worker = workers.started[-1]
     lines = []
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(headers=ops()) as http:
         for run_id in run_ids:
             response = await http.get(f"{worker.api}/v1/runs/{run_id}")
             lines.append(f"{run_id}: {response.status_code} {response.text[:1500]}")

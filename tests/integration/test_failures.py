@@ -287,7 +287,6 @@ async def test_poison_on_every_topic_baton_consumes_is_dead_lettered_and_work_go
         catalog.tasks,
         catalog.step_results,
         catalog.control,
-        catalog.timers,
         catalog.steps("llm"),
         catalog.steps("transform"),
         catalog.steps("validate"),

@@ -14,7 +14,9 @@ from streams._client import BatonClient
 from tests.integration.workers import (
     Cluster,
     Workers,
+    api_access,
     has,
+    ops,
     poll_decoded,
     poll_run_events,
     results_by_run,
@@ -29,7 +31,13 @@ MODELS = ROOT / "examples" / "models.yaml"
 
 @pytest.fixture
 def cluster(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> Cluster:
-    cluster = Cluster(kafka_bootstrap, topic_prefix, tmp_path / "home", models_file=MODELS)
+    cluster = Cluster(
+        kafka_bootstrap,
+        topic_prefix,
+        tmp_path / "home",
+        models_file=MODELS,
+        extra_env=api_access(tmp_path / "access"),
+    )
     created = cluster.baton("topics", "create")
     assert created.returncode == 0, created.stderr
     return cluster
@@ -183,7 +191,7 @@ async def test_the_http_api_accepts_tasks_and_serves_runs_from_any_worker(
     second = workers.start("w2")
     deploy(cluster, EXAMPLE)
     run_ids = []
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(headers=ops()) as http:
         for i in range(8):
             response = await http.post(
                 f"{first.api}/v1/tasks",
@@ -197,6 +205,7 @@ async def test_the_http_api_accepts_tasks_and_serves_runs_from_any_worker(
             assert response.json() == {"run_id": f"api-{i}", "status_url": f"/v1/runs/api-{i}"}
             run_ids.append(f"api-{i}")
         for run_id in run_ids:
+            # The worker that does not own the run asks the owner with the workers' key.
             for worker in (first, second):
                 view = await _poll_run(http, worker.api, run_id)
                 assert view["run_id"] == run_id and view["status"] == "completed"
@@ -208,10 +217,20 @@ async def test_the_http_api_accepts_tasks_and_serves_runs_from_any_worker(
             (b"[1, 2]", 400, "body must be a JSON object"),
             (b'{"workflow": "w"}', 422, "input: Field required"),
             (b'{"workflow": "w", "input": {}, "colour": 1}', 422, "colour: Extra inputs"),
+            (b'{"task_id": "a\\nb", "workflow": "w", "input": {}}', 422, "task_id: 'a\\nb' is"),
         ]:
             response = await http.post(f"{first.api}/v1/tasks", content=body)
-            assert response.status_code == status
+            assert response.status_code == status, response.text
             assert response.json()["error"].startswith(error)
+    # Without a token (or with a wrong one) nothing is answered, on any worker.
+    async with httpx.AsyncClient() as anonymous:
+        for worker in (first, second):
+            for headers in ({}, {"Authorization": "Bearer nope"}):
+                read = await anonymous.get(f"{worker.api}/v1/runs/api-0", headers=headers)
+                task = {"workflow": "support-triage", "input": {"ticket_id": "x", "text": "x"}}
+                sent = await anonymous.post(f"{worker.api}/v1/tasks", json=task, headers=headers)
+                assert read.status_code == sent.status_code == 401
+                assert "api-0" not in read.text
     # A run's view is the coordinator's, updated as its batch commits: the result may not be
     # readable yet.
     results = await poll_decoded(

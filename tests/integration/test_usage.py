@@ -22,7 +22,15 @@ import pytest
 from streams._client import BatonClient
 from streams._usage import read_usage
 from tests.fakes.openai_server import ChatAnswer, FakeOpenAIServer, RecordedRequest
-from tests.integration.workers import Cluster, WorkerProcess, Workers, has, poll_run_events
+from tests.integration.workers import (
+    Cluster,
+    WorkerProcess,
+    Workers,
+    api_access,
+    has,
+    ops,
+    poll_run_events,
+)
 from topics import RunResult, RunStatus, TaskSubmitted
 
 #: US dollars per million (input, output) tokens, by the model the provider is asked for.
@@ -85,7 +93,13 @@ def cluster(
             for route in ("fast", "strong")
         )
     )
-    cluster = Cluster(kafka_bootstrap, topic_prefix, tmp_path / "home", models_file=models)
+    cluster = Cluster(
+        kafka_bootstrap,
+        topic_prefix,
+        tmp_path / "home",
+        models_file=models,
+        extra_env=api_access(tmp_path / "access"),
+    )
     cluster.deploy(one=ONE, two=TWO)
     return cluster
 
@@ -214,7 +228,8 @@ def show(cluster: Cluster, worker: WorkerProcess, run_id: str) -> str:
     """``baton runs show`` with its lines' runs of spaces squeezed (a wide terminal)."""
     # The API shows a run as its coordinator saw it commit, maybe a moment after the result.
     deadline = time.monotonic() + 30
-    while httpx.get(f"{worker.api}/v1/runs/{run_id}").json().get("status") != "completed":
+    view = f"{worker.api}/v1/runs/{run_id}"
+    while httpx.get(view, headers=ops()).json().get("status") != "completed":
         assert time.monotonic() < deadline, f"{run_id} not completed at {worker.api}"
         time.sleep(0.2)
     shown = cluster.baton("runs", "show", run_id, BATON_API_URL=worker.api, COLUMNS="200")

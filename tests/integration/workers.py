@@ -31,6 +31,36 @@ CODEC = Codec()
 T = TypeVar("T")
 E = TypeVar("E", bound=Event)
 
+#: The token of ``ops``, a principal for every tenant, in clusters made with ``api_access``.
+API_TOKEN = "integration-ops-token-2d9f"
+#: The workers' own key in those clusters.
+WORKER_KEY = "integration-worker-key-5b8e1f3a7c9d2e40"
+
+
+def api_access(home: Path) -> dict[str, str]:
+    """Environment for workers whose API a test calls as ``ops`` (every tenant).
+
+    Writes an access file naming ``ops`` and the workers' key; ``BATON_TOKEN`` is set too, so
+    ``baton runs show`` and ``baton approvals`` run against it as ``ops``.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "api-access.yaml"
+    path.write_text(
+        'principals:\n  ops: {token_env: BATON_TOKEN_OPS, tenants: "*"}\n'
+        "worker_key: {env: BATON_WORKER_KEY}\n"
+    )
+    return {
+        "BATON_ACCESS_FILE": str(path),
+        "BATON_TOKEN_OPS": API_TOKEN,
+        "BATON_WORKER_KEY": WORKER_KEY,
+        "BATON_TOKEN": API_TOKEN,
+    }
+
+
+def ops() -> dict[str, str]:
+    """The headers of a request made as ``ops``."""
+    return {"Authorization": f"Bearer {API_TOKEN}"}
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -139,6 +169,16 @@ class WorkerProcess:
             time.sleep(0.2)
         raise AssertionError(f"worker not ready in {timeout}s:\n{self.log_tail()}")
 
+    def pause(self) -> None:
+        """SIGSTOP: the process stands still (its sockets stay open) until ``resume``."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT: it goes on where it stood."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL: the machine is gone, nothing is flushed."""
         if self.process is not None and self.process.poll() is None:
@@ -147,6 +187,7 @@ class WorkerProcess:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)  # a paused worker cannot stop
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=30)
@@ -228,7 +269,7 @@ async def run_events(cluster: Cluster, run_id: str | None = None) -> list[RunEve
     values = await read_topic(
         cluster.bootstrap, cluster.catalog.run_events.name, cluster.partitions
     )
-    events = [CODEC.decode(v, RunEvent) for v in values]
+    events = [e for v in values for e in CODEC.run_events(v)]
     return [e for e in events if run_id is None or e.run_id == run_id]
 
 
@@ -268,7 +309,8 @@ async def poll_topic(
         if until(found):
             return found
         if time.monotonic() > deadline:
-            last = "\n".join(repr(x)[:300] for x in found[-10:])
+            shown = [y for x in found for y in (x if isinstance(x, list) else [x])]
+            last = "\n".join(repr(x)[:300] for x in shown[-10:])
             raise AssertionError(
                 f"{topic}: not within {timeout:g}s: {what}; "
                 f"last read {len(found)}, the last ones:\n{last}"
@@ -305,18 +347,20 @@ async def poll_run_events(
 ) -> list[RunEvent]:
     """A run's events, read until ``until`` holds of them (``has(...)`` says the usual)."""
 
-    def mine(value: bytes) -> RunEvent | None:
-        event = CODEC.decode(value, RunEvent)
-        return event if event.run_id == run_id else None
+    def mine(value: bytes) -> list[RunEvent] | None:
+        # One record is one coordinator commit's batch, with the events of many runs.
+        events = [e for e in CODEC.run_events(value) if e.run_id == run_id]
+        return events or None
 
-    return await poll_topic(
+    batches = await poll_topic(
         cluster,
         cluster.catalog.run_events.name,
         decode=mine,
-        until=until,
+        until=lambda found: until([e for batch in found for e in batch]),
         what=f"the events expected of run {run_id!r}",
         timeout=timeout,
     )
+    return [e for batch in batches for e in batch]
 
 
 def has(*types: str) -> Callable[[list[RunEvent]], bool]:

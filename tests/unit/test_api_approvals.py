@@ -1,11 +1,14 @@
-"""The approval endpoints of the HTTP API, against a real Faust web app and a coordinator
-runtime that is not started (its open requests come from run states made by decide()).
+"""The HTTP API, against a real Faust web app and a coordinator runtime that is not started
+(its runs and open requests come from run states made by decide()).
 
-No Kafka: the runtime's producer is a stand-in that records what would be published.
+Every endpoint authenticates and is scoped to the tenants the caller acts for; workers call
+each other with their own signed credential, never the caller's token. No Kafka: the
+runtime's producer is a stand-in that records what would be published.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,18 +19,22 @@ from pathlib import Path
 import faust
 import httpx
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from aiokafka.errors import KafkaConnectionError
 
 from streams._access import Access, load_access
 from streams._api import install_api
+from streams._peers import call_headers
+from streams._policies import Policies
 from streams._workflows import WorkflowBook, WorkflowFeed
 from streams.coordinator import CoordinatorRuntime, RunState
 from tests.unit.test_approvals import APPROVAL, KEY, ApprovalRun
-from tests.unit.test_decide import ok, task
+from tests.unit.test_decide import T0, ok, task
 from topics import (
     ApprovalDecision,
     Codec,
+    TaskSubmitted,
     TopicCatalog,
     partition_for,
     sign_decision,
@@ -35,28 +42,53 @@ from topics import (
 )
 
 PARTITIONS = 4
-TOKENS = {"alice": "alice-token", "bob": "bob-token", "carol": "carol-token", "mallory": "m-token"}
+TOKENS = {
+    "alice": "alice-token",
+    "bob": "bob-token",
+    "carol": "carol-token",
+    "mallory": "m-token",
+    "dana": "dana-token",
+    "olga": "olga-token",
+    "root": "root-token",
+}
+WORKER_KEY = "api-unit-test-worker-key-7d1e0c93b2"
 ACCESS_FILE = """
 reviewers:
   alice: {token_env: T_ALICE, groups: [leads]}
   bob: {token_env: T_BOB, groups: [leads]}
   carol: {token_env: T_CAROL, groups: [managers]}
   mallory: {token_env: T_MALLORY}
+principals:
+  dana: {token_env: T_DANA, groups: [leads], tenants: [acme]}
+  olga: {token_env: T_OLGA, groups: [leads], tenants: [acme, globex]}
+  root: {token_env: T_ROOT, tenants: "*"}
 signing_keys:
   k1: {env: T_KEY}
 """
 
 
-def access(tmp_path: Path, *, sign: bool = True) -> Access:
+def access(tmp_path: Path, *, sign: bool = True, workers: bool = True) -> Access:
     path = tmp_path / "access.yaml"
-    path.write_text(ACCESS_FILE + ("sign_with: k1\n" if sign else ""))
+    text = ACCESS_FILE + ("sign_with: k1\n" if sign else "")
+    path.write_text(text + ("worker_key: {env: T_WORKER}\n" if workers else ""))
     environ = {f"T_{user.upper()}": token for user, token in TOKENS.items()}
     environ["T_KEY"] = KEY.decode()
+    environ["T_WORKER"] = WORKER_KEY
     return load_access(path, environ)
 
 
 def auth(user: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKENS[user]}"}
+
+
+def worker_call(
+    method: str, path: str, caller: str, *, key: str = WORKER_KEY, at: float | None = None
+) -> dict[str, str]:
+    """The headers another worker sends when it asks on a caller's behalf."""
+    moment = int(time.time() if at is None else at)
+    return call_headers(
+        key.encode(), method=method, path=path, caller=caller, sender="http://peer", at=moment
+    )
 
 
 @dataclass
@@ -75,7 +107,9 @@ class Producer:
         return [Codec().decode(value, ApprovalDecision) for _, value, _, _ in self.sent]
 
 
-def runtime(reviewers: Access, *, owns: set[int] | None = None) -> CoordinatorRuntime:
+def runtime(
+    reviewers: Access, *, owns: set[int] | None = None, policies: Policies | None = None
+) -> CoordinatorRuntime:
     catalog = TopicCatalog(prefix="t", partitions=PARTITIONS)
     codec = Codec()
     made = CoordinatorRuntime(
@@ -86,23 +120,22 @@ def runtime(reviewers: Access, *, owns: set[int] | None = None) -> CoordinatorRu
         worker_id="w",
         exactly_once=True,
         access=reviewers,
+        policies=policies,
     )
-    made.plain = Producer()
-    made.ready = set(range(PARTITIONS)) if owns is None else owns
+    made.plain = Producer()  # type: ignore[assignment]  # records what it would publish
+    made.ready.update(set(range(PARTITIONS)) if owns is None else owns)
     return made
 
 
 def hold(owner: CoordinatorRuntime, state: RunState) -> None:
     """Give a run's state to the runtime, as its restore or a batch would."""
-    partition = partition_for(state.run_id, PARTITIONS)
-    owner.stores.setdefault(partition, {})[state.run_id.encode()] = state
-    owner._index(state.run_id, state)
+    owner.hold(state)
 
 
-def waiting(run_id: str = "r1", amount: int = 120) -> ApprovalRun:
+def waiting(run_id: str = "r1", amount: int = 120, tenant: str = "default") -> ApprovalRun:
     """A run parked at its approval step (group:leads, quorum 2)."""
     run = ApprovalRun(APPROVAL)
-    run.send(task(run_id, input={"amount": amount}))
+    run.send(task(run_id, input={"amount": amount}, tenant=tenant))
     run.send(ok(run.request("draft"), f"refund {amount}"))
     return run
 
@@ -113,11 +146,13 @@ def vote(run: ApprovalRun, approval_id: str, user: str) -> None:
         sign_decision(
             approval_id=approval_id,
             run_id=run.state.run_id,
+            request_digest=run.digest(approval_id),
             verdict="approve",
             approver=f"user:{user}",
             reason="fine",
             key_id="k1",
             key=KEY,
+            decided_at=T0,
         )
     )
 
@@ -153,6 +188,8 @@ async def serving(owner: CoordinatorRuntime) -> AsyncIterator[httpx.AsyncClient]
 @pytest.mark.parametrize(
     ("method", "path"),
     [
+        ("POST", "/v1/tasks"),
+        ("GET", "/v1/runs/r1"),
         ("GET", "/v1/approvals"),
         ("GET", "/v1/approvals/r1/approve/1"),
         ("POST", "/v1/approvals/r1/approve/1/decision"),
@@ -167,14 +204,15 @@ async def serving(owner: CoordinatorRuntime) -> AsyncIterator[httpx.AsyncClient]
         ({"Authorization": "Bearer nobody-has-this"}, "the bearer token is not valid"),
     ],
 )
-async def test_every_approval_endpoint_needs_a_known_bearer_token(
+async def test_every_endpoint_needs_a_known_bearer_token(
     tmp_path: Path, method: str, path: str, headers: dict[str, str], error: str
 ) -> None:
     owner = runtime(access(tmp_path))
     hold(owner, waiting().state)  # type: ignore[arg-type]
     async with serving(owner) as client:
+        body = {"verdict": "approve"} if "decision" in path else {"workflow": "w", "input": {}}
         response = await client.request(
-            method, path, headers=headers, json={"verdict": "approve"} if method == "POST" else None
+            method, path, headers=headers, json=body if method == "POST" else None
         )
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"].startswith('Bearer realm="baton"')
@@ -213,6 +251,7 @@ async def test_the_list_holds_what_the_caller_may_decide_sorted_by_deadline(
         "r-later/approve/1",
     ]
     assert alice["reviewer"] == "user:alice" and alice["partial"] == []
+    assert alice["tenants"] == ["default"]
     first = alice["approvals"][0]
     assert set(first) == {
         "approval_id",
@@ -228,6 +267,7 @@ async def test_the_list_holds_what_the_caller_may_decide_sorted_by_deadline(
         "context",
         "cost_usd",
         "requested_at",
+        "request_digest",
         "votes",
     }
     assert first["run_id"] == "r-sooner" and first["step"] == "approve"
@@ -270,15 +310,20 @@ async def test_the_list_merges_every_coordinator_and_names_one_that_does_not_ans
         merged = (await client.get("/v1/approvals", headers=auth("bob"))).json()
         assert sorted(a["run_id"] for a in merged["approvals"]) == sorted(ids)
         assert merged["partial"] == []
-        local = await client.get(
-            "/v1/approvals", headers={**auth("bob"), "X-Baton-Forwarded": "test"}
-        )
+        # Asked by another worker (signed with the worker key, for bob): its own requests.
+        signed = worker_call("GET", "/v1/approvals", "user:bob")
+        local = await client.get("/v1/approvals", headers=signed)
         assert {a["run_id"] for a in local.json()["approvals"]} == {
             r for r, p in ids.items() if p in (0, 1)
         }
+        # A caller's own "forwarded" header changes nothing.
+        claimed = await client.get(
+            "/v1/approvals", headers={**auth("bob"), "X-Baton-Forwarded": "test"}
+        )
+        assert len(claimed.json()["approvals"]) == len(ids)
         # A coordinator that does not answer is skipped, and named.
         gone = "http://127.0.0.1:9"
-        await there._release(3)  # as a rebalance would
+        await there.loop._release(3)  # as a rebalance would
         here.assignor.owners = {0: here.url, 1: here.url, 2: there.url, 3: gone}
         partial = (await client.get("/v1/approvals", headers=auth("bob"))).json()
     assert [p["worker"] for p in partial["partial"]] == [gone]
@@ -350,6 +395,10 @@ async def test_a_decision_is_signed_with_the_workers_key_and_published_on_the_ru
     (decision,) = owner.plain.decisions()
     assert decision.approver == "user:bob" and decision.reason == "within policy"
     assert decision.key_id == "k1" and verify_decision(decision, reviewers.keys) is None
+    assert decision.signature.startswith("v2:")
+    assert decision.request_digest == owner.approvals["r1/approve/1"].request_digest or (
+        decision.request_digest == waiting().digest("r1/approve/1")
+    )
 
 
 @pytest.mark.parametrize(
@@ -518,3 +567,231 @@ async def test_the_inbox_page_and_its_files_are_served_with_a_strict_policy(
     assert "innerHTML" not in script.text and "/v1/approvals" in script.text
     assert style.headers["Content-Type"].startswith("text/css")
     assert missing.status_code == 404
+
+
+# -- tenants -------------------------------------------------------------------------------------
+
+TENANT_POLICIES = Policies.model_validate(
+    {
+        "tenants": {
+            "acme": {"workflows": ["refund*"]},
+            "globex": {},
+            "default": {},
+            "*": {"workflows": []},  # tenants not listed run nothing
+        }
+    }
+)
+
+
+async def test_tasks_are_submitted_for_a_tenant_the_caller_acts_for(tmp_path: Path) -> None:
+    owner = runtime(access(tmp_path), policies=TENANT_POLICIES)
+
+    async def submit(user: str, **fields: object) -> httpx.Response:
+        body = {"workflow": "refunds", "input": {"amount": 5}, **fields}
+        return await client.post("/v1/tasks", headers=auth(user), json=body)
+
+    async with serving(owner) as client:
+        dana = await submit("dana", task_id="t-dana")
+        alice = await submit("alice", task_id="t-alice")
+        root = await submit("root", task_id="t-root", tenant="globex")
+        other_tenant = await submit("dana", tenant="globex")
+        ambiguous = await submit("olga")
+        not_allowed = await submit("dana", workflow="payroll")
+        unknown_tenant = await submit("root", tenant="initech")
+        bad_id = await submit("dana", task_id="r1/approve/1")
+        bad_tenant = await submit("root", tenant="*")
+    assert (dana.status_code, alice.status_code, root.status_code) == (202, 202, 202)
+    assert dana.json() == {"run_id": "t-dana", "status_url": "/v1/runs/t-dana"}
+    tasks = [Codec().decode(value, TaskSubmitted) for _, value, _, _ in owner.plain.sent]
+    assert [(t.task_id, t.tenant) for t in tasks] == [
+        ("t-dana", "acme"),  # named no tenant: the caller's only one
+        ("t-alice", "default"),
+        ("t-root", "globex"),
+    ]
+    assert other_tenant.status_code == 403
+    assert other_tenant.json()["error"] == "user:dana may not act for tenant 'globex'"
+    assert ambiguous.status_code == 422
+    assert ambiguous.json()["error"] == "tenant: name the tenant; user:olga acts for acme, globex"
+    assert not_allowed.status_code == 403
+    assert not_allowed.json()["error"] == "tenant 'acme' may not run workflow 'payroll'"
+    assert unknown_tenant.status_code == 403
+    assert unknown_tenant.json()["error"] == "tenant 'initech' may not run workflow 'refunds'"
+    assert bad_id.status_code == 422 and bad_id.json()["error"].startswith(
+        "task_id: 'r1/approve/1' is not a valid task id: '/' is not allowed"
+    )
+    assert bad_tenant.status_code == 422
+    assert "tenant: '*' is not a valid tenant name" in bad_tenant.json()["error"]
+
+
+async def test_a_run_is_shown_only_to_callers_acting_for_its_tenant(tmp_path: Path) -> None:
+    owner = runtime(access(tmp_path))
+    hold(owner, waiting("r-acme", tenant="acme").state)  # type: ignore[arg-type]
+    async with serving(owner) as client:
+        dana = await client.get("/v1/runs/r-acme", headers=auth("dana"))
+        root = await client.get("/v1/runs/r-acme", headers=auth("root"))
+        alice = await client.get("/v1/runs/r-acme", headers=auth("alice"))
+        missing = await client.get("/v1/runs/nope", headers=auth("dana"))
+    assert dana.status_code == root.status_code == 200
+    assert dana.json()["run_id"] == "r-acme" and dana.json()["tenant"] == "acme"
+    assert alice.status_code == 403
+    assert alice.json() == {"error": "user:alice may not see run 'r-acme': it is tenant 'acme''s"}
+    assert missing.status_code == 404 and missing.json() == {"error": "no run 'nope'"}
+
+
+async def test_another_tenants_approvals_are_neither_listed_nor_decidable(tmp_path: Path) -> None:
+    owner = runtime(access(tmp_path))
+    hold(owner, waiting("r-acme", tenant="acme").state)  # type: ignore[arg-type]
+    hold(owner, waiting("r-default").state)  # type: ignore[arg-type]
+    one, decide = "/v1/approvals/r-acme/approve/1", "/v1/approvals/r-acme/approve/1/decision"
+    async with serving(owner) as client:
+        dana = (await client.get("/v1/approvals", headers=auth("dana"))).json()
+        alice = (await client.get("/v1/approvals", headers=auth("alice"))).json()
+        alice_one = await client.get(one, headers=auth("alice"))
+        alice_decides = await client.post(
+            decide, headers=auth("alice"), json={"verdict": "approve"}
+        )
+        dana_decides = await client.post(decide, headers=auth("dana"), json={"verdict": "approve"})
+    assert [a["run_id"] for a in dana["approvals"]] == ["r-acme"]
+    assert dana["tenants"] == ["acme"] and dana["reviewer"] == "user:dana"
+    assert [a["run_id"] for a in alice["approvals"]] == ["r-default"]
+    assert alice_one.status_code == alice_decides.status_code == 403
+    assert alice_one.json()["error"] == "user:alice may not act for tenant 'acme'"
+    assert dana_decides.status_code == 202
+    assert [(d.approver, d.run_id) for d in owner.plain.decisions()] == [("user:dana", "r-acme")]
+
+
+async def test_a_decision_on_a_request_other_than_the_one_seen_is_a_409(tmp_path: Path) -> None:
+    owner = runtime(access(tmp_path))
+    hold(owner, waiting().state)  # type: ignore[arg-type]
+    path = "/v1/approvals/r1/approve/1/decision"
+    async with serving(owner) as client:
+        seen = (await client.get("/v1/approvals/r1/approve/1", headers=auth("bob"))).json()
+        other = {"verdict": "approve", "request_digest": "0" * 64}
+        stale = await client.post(path, headers=auth("bob"), json=other)
+        same = {"verdict": "approve", "request_digest": seen["request_digest"]}
+        fresh = await client.post(path, headers=auth("bob"), json=same)
+    assert stale.status_code == 409
+    assert stale.json()["error"].startswith("request_digest: 'r1/approve/1' is not the request")
+    assert fresh.status_code == 202
+    (decision,) = owner.plain.decisions()
+    assert decision.request_digest == seen["request_digest"]
+
+
+# -- workers calling workers ---------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def rogue() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
+    """A group member that answers every call and keeps what it was sent."""
+    seen: list[dict[str, str]] = []
+
+    async def keep(request: web.Request) -> web.Response:
+        seen.append({**request.headers, "path": request.raw_path})
+        return web.json_response({"approvals": [], "partitions": []})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", keep)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/"), seen
+    finally:
+        await server.close()
+
+
+async def test_workers_forward_with_their_own_credential_never_the_callers_token(
+    tmp_path: Path,
+) -> None:
+    partition = partition_for("r1", PARTITIONS)
+    here = runtime(access(tmp_path), owns=set(range(PARTITIONS)) - {partition})
+    async with rogue() as (url, seen), serving(here) as client:
+        here.assignor.owners[partition] = url
+        await client.get("/v1/approvals", headers=auth("alice"))
+        await client.get("/v1/runs/r1", headers=auth("alice"))
+        await client.get("/v1/approvals/r1/approve/1", headers=auth("alice"))
+        await client.post(
+            "/v1/approvals/r1/approve/1/decision",
+            headers=auth("alice"),
+            json={"verdict": "approve"},
+        )
+    assert [s["path"] for s in seen] == [
+        "/v1/approvals",
+        "/v1/runs/r1",
+        "/v1/approvals/r1%2Fapprove%2F1",
+        "/v1/approvals/r1%2Fapprove%2F1/decision",
+    ]
+    for headers in seen:
+        assert "Authorization" not in headers
+        assert TOKENS["alice"] not in str(headers)
+        assert headers["X-Baton-On-Behalf-Of"] == "user:alice"
+        assert headers["X-Baton-Worker-Signature"].startswith("t=")
+
+
+async def test_a_worker_call_is_trusted_only_when_its_signature_holds(tmp_path: Path) -> None:
+    owner = runtime(access(tmp_path))
+    hold(owner, waiting().state)  # type: ignore[arg-type]
+    path = "/v1/approvals/r1%2Fapprove%2F1"
+    async with serving(owner) as client:
+        good = await client.get(path, headers=worker_call("GET", path, "user:bob"))
+        tenant_checked = await client.get(path, headers=worker_call("GET", path, "user:dana"))
+        other_path = await client.get(path, headers=worker_call("GET", "/v1/approvals", "user:bob"))
+        wrong_key = await client.get(
+            path, headers=worker_call("GET", path, "user:bob", key="x" * 40)
+        )
+        stale = await client.get(
+            path, headers=worker_call("GET", path, "user:bob", at=time.time() - 120)
+        )
+        swapped = {**worker_call("GET", path, "user:mallory"), "X-Baton-On-Behalf-Of": "user:bob"}
+        impersonated = await client.get(path, headers=swapped)
+        stranger = await client.get(path, headers=worker_call("GET", path, "user:nobody"))
+    assert good.status_code == 200 and good.json()["approval_id"] == "r1/approve/1"
+    assert tenant_checked.status_code == 403  # the caller's own tenants still apply
+    for refused in (other_path, wrong_key, impersonated):
+        assert refused.status_code == 401
+        assert refused.json()["error"] == "the worker call's signature does not match"
+    assert stale.status_code == 401 and "more than 30s away" in stale.json()["error"]
+    assert stranger.status_code == 401
+    assert (
+        stranger.json()["error"] == "a worker call for user:nobody, whom this worker does not know"
+    )
+
+
+async def test_without_a_worker_key_nothing_is_forwarded(tmp_path: Path) -> None:
+    partition = partition_for("r1", PARTITIONS)
+    here = runtime(access(tmp_path, workers=False), owns=set(range(PARTITIONS)) - {partition})
+    async with rogue() as (url, seen), serving(here) as client:
+        here.assignor.owners[partition] = url
+        listed = (await client.get("/v1/approvals", headers=auth("alice"))).json()
+        run = await client.get("/v1/runs/r1", headers=auth("alice"))
+        signed = await client.get(
+            "/v1/approvals", headers=worker_call("GET", "/v1/approvals", "user:alice")
+        )
+    assert not seen
+    assert listed["partial"][0] == {
+        "worker": url,
+        "error": "this worker cannot ask the other workers: no `worker_key` in the access file",
+    }
+    assert run.status_code == 503 and "no `worker_key`" in run.json()["error"]
+    assert signed.status_code == 401
+    assert signed.json()["error"] == (
+        "this worker takes no calls from other workers (no `worker_key`)"
+    )
+
+
+async def test_healthz_and_the_inbox_files_are_open_and_hold_no_run_data(tmp_path: Path) -> None:
+    owner = runtime(access(tmp_path))
+    hold(owner, waiting("r-acme", tenant="acme").state)  # type: ignore[arg-type]
+    async with serving(owner) as client:
+        health = await client.get("/healthz")
+        page = await client.get("/")
+    assert health.status_code == page.status_code == 200
+    assert set(health.json()) == {
+        "ok",
+        "events_processed",
+        "partitions",
+        "processing",
+        "runs",
+        "restored",
+        "written",
+    }
+    assert "r-acme" not in health.text and "acme" not in health.text

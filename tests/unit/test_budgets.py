@@ -55,7 +55,7 @@ steps:
 """
 )
 
-KEY = b"budget-signing-key-0123456789"
+KEY = b"budget-signing-key-0123456789abcdef"
 ACCESS = Access(groups={"fin": frozenset({"finance"})}, keys={"k1": KEY})
 
 
@@ -211,10 +211,12 @@ def test_downgrade_stops_the_run_when_no_cheaper_route_fits() -> None:
 
 
 def approve(run: Run, approval_id: str, verdict: str = "approve") -> None:
+    asked = [e for e in run.emitted if isinstance(e, ApprovalRequested)]
     run.send(
         sign_decision(
             approval_id=approval_id,
             run_id="r1",
+            request_digest=next(a.request_digest for a in asked if a.approval_id == approval_id),
             verdict=verdict,
             approver="user:fin",
             reason=None,
@@ -367,6 +369,57 @@ def test_a_late_result_is_paid_for_and_settled() -> None:
     (ignored,) = events(run, "result_ignored")
     assert ignored.usage is not None and ignored.usage.cost_usd == cost(20)
     assert [e.kind for e in spend(run)].count(SpendKind.settle) == 2
+
+
+SHARED = Policies.model_validate(
+    {"tenants": {"acme": {"max_cost_usd": "0.05"}, "*": {"max_cost_usd": "0.05"}}}
+)
+
+
+def test_tenants_not_listed_share_one_ceiling_and_one_ledger_key() -> None:
+    ledger = SpendLedger(SHARED)
+    first = run_with(policies=SHARED, ledger=ledger)
+    first.send(task(tenant="new-co-1"))
+    (reserved,) = spend(first)
+    assert reserved.tenant == "*"  # keyed by the account: one partition, one order
+    assert ledger.apply(reserved.model_copy(update={"amount_usd": Decimal("0.049")})) is True
+    second = run_with(policies=SHARED, ledger=ledger)
+    second.send(task("r2", tenant="new-co-2"))  # a fresh name buys no fresh ceiling
+    (again,) = spend(second)
+    assert ledger.apply(again) is False
+    second.send(TimerFired(run_id="r2", fired_at=T0))
+    (result,) = second.results()
+    assert result.status == RunStatus.budget_exceeded and result.reason is not None
+    assert result.reason.startswith(
+        "tenant new-co-2 (the ceiling every tenant not listed shares): ceiling $0.05 per 1d"
+    )
+    # A tenant listed by name keeps its own ceiling.
+    assert ledger.apply(entry("a/s/1", "reserve", "0.04")) is True
+    # Entries an older release keyed by the unlisted tenant's own name count in the pool.
+    assert ledger.apply(entry("o/s/1", "reserve", "0.01", tenant="old-name")) is False
+    assert ledger.spent("whoever", T0) == Decimal("0.049")
+
+
+def test_the_older_default_entry_is_the_shared_one_when_there_is_no_star() -> None:
+    legacy = Policies.model_validate({"tenants": {"default": {"max_cost_usd": "1"}}})
+    assert legacy.account("new-co") == legacy.account("default") == "default"
+    both = Policies.model_validate(
+        {"tenants": {"default": {"max_cost_usd": "1"}, "*": {"max_cost_usd": "2"}}}
+    )
+    assert both.account("default") == "default" and both.account("new-co") == "*"
+    plain = Policies.model_validate({"tenants": {"acme": {"workflows": ["refund*"]}}})
+    assert plain.account("acme") is None and plain.ceiling("acme") is None  # no ceiling given
+    assert plain.account("new-co") is None
+
+
+def test_which_workflows_a_tenant_may_run() -> None:
+    policies = Policies.model_validate(
+        {"tenants": {"acme": {"workflows": ["refund*", "triage"]}, "*": {"workflows": []}}}
+    )
+    assert policies.may_run("acme", "refund-big") and policies.may_run("acme", "triage")
+    assert not policies.may_run("acme", "payroll")
+    assert not policies.may_run("new-co", "triage")  # `workflows: []`: unknown tenants refused
+    assert Policies().may_run("anyone", "anything")
 
 
 # -- the ledger ------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ def test_every_topic_of_the_design_is_in_the_catalog() -> None:
         "baton.spend",
         "baton.llm-cache",
         "baton.run-state",
+        "baton.run-journal",
     }
 
 
@@ -52,7 +53,13 @@ def test_prefix_and_partitions_apply_to_every_run_topic() -> None:
 def test_compacted_topics() -> None:
     catalog = TopicCatalog()
     compacted = {t.name for t in catalog if t.cleanup_policy == "compact"}
-    assert compacted == {"baton.workflows", "baton.control", "baton.run-state"}
+    assert compacted == {"baton.workflows", "baton.control"}
+    # Finished runs are forgotten after the run retention: compacted, and deleted by time.
+    assert catalog.run_state.configs()["cleanup.policy"] == "compact,delete"
+    assert catalog.run_state.configs()["retention.ms"] == str(7 * 24 * 3600 * 1000)
+    short = TopicCatalog(run_retention_s=30)
+    assert short.run_state.configs()["retention.ms"] == "30000"
+    assert short.run_journal.configs()["retention.ms"] == "30000"
     assert catalog.run_state.configs()["min.cleanable.dirty.ratio"] == "0.1"
     assert catalog.workflows.configs() == {"cleanup.policy": "compact", "retention.ms": "-1"}
     assert catalog.tasks.configs()["retention.ms"] == str(7 * 24 * 3600 * 1000)

@@ -134,7 +134,9 @@ def test_valid_avro_that_breaks_the_model_names_the_field() -> None:
     buffer = io.BytesIO()
     buffer.write(struct.pack(">bI", 0, entry.id))
     fastavro.schemaless_writer(buffer, entry.parsed, record)
-    with pytest.raises(DecodeError, match="invalid TaskSubmitted: task_id: String should have"):
+    with pytest.raises(
+        DecodeError, match="invalid TaskSubmitted: task_id: a task id cannot be empty"
+    ):
         CODEC.decode(buffer.getvalue(), TaskSubmitted)
 
 

@@ -197,6 +197,11 @@ def test_the_public_surface_is_pinned() -> None:
         "LlmParams",
         "LlmProcessor",
         "LocalSourceSpec",
+        "MAX_TEMPLATE_CALL_DEPTH",
+        "MAX_TEMPLATE_CHARS",
+        "MAX_TEMPLATE_DEPTH",
+        "MAX_TEMPLATE_INT_BITS",
+        "MAX_TEMPLATE_STEPS",
         "MemoryResponseCache",
         "ModelCatalog",
         "ModelClient",
@@ -216,8 +221,11 @@ def test_the_public_surface_is_pinned() -> None:
         "ScriptRule",
         "ScriptedProvider",
         "StepOutput",
+        "TEMPLATE_GLOBALS",
+        "TEMPLATE_TIME_BUDGET_S",
         "Template",
         "TemplateError",
+        "TemplateLimitExceeded",
         "TemplateRenderError",
         "ToolCall",
         "ToolCallMessage",
@@ -253,6 +261,8 @@ def test_the_public_surface_is_pinned() -> None:
         "load_tools",
         "references",
         "render_value",
+        "step_reads",
+        "template_budget",
     ]
     assert all(hasattr(processors, name) for name in processors.__all__)
 

@@ -252,8 +252,8 @@ async def test_a_body_that_is_not_json_is_retryable(
         await _processor(http_client, tool_server.url, retries=0).run(_request())
 
 
-@pytest.mark.parametrize("query", ["../../admin", "x/../../admin", "//evil.example", "@evil"])
-async def test_a_query_in_the_path_cannot_leave_the_host(
+@pytest.mark.parametrize("query", ["../../admin", "x/../../admin", "..", "%2e%2e"])
+async def test_a_query_in_the_path_cannot_climb_out_of_it(
     tool_server: FakeToolServer, http_client: httpx.AsyncClient, query: str
 ) -> None:
     processor = _processor(http_client, tool_server.url, path="/v1/search/{{ query }}", query={})
@@ -261,6 +261,20 @@ async def test_a_query_in_the_path_cannot_leave_the_host(
     with pytest.raises(ToolRequestRefused):
         await processor.run(_request(query))
     assert tool_server.call_count == 0
+
+
+@pytest.mark.parametrize(
+    ("query", "sent"), [("//evil.example", "%2F%2Fevil.example"), ("@evil", "%40evil")]
+)
+async def test_a_query_in_the_path_stays_one_segment(
+    tool_server: FakeToolServer, http_client: httpx.AsyncClient, query: str, sent: str
+) -> None:
+    tool_server.route("GET", f"/v1/search/{sent}", Json({"hits": []}))
+    processor = _processor(http_client, tool_server.url, path="/v1/search/{{ query }}", query={})
+
+    await processor.run(_request(query))
+
+    assert [r.path for r in tool_server.requests] == [f"/v1/search/{sent}"]
 
 
 async def test_a_query_is_required(http_client: httpx.AsyncClient) -> None:

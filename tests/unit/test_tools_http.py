@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -36,7 +37,7 @@ from tests.fakes.tool_server import (
     RecordedRequest,
     Text,
 )
-from topics import ConfigurationError, PermanentError, StepKind, StepRequested
+from topics import ConfigurationError, StepKind, StepRequested
 
 TOKEN = "tk-live-7f3a9c21e0"
 REPLY_PATH = "/api/tickets/42/replies"
@@ -246,53 +247,93 @@ async def test_a_secret_echoed_back_never_reaches_an_error_a_log_or_the_output(
 # -- host pinning -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "ticket_id",
-    [
-        "http://{evil}/steal",
-        "//{evil}/steal",
-        "@{evil}/steal",
-        "x@{evil}",
-        "../../../steal",
-        "..%2F..%2F..%2Fsteal",
-        "%2e%2e/%2e%2e/steal",
-        "%252e%252e/steal",
-        "1/../../../steal",
-        "..\\..\\steal",
-        "1?redirect=http://{evil}/",
-        "1#fragment",
-        "1%0d%0aHost: {evil}",
-        "",
-    ],
-)
-async def test_args_cannot_send_a_request_to_another_host(
+# Values that would climb out of the path (as they are, or once a server decodes them).
+CLIMBING = [
+    "../../../steal",
+    "..%2F..%2F..%2Fsteal",
+    "%2e%2e/%2e%2e/steal",
+    "%252e%252e/steal",
+    "1/../../../steal",
+    "..\\..\\steal",
+    "..;",
+    ".",
+    "..",
+    "",
+]
+# Values that are only data once encoded inside their segment.
+ENCODED = {
+    "1/close": "1%2Fclose",
+    "http://{evil}/steal": "http%3A%2F%2F{evil_encoded}%2Fsteal",
+    "//{evil}/steal": "%2F%2F{evil_encoded}%2Fsteal",
+    "@{evil}/steal": "%40{evil_encoded}%2Fsteal",
+    "x@{evil}": "x%40{evil_encoded}",
+    "1?redirect=http://{evil}/": "1%3Fredirect%3Dhttp%3A%2F%2F{evil_encoded}%2F",
+    "1#fragment": "1%23fragment",
+    "1%0d%0aHost: {evil}": "1%250d%250aHost%3A%20{evil_encoded}",
+    "a b": "a%20b",
+    "Zoë": "Zo%C3%AB",
+    "...": "...",
+}
+
+
+@pytest.mark.parametrize("ticket_id", CLIMBING)
+async def test_a_path_parameter_that_would_climb_is_refused_before_sending(
     tool_server: FakeToolServer,
     evil_server: FakeToolServer,
     http_client: httpx.AsyncClient,
     ticket_id: str,
 ) -> None:
     processor = _processor(http_client, f"{tool_server.url}/api")
-    args = {**ARGS, "ticket_id": ticket_id.format(evil=f"127.0.0.1:{evil_server.port}")}
+    args = {**ARGS, "ticket_id": ticket_id}
 
-    with pytest.raises(ToolRequestRefused, match="tool 'ticket_reply': path .* refused") as err:
+    with pytest.raises(ToolRequestRefused, match="tool 'ticket_reply': path parameter .* refused"):
         await processor.run(_request(args))
     result = await execute(processor, _request(args), worker="w", now=lambda: DISPATCHED_AT)
 
-    assert isinstance(err.value, PermanentError)
     assert result.error is not None
     assert (result.error.error_class, result.error.retryable) == ("ToolRequestRefused", False)
     assert tool_server.call_count == 0
     assert evil_server.call_count == 0
 
 
+@pytest.mark.parametrize(("ticket_id", "sent"), ENCODED.items())
+async def test_a_path_parameter_is_percent_encoded_as_one_segment(
+    tool_server: FakeToolServer,
+    evil_server: FakeToolServer,
+    http_client: httpx.AsyncClient,
+    ticket_id: str,
+    sent: str,
+) -> None:
+    evil = f"127.0.0.1:{evil_server.port}"
+    segment = sent.format(evil_encoded=evil.replace(":", "%3A"))
+    tool_server.route("POST", f"/api/tickets/{segment}/replies", Json({"ok": True}))
+    processor = _processor(http_client, f"{tool_server.url}/api")
+
+    outcome = await processor.run(_request({**ARGS, "ticket_id": ticket_id.format(evil=evil)}))
+
+    assert outcome.output == {"ok": True}
+    (seen,) = tool_server.requests
+    assert seen.path == f"/api/tickets/{segment}/replies"  # what the server received
+    assert unquote(seen.path.split("/")[3]) == ticket_id.format(evil=evil)
+    assert evil_server.call_count == 0
+
+
 @pytest.mark.parametrize(
-    "target", ["/{evil}/steal", "http://{evil}/steal", "/@{evil}", "/..", "/./x"]
+    ("target", "sent"),
+    [
+        ("/{evil}/steal", "%2F{evil_encoded}%2Fsteal"),
+        ("http://{evil}/steal", "http%3A%2F%2F{evil_encoded}%2Fsteal"),
+        ("/@{evil}", "%2F%40{evil_encoded}"),
+        ("/..", None),
+        ("/./x", None),
+    ],
 )
 async def test_a_whole_path_from_args_cannot_leave_the_host_either(
     tool_server: FakeToolServer,
     evil_server: FakeToolServer,
     http_client: httpx.AsyncClient,
     target: str,
+    sent: str | None,
 ) -> None:
     schema = {"type": "object", "properties": {"target": {"type": "string"}}}
     processor = _processor(
@@ -303,12 +344,46 @@ async def test_a_whole_path_from_args_cannot_leave_the_host_either(
         query={},
         args_schema=schema,
     )
-    args = {"target": target.format(evil=f"127.0.0.1:{evil_server.port}")}
+    evil = f"127.0.0.1:{evil_server.port}"
+    args = {"target": target.format(evil=evil)}
 
-    with pytest.raises(ToolRequestRefused):
+    if sent is None:
+        with pytest.raises(ToolRequestRefused):
+            await processor.run(_request(args))
+        assert tool_server.call_count == 0
+    else:
+        segment = sent.format(evil_encoded=evil.replace(":", "%3A"))
+        tool_server.route("POST", f"/{segment}", Json({"ok": True}))
         await processor.run(_request(args))
-    assert tool_server.call_count == 0
+        assert [r.path for r in tool_server.requests] == [f"/{segment}"]
     assert evil_server.call_count == 0
+
+
+@pytest.mark.parametrize("value", [None, {"id": 1}, [1, 2]])
+async def test_a_path_parameter_must_be_a_string_or_number(
+    tool_server: FakeToolServer, http_client: httpx.AsyncClient, value: object
+) -> None:
+    processor = _processor(http_client, tool_server.url, args_schema={"type": "object"})
+
+    with pytest.raises(InvalidParams, match=r"path parameter \{\{ args.ticket_id \}\} is "):
+        await processor.run(_request({**ARGS, "ticket_id": value}))
+    assert tool_server.call_count == 0
+
+
+async def test_numbers_and_booleans_are_path_parameters_too(
+    tool_server: FakeToolServer, http_client: httpx.AsyncClient
+) -> None:
+    tool_server.route("POST", "/t/42/true/1.5", Json({"ok": True}))
+    processor = _processor(
+        http_client,
+        tool_server.url,
+        path="/t/{{ args.n }}/{{ args.flag }}/{{ args.x }}",
+        args_schema={"type": "object"},
+    )
+
+    await processor.run(_request({"n": 42, "flag": True, "x": 1.5, "text": "t", "ticket_id": "1"}))
+
+    assert tool_server.requests[0].path == "/t/42/true/1.5"
 
 
 @pytest.mark.parametrize(

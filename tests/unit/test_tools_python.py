@@ -181,6 +181,125 @@ async def test_an_answer_that_is_not_json_fails(
         await processor.run(_request())
 
 
+SECRET = "pg-pass-9f8e7d6c5b"
+
+
+def _secret_processor(
+    client: httpx.AsyncClient, function: ToolCallable, **overrides: Any
+) -> tuple[ToolProcessor, _Sleeps]:
+    sleeps = _Sleeps()
+    config = _config(secrets=["ORDERS_DB_PASSWORD"], **overrides)
+    registry = ToolRegistry(config, callables={"order_status": function})
+    environ = {"ORDERS_DB_PASSWORD": SECRET}
+    return ToolProcessor(registry, client, environ, sleep=sleeps), sleeps
+
+
+async def test_a_python_tools_exception_text_is_redacted_and_capped(
+    http_client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    def leaks(args: dict[str, Any]) -> None:
+        dsn = f"postgresql://orders:{SECRET}@db:5432/orders"
+        raise ConnectionError(f"could not connect to {dsn}: " + "timeout; " * 200) from (
+            RuntimeError(f"pool for {dsn} is exhausted")
+        )
+
+    processor, _ = _secret_processor(http_client, leaks)
+
+    with caplog.at_level("WARNING", logger="processors._tool"):
+        result = await execute(processor, _request(), worker="w", now=lambda: DISPATCHED_AT)
+
+    assert result.error is not None
+    assert result.error.error_class == "ToolFailed"
+    assert result.error.message.startswith(
+        "tool 'order_status': ConnectionError: could not connect to "
+        "postgresql://orders:[redacted]@db:5432/orders: timeout;"
+    )
+    assert len(result.error.message) <= 300
+    assert SECRET not in result.error.message
+    assert "tool 'order_status' raised" in caplog.text
+    assert "pool for postgresql://orders:[redacted]@db" in caplog.text  # the cause, too
+    assert SECRET not in caplog.text
+
+
+async def test_a_python_tools_own_baton_error_is_redacted_and_keeps_its_class(
+    http_client: httpx.AsyncClient,
+) -> None:
+    def busy(args: dict[str, Any]) -> str:
+        raise ToolRateLimited(f"quota for key {SECRET} spent " + "x" * 500, retry_after=2.0)
+
+    processor, sleeps = _secret_processor(http_client, busy, retries=1)
+
+    with pytest.raises(ToolRateLimited) as caught:
+        await processor.run(_request())
+
+    assert caught.value.retry_after == 2.0
+    assert str(caught.value).startswith("quota for key [redacted] spent xxx")
+    assert len(str(caught.value)) <= 300
+    assert sleeps.waits == [2.0]
+
+
+async def test_a_python_tools_answer_is_redacted(http_client: httpx.AsyncClient) -> None:
+    processor, _ = _secret_processor(
+        http_client, lambda args: {"echo": f"connected with {SECRET}", SECRET: [SECRET]}
+    )
+
+    outcome = await processor.run(_request())
+
+    assert outcome.output == {"echo": "connected with [redacted]", "[redacted]": ["[redacted]"]}
+
+
+async def test_an_unset_secret_variable_redacts_nothing_and_is_not_an_error(
+    http_client: httpx.AsyncClient,
+) -> None:
+    registry = ToolRegistry(
+        _config(secrets=["ORDERS_DB_PASSWORD"]), callables={"order_status": lambda args: "ok"}
+    )
+
+    outcome = await ToolProcessor(registry, http_client, {}).run(_request())
+
+    assert outcome.output == "ok"
+
+
+def test_secrets_are_named_by_environment_variable() -> None:
+    with pytest.raises(ValueError, match="'not a name' is not an environment variable name"):
+        _config(secrets=["not a name"])
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _cycle() -> Any:
+    value: dict[str, Any] = {}
+    value["self"] = value
+    return value
+
+
+@pytest.mark.parametrize(
+    ("answer", "limit"),
+    [
+        (_nested(10_000), "nests deeper than the limit of 64 levels"),
+        (_cycle(), "nests deeper than the limit of 64 levels"),
+        ({"blob": "x" * (1 << 20)}, f"bytes of JSON, over the limit of {1 << 20}"),
+    ],
+    ids=["deep", "cycle", "large"],
+)
+async def test_an_answer_over_the_json_limits_fails_permanently_naming_the_limit(
+    http_client: httpx.AsyncClient, answer: Any, limit: str
+) -> None:
+    processor, _ = _processor(http_client, lambda args: answer)
+
+    result = await execute(processor, _request(), worker="w", now=lambda: DISPATCHED_AT)
+
+    assert result.error is not None
+    assert (result.error.error_class, result.error.retryable) == ("JsonLimitExceeded", False)
+    assert limit in result.error.message
+    assert result.error.message.startswith("tool 'order_status': the answer ")
+
+
 async def test_a_slow_tool_times_out(http_client: httpx.AsyncClient) -> None:
     async def slow(args: dict[str, Any]) -> str:
         await asyncio.sleep(5)

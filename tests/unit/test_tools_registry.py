@@ -101,6 +101,13 @@ def test_an_empty_file_is_an_empty_registry(tmp_path: Path) -> None:
         ({"path": "//{{ args.host }}/x"}, r"path: must start with a single literal '/'"),
         ({"path": "/a/../admin"}, r"path: a path may not hold '\.' or '\.\.' segments"),
         ({"path": "/tickets/{{ arg.id }}"}, r"path: template .* reads arg; it may read args, "),
+        ({"path": "/a/../{{ args.id }}"}, r"path: a path may not hold '\.' or '\.\.' segments"),
+        ({"path": "/a//{{ args.id }}"}, r"path: a path may not hold '//'"),
+        ({"path": "/t/{{ args.id | urlencode }}"}, r"path: path parameters are percent-encoded"),
+        (
+            {"path": "/t/{% if args.id %}{{ args.id }}{% endif %}"},
+            r"path: a path template is literal text and \{\{ expression \}\} placeholders",
+        ),
         ({"path": "/t/{{ secrets.TOKEN }}"}, r"path: .*only headers may read secrets"),
         ({"query": {"k": "{{ secrets.TOKEN }}"}}, r"query: .*only headers may read secrets"),
         ({"body": {"k": ["{{ secrets.TOKEN }}"]}}, r"body: .*only headers may read secrets"),

@@ -87,6 +87,21 @@ def test_field_errors_name_step_and_field() -> None:
     assert any(p.startswith("steps.c.timeout: ") and "not a duration" in p for p in problems)
 
 
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("a/b", "'a/b' is not a step name: '/' is not allowed (use a-z 0-9 _ -)"),
+        ("Draft", "'Draft' is not a step name: it must start with a lower-case letter or a digit"),
+        ("x" * 64, f"{'x' * 64!r} is not a step name: it has 64 characters (1 to 63)"),
+    ],
+)
+def test_step_names_are_from_a_small_alphabet(name: str, problem: str) -> None:
+    problems = _problems(
+        f'workflow: w\nversion: 1\nsteps:\n  "{name}": {{kind: transform, output: 1}}\n'
+    )
+    assert any(p.endswith(problem) for p in problems), problems
+
+
 def test_cycles_are_named() -> None:
     problems = _problems(
         "workflow: w\nversion: 1\nsteps:\n"

@@ -1,0 +1,364 @@
+"""One event of one run, turned into what the coordinator's batch sends and saves.
+
+``Handler.record`` takes a consumed record, ``Handler.timer`` a run whose wake-up is due.
+Both work the same way: first *compute* everything the event leads to, with no side effect
+(``decide``, then encoding every output and the new state, checking each against the record
+size limit), then *apply* it to the partition's open batch (send, put, run events).
+
+Nothing a record contains can stop its partition:
+
+- bytes that do not decode, or an event that names no run, go to the dead-letter topic;
+- a computation that raises (a bug, or input ``decide`` cannot handle) is tried
+  ``MAX_TRIES`` times, then the record goes to the dead-letter topic whole, with the error;
+- a run whose new state or one of whose outputs would pass ``MAX_RECORD_BYTES`` ends
+  ``failed`` with a result that says so, instead of writing the oversized record.
+
+Kafka errors while sending are not the record's fault: they fail the whole batch, which is
+aborted and read again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from processors import ModelCatalog, ToolRegistry, template_budget
+from streams._access import Access
+from streams._deadletters import letter_for
+from streams._deadletters import too_large as record_too_large
+from streams._policies import Policies
+from streams._workflows import WorkflowBook, WorkflowFeed
+from streams.coordinator._batch import Batch
+from streams.coordinator._decide import Context, Decision, Inbound, decide, too_large
+from streams.coordinator._ledger import SpendLedger
+from streams.coordinator._state import RunState
+from streams.coordinator._wakeups import WakeIndex
+from streams.workflow import Workflow
+from topics import (
+    MAX_RECORD_BYTES,
+    ApprovalRequested,
+    Codec,
+    ControlCommand,
+    DeadLetter,
+    DecodeError,
+    Event,
+    RetryableError,
+    RunEvent,
+    RunResult,
+    SpendRecorded,
+    StepRequested,
+    TaskSubmitted,
+    TimerFired,
+    Topic,
+    TopicCatalog,
+    partition_for,
+    run_id_of,
+)
+
+__all__ = ["MAX_TRIES", "Handler"]
+
+log = logging.getLogger(__name__)
+
+#: Times a record's computation is tried before the record is dead-lettered.
+MAX_TRIES = 3
+
+
+@dataclass
+class _Effects:
+    """What one event leads to, computed and encoded, not yet sent."""
+
+    state: RunState | None = None
+    body: bytes = b""
+    outputs: list[tuple[str, bytes | None, bytes, int]] = field(default_factory=list)
+    events: list[bytes] = field(default_factory=list)
+    approvals: list[ApprovalRequested] = field(default_factory=list)
+    dead_letter: str | None = None
+
+
+class Handler:
+    """Handles the events of the runs on the partitions a coordinator owns.
+
+    Args:
+        catalog: The topics.
+        codec: Decodes inputs, encodes outputs.
+        feed: The deployed workflows (read again when a run's version is missing).
+        wakeups: Where each run's next wake-up is noted.
+        policies: The organisation's policies.
+        access: Reviewers and signing keys.
+        models: The model catalog.
+        ledger: The tenants' spend ledger, when a tenant has a ceiling.
+        tools: The tool registry.
+        clock: The time.
+    """
+
+    def __init__(
+        self,
+        *,
+        catalog: TopicCatalog,
+        codec: Codec,
+        feed: WorkflowFeed,
+        wakeups: WakeIndex,
+        policies: Policies,
+        access: Access,
+        models: ModelCatalog | None,
+        ledger: SpendLedger | None,
+        tools: ToolRegistry | None,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.catalog = catalog
+        self.codec = codec
+        self.feed = feed
+        self.book: WorkflowBook = feed.book
+        self.wakeups = wakeups
+        self.policies = policies
+        self.access = access
+        self.models = models
+        self.ledger = ledger
+        self.tools = tools
+        self.clock = clock
+        self._inputs: dict[str, Topic] = {
+            t.name: t
+            # Not ``timers``: deadlines fire inside the loop (``_wakeups``); what older
+            # releases wrote there is due again by the runs' own state.
+            for t in (
+                catalog.tasks,
+                catalog.step_results,
+                catalog.control,
+                catalog.approvals_decided,
+            )
+        }
+        self._routes: dict[type[Event], Topic] = {
+            RunResult: catalog.results,
+            DeadLetter: catalog.dead_letter,
+            ApprovalRequested: catalog.approvals_requested,
+            TimerFired: catalog.timers,
+            TaskSubmitted: catalog.tasks,
+            ControlCommand: catalog.control,
+        }
+
+    @property
+    def inputs(self) -> list[str]:
+        """The topics the coordinator consumes."""
+        return list(self._inputs)
+
+    # -- entry points --------------------------------------------------------------------------
+
+    async def record(self, batch: Batch, record: Any) -> None:
+        """Handle one consumed record (its offset is noted in the batch by the caller)."""
+        now = self.clock()
+        oversized = record_too_large(record)
+        if oversized is not None:
+            await self._dead_letter(batch, record, "RecordTooLarge", oversized, now)
+            return
+        try:
+            inbound: Inbound = self.codec.decode_for(  # type: ignore[assignment]  # per topic
+                self._inputs[record.topic], record.value, record.key
+            )
+        except DecodeError as exc:
+            await self._dead_letter(batch, record, "DecodeError", exc.reason, now)
+            return
+        run_id = run_id_of(inbound)
+        if run_id is None:
+            await self._dead_letter(batch, record, "MissingRunId", "the event names no run", now)
+            return
+        home = partition_for(run_id, self.catalog.partitions)
+        if home != record.partition:
+            # Published with another partitioner: move it to where its run lives.
+            await batch.send(record.topic, run_id.encode(), record.value, home)
+            return
+        effects = await self._compute(batch, run_id, inbound, now)
+        if isinstance(effects, Exception):
+            await self._dead_letter(
+                batch,
+                record,
+                type(effects).__name__,
+                f"not handled after {MAX_TRIES} tries: {effects}",
+                now,
+                run_id=run_id,
+                payload_type=type(inbound).__name__,
+            )
+            return
+        if effects.dead_letter is not None:
+            await self._dead_letter(
+                batch,
+                record,
+                "Unprocessable",
+                effects.dead_letter,
+                now,
+                run_id=run_id,
+                payload_type=type(inbound).__name__,
+            )
+        await self._apply(batch, run_id, effects)
+
+    async def timer(self, batch: Batch, run_id: str) -> bool:
+        """Look at a run whose wake-up is due; whether its state changed."""
+        now = self.clock()
+        effects = await self._compute(batch, run_id, TimerFired(run_id=run_id, fired_at=now), now)
+        if isinstance(effects, Exception):
+            log.error("timer of run %s failed %d times: %s", run_id, MAX_TRIES, effects)
+            return False
+        await self._apply(batch, run_id, effects)
+        return effects.state is not None
+
+    # -- compute, then apply -------------------------------------------------------------------
+
+    async def _compute(
+        self, batch: Batch, run_id: str, inbound: Inbound, now: datetime
+    ) -> _Effects | Exception:
+        state = batch.get(run_id)
+        error: Exception | None = None
+        for attempt in range(1, MAX_TRIES + 1):
+            try:
+                workflow = await self._workflow_for(state, inbound)
+                context = self._context(now, workflow)
+                # Every template this event renders shares one budget (docs/decisions/0004).
+                with template_budget():
+                    decision = decide(state, inbound, context)
+                effects = self._encode(decision)
+                if effects is None:
+                    effects = self._encode(too_large(state, inbound, context, self._limit))
+                    assert effects is not None, "a too-large decision is small"
+                return effects
+            except Exception as exc:  # anything: a record must never stop its partition
+                error = exc
+                log.warning(
+                    "run %s: %s failed (try %d of %d): %s: %s",
+                    run_id,
+                    type(inbound).__name__,
+                    attempt,
+                    MAX_TRIES,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=attempt == MAX_TRIES,
+                )
+        assert error is not None
+        return error
+
+    @property
+    def _limit(self) -> int:
+        return MAX_RECORD_BYTES
+
+    def _encode(self, decision: Decision) -> _Effects | None:
+        """Encode what a decision emits and saves; ``None`` when a record would be too big."""
+        effects = _Effects(state=decision.state, dead_letter=decision.dead_letter)
+        if decision.state is not None:
+            effects.body = decision.state.to_bytes()
+            if len(effects.body) > MAX_RECORD_BYTES:
+                return None
+        for event in decision.emit:
+            if isinstance(event, RunEvent):
+                item = self.codec.encode_item(event)
+                if len(item) > MAX_RECORD_BYTES:
+                    return None
+                effects.events.append(item)
+                continue
+            value = self.codec.encode(event)
+            if len(value) > MAX_RECORD_BYTES:
+                return None
+            effects.outputs.append(self._destination(event, value))
+            if isinstance(event, ApprovalRequested):
+                effects.approvals.append(event)
+        return effects
+
+    def _destination(self, event: Event, value: bytes) -> tuple[str, bytes | None, bytes, int]:
+        if isinstance(event, SpendRecorded):
+            spend = self.catalog.spend
+            return (
+                spend.name,
+                event.tenant.encode(),
+                value,
+                partition_for(event.tenant, spend.partitions),
+            )
+        if isinstance(event, StepRequested):
+            topic = (
+                self.catalog.retry(event.retry_tier)
+                if event.retry_tier
+                else self.catalog.steps(event.kind)
+            )
+        else:
+            topic = self._routes[type(event)]
+        run_id = run_id_of(event)
+        assert run_id is not None, "everything the coordinator emits belongs to a run"
+        return topic.name, run_id.encode(), value, partition_for(run_id, topic.partitions)
+
+    async def _apply(self, batch: Batch, run_id: str, effects: _Effects) -> None:
+        for topic, key, value, partition in effects.outputs:
+            await batch.send(topic, key, value, partition)
+        batch.events.extend(effects.events)
+        batch.approvals.extend(effects.approvals)
+        if effects.state is not None:
+            batch.put(run_id, effects.state, effects.body)
+            self.wakeups.schedule(run_id, effects.state.next_wake())
+
+    def _context(self, now: datetime, workflow: Workflow | None) -> Context:
+        return Context(
+            now=now,
+            workflow=workflow,
+            tiers=self.catalog.retry_tiers,
+            catalog=self.catalog,
+            codec=self.codec,
+            policies=self.policies,
+            access=self.access,
+            models=self.models,
+            ledger=self.ledger,
+            tools=self.tools,
+        )
+
+    async def _dead_letter(
+        self,
+        batch: Batch,
+        record: Any,
+        error_class: str,
+        reason: str,
+        now: datetime,
+        *,
+        run_id: str | None = None,
+        payload_type: str | None = None,
+    ) -> None:
+        log.warning(
+            "dead-lettering %s[%d]@%d: %s: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            error_class,
+            reason,
+        )
+        letter = letter_for(
+            record,
+            error_class=error_class,
+            reason=reason,
+            at=now,
+            run_id=run_id,
+            payload_type=payload_type,
+        )
+        await batch.send(
+            self.catalog.dead_letter.name,
+            run_id.encode() if run_id else record.key,
+            self.codec.encode(letter),
+            record.partition,
+        )
+
+    async def _workflow_for(self, state: RunState | None, event: Inbound) -> Workflow | None:
+        if isinstance(event, TaskSubmitted) and state is None:
+            found = self.book.resolve(event.workflow, event.workflow_version)
+            if found is None:
+                await self._catch_up()
+                found = self.book.resolve(event.workflow, event.workflow_version)
+            return found
+        if state is None or not state.workflow_version:
+            return None
+        found = self.book.by_hash(state.workflow_version)
+        if found is None:
+            await self._catch_up()
+            found = self.book.by_hash(state.workflow_version)
+        return found
+
+    async def _catch_up(self) -> None:
+        """Deployed a moment ago? Read the workflows topic to its end first."""
+        try:
+            await self.feed.catch_up()
+        except RetryableError as exc:
+            log.warning("workflow definitions are not caught up: %s", exc)
