@@ -339,7 +339,7 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
             transactional_id=f"{self.group_id}-{partition}-{side}" if side else None,
             enable_idempotence=True,
             acks="all",
-            linger_ms=1,
+            linger_ms=0,
             max_batch_size=BATCH_BYTES,
             # Retriable refusals in a transaction (the broker's transaction verification
             # answers NOT_ENOUGH_REPLICAS while the transaction is being updated) are
@@ -442,10 +442,14 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
             pair = self._producers[partition]
             turn = self._turn.get(partition, 0)
             self._turn[partition] = turn + 1
-            batch = ExactlyOnceBatch(store, self.catalog, self.codec, pair[turn % 2], self.group_id)
+            batch = ExactlyOnceBatch(
+                store, self.catalog, self.codec, pair[turn % 2], self.group_id, self.written
+            )
         else:
             producer = self._producers[partition][0]
-            batch = AtLeastOnceBatch(store, self.catalog, self.codec, producer, self.consumer)
+            batch = AtLeastOnceBatch(
+                store, self.catalog, self.codec, producer, self.consumer, self.written
+            )
         try:
             await batch.begin()
         except KafkaError:
