@@ -127,7 +127,7 @@ class ProcessorService:
             bootstrap_servers=self.bootstrap,
             acks="all",
             enable_idempotence=True,
-            linger_ms=0,
+            linger_ms=5,
             max_batch_size=BATCH_BYTES,
         )
         await self._producer.start()

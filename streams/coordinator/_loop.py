@@ -339,7 +339,7 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
             transactional_id=f"{self.group_id}-{partition}-{side}" if side else None,
             enable_idempotence=True,
             acks="all",
-            linger_ms=0,
+            linger_ms=1,
             max_batch_size=BATCH_BYTES,
             # Retriable refusals in a transaction (the broker's transaction verification
             # answers NOT_ENOUGH_REPLICAS while the transaction is being updated) are
