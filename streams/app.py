@@ -19,6 +19,7 @@ processors take requests.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -127,11 +128,26 @@ class Worker:
 
     def run(self) -> None:
         """Run until stopped by a signal."""
+        _quiet_collector()
         worker = faust.Worker(self.app, loglevel=self.loglevel, quiet=True)
         # Faust's terminal spinner sets the root logger to DEBUG (for its own handler) at
         # levels above INFO, which makes every library debug call build a log record.
         worker.spinner = None
         worker.execute_from_commandline()
+
+
+def _quiet_collector() -> None:
+    """Keep the cycle collector from stopping the event loop for 100 ms at a time.
+
+    A worker holds many long-lived objects (modules, compiled workflows and schemas, runs
+    in flight); a full collection walks all of them and, measured on a worker with a few
+    thousand runs, stopped every partition for 120-150 ms. What exists at start is frozen
+    out of the collector's walk, and the young generation is collected less often, so a
+    full collection comes far less often; cycles are still freed, later.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def build_worker(

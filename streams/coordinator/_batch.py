@@ -1,8 +1,11 @@
 """One partition's open commit: the transitions it gathers and how they become durable.
 
-A ``Batch`` is open for at most the commit interval. It collects, for one partition, the
-input offsets it consumed, the outputs it sent, the new state of every run it changed and
-the run events those changes produced; then it commits them together:
+A ``Batch`` is open for at most the commit interval (longer only while the partition's
+previous batch is still committing: one commit per partition is in flight at a time, and
+the batch opened during it reads the runs it changed through it, ``parent``). It
+collects, for one partition, the input offsets it consumed, the outputs it sent, the new
+state of every run it changed and the run events those changes produced; then it commits
+them together:
 
 - ``exactly_once``: a Kafka transaction on one of the partition's two transactional
   producers (ids ``<prefix>-coordinator-<partition>-a|b``, used in turn: while one
@@ -105,10 +108,15 @@ class Batch:
         self.handled = 0
         #: The journal's next offset after the commit (known once its records are sent).
         self.journal_end: int | None = None
+        #: The partition's batch still committing when this one opened: this one reads its
+        #: runs through it, and is dropped with it if that commit fails.
+        self.parent: Batch | None = None
 
     def get(self, run_id: str) -> RunState | None:
-        """A run's state as of this point of the batch."""
+        """A run's state as of this point of the batch (and of the commit before it)."""
         pending = self._pending.get(run_id)
+        if pending is None and self.parent is not None:
+            pending = self.parent._pending.get(run_id)
         return pending[0] if pending is not None else self.store.get(run_id)
 
     def put(self, run_id: str, state: RunState, body: bytes) -> None:

@@ -50,11 +50,12 @@ __all__ = ["CoordinatorLoop", "LoopSettings"]
 
 log = logging.getLogger(__name__)
 
-# A fetch returns once it has this much, or after this long: under load a response carries
-# many records instead of a few (decoding a fetch response costs per partition it names),
-# and a lone record waits at most a few milliseconds.
-FETCH_MIN_BYTES = 16 * 1024
-FETCH_WAIT_MS = 5
+# A fetch returns as soon as anything is there, or after 100 ms when nothing is: a record
+# waits for no timer, and an idle worker sends a handful of fetches a second, not hundreds
+# (measured: 16 KiB or 5 ms kept an idle worker at 15% of a core and added ~5 ms a hop).
+# Under load the responses are large anyway: records gather while a pass is handled.
+FETCH_MIN_BYTES = 1
+FETCH_WAIT_MS = 100
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,9 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         #: snapshots), by ``<topic>:records`` and ``<topic>:bytes``.
         self.written: Counter[str] = Counter()
         self._batches: dict[int, Batch] = {}
-        self._producers: dict[int, tuple[AIOKafkaProducer, AIOKafkaProducer]] = {}
+        #: Per partition, the batch whose commit is in flight (one at a time) and its task.
+        self._committing: dict[int, tuple[Batch, asyncio.Task[bool]]] = {}
+        self._producers: dict[int, tuple[AIOKafkaProducer, ...]] = {}
         self._turn: dict[int, int] = {}
         self._last_flush: dict[int, float] = {}
         self._suspended: set[int] = set()
@@ -195,7 +198,7 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
             for task in self._tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await self._commit(list(self._batches))
+            await self._settle(set(self._batches) | set(self._committing))
         await self.consumer.stop()
         for pair in self._producers.values():
             for producer in pair:
@@ -222,7 +225,7 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         """Called before a rebalance: what is open commits first."""
         async with self._lock:
             partitions = {tp.partition for tp in revoked}
-            await self._commit([p for p in self._batches if p in partitions])
+            await self._settle(partitions)
             self._suspended = partitions
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -278,19 +281,21 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
 
     async def _restore(self, partitions: list[int]) -> None:
         """Take partitions over together: fence, read their runs, then resume their inputs."""
-        if self.settings.exactly_once:
-            # Starting them fences the partitions' previous owner and aborts whatever it
-            # left open, so the runs read next are final.
-            starting: list[AIOKafkaProducer] = []
-            for partition in partitions:
-                if partition not in self._producers:
-                    pair = (
-                        self._transactional(partition, "a"),
-                        self._transactional(partition, "b"),
-                    )
-                    starting += pair
-                    self._producers[partition] = pair
-            await asyncio.gather(*(producer.start() for producer in starting))
+        # Under exactly-once, starting them fences the partitions' previous owner and aborts
+        # whatever it left open, so the runs read next are final. Under at-least-once each
+        # partition has a producer of its own too: a producer has one request in flight at
+        # a time, and one shared by every partition made each wait for the others' writes.
+        starting: list[AIOKafkaProducer] = []
+        for partition in partitions:
+            if partition not in self._producers:
+                own: tuple[AIOKafkaProducer, ...]
+                if self.settings.exactly_once:
+                    own = (self._producer(partition, "a"), self._producer(partition, "b"))
+                else:
+                    own = (self._producer(partition, None),)
+                starting += own
+                self._producers[partition] = own
+        await asyncio.gather(*(producer.start() for producer in starting))
         stores = {p: PartitionStore(p, self.catalog.run_retention_s) for p in partitions}
         restored = await restore_partitions(
             self._reader, self.catalog, self.codec, stores, self._poison
@@ -327,10 +332,11 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         self.ready.add(partition)
         self.consumer.resume(*self._input_tps({partition}))
 
-    def _transactional(self, partition: int, side: str) -> AIOKafkaProducer:
+    def _producer(self, partition: int, side: str | None) -> AIOKafkaProducer:
+        """A partition's producer: transactional (``side`` a or b) or only idempotent."""
         return AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
-            transactional_id=f"{self.group_id}-{partition}-{side}",
+            transactional_id=f"{self.group_id}-{partition}-{side}" if side else None,
             enable_idempotence=True,
             acks="all",
             linger_ms=1,
@@ -358,11 +364,16 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
                 await asyncio.sleep(0.5)
 
     def _wait_ms(self) -> int:
-        """How long a fetch may wait: until the oldest open batch or the next wake-up is due."""
+        """How long a fetch may wait: until the oldest open batch or the next wake-up is due.
+
+        A due batch waiting for its partition's commit in flight is looked at again in 2 ms.
+        """
         wait = 0.1
         if self._batches:
             oldest = min(b.opened for b in self._batches.values())
             wait = min(wait, oldest + self.settings.commit_interval - time.monotonic())
+            if wait <= 0 and any(p in self._committing for p in self._batches):
+                wait = 0.002
         due = self.wakeups.next_due()
         if due is not None:
             wait = min(wait, due - time.time())
@@ -386,8 +397,9 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
                 batch.handled += 1
         await self._fire_timers()
         await self._housekeep()
+        await self._reap()
         oldest = time.monotonic() - self.settings.commit_interval
-        await self._commit([p for p, b in self._batches.items() if b.opened <= oldest])
+        self._commit([p for p, b in self._batches.items() if b.opened <= oldest])
 
     async def _housekeep(self) -> None:
         """Flush a quiet partition too: its journal is deleted and old runs forgotten."""
@@ -425,18 +437,26 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         if batch is not None:
             return batch
         store = self.stores[partition]
+        committing = self._committing.get(partition)
         if self.settings.exactly_once:
             pair = self._producers[partition]
             turn = self._turn.get(partition, 0)
             self._turn[partition] = turn + 1
-            batch = ExactlyOnceBatch(store, self.catalog, self.codec, pair[turn % 2], self.group_id)
+            batch = ExactlyOnceBatch(
+                store, self.catalog, self.codec, pair[turn % 2], self.group_id, self.written
+            )
         else:
-            batch = AtLeastOnceBatch(store, self.catalog, self.codec, self.plain, self.consumer)
+            producer = self._producers[partition][0]
+            batch = AtLeastOnceBatch(
+                store, self.catalog, self.codec, producer, self.consumer, self.written
+            )
         try:
             await batch.begin()
         except KafkaError:
             log.exception("cannot begin a batch on partition %d", partition)
             return None
+        if committing is not None:
+            batch.parent = committing[0]
         last = self._last_flush.get(partition, 0.0)
         if (
             time.monotonic() - last >= self.settings.flush_interval
@@ -446,12 +466,49 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         self._batches[partition] = batch
         return batch
 
-    async def _commit(self, partitions: list[int]) -> None:
-        batches = [self._batches.pop(p) for p in partitions if p in self._batches]
-        if batches:
-            await asyncio.gather(*(self._commit_one(batch) for batch in batches))
+    def _commit(self, partitions: list[int]) -> None:
+        """Start committing these partitions' open batches, in the background.
 
-    async def _commit_one(self, batch: Batch) -> None:
+        A partition whose previous commit is still in flight keeps its batch open: commits
+        of one partition go one after the other, and the loop goes on reading meanwhile.
+        """
+        for partition in partitions:
+            if partition in self._committing or partition not in self._batches:
+                continue
+            batch = self._batches.pop(partition)
+            task = asyncio.create_task(self._commit_one(batch), name=f"commit-{partition}")
+            self._committing[partition] = (batch, task)
+
+    async def _reap(self) -> None:
+        """Settle the commits that ended: a failed one is undone with the batch built on it."""
+        for partition, (batch, task) in list(self._committing.items()):
+            if not task.done():
+                continue
+            del self._committing[partition]
+            child = self._batches.get(partition)
+            if child is not None and child.parent is batch:
+                if task.result():
+                    child.parent = None
+                else:
+                    del self._batches[partition]
+                    await self._undo(child)
+            if not task.result():
+                await self._undo(batch)
+
+    async def _settle(self, partitions: set[int]) -> None:
+        """Commit these partitions' open batches and wait until nothing of theirs is in flight."""
+        while True:
+            flights = [t for p, (_, t) in self._committing.items() if p in partitions]
+            if flights:
+                await asyncio.wait(flights)
+            await self._reap()
+            open_ = [p for p in self._batches if p in partitions]
+            if not open_ and not any(p in self._committing for p in partitions):
+                return
+            self._commit(open_)
+
+    async def _commit_one(self, batch: Batch) -> bool:
+        """Commit one batch; whether it committed (if not, the loop undoes it)."""
         partition = batch.partition
         if batch.flush:
             batch.store.expire(time.time())
@@ -460,8 +517,7 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
             prepared = await batch.commit()
         except Exception:
             log.exception("commit on partition %d failed; its inputs will be read again", partition)
-            await self._undo(batch)
-            return
+            return False
         self.events_processed += batch.handled
         for run_id, _, state, _ in prepared.installs:
             self.approvals.update(run_id, state)
@@ -472,6 +528,7 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
             self._last_flush[partition] = time.monotonic()
             if batch.journal_end is not None:
                 self._truncate(partition, batch.journal_end)
+        return True
 
     async def _undo(self, batch: Batch) -> None:
         """A batch that did not commit: drop it, read its inputs again, keep the runs' wakes."""
