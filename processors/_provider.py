@@ -28,6 +28,7 @@ from processors._errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
+from processors._http import read_at_most
 from topics import MAX_JSON_BYTES, ConfigurationError, JsonLimitExceeded, loads_json
 
 __all__ = [
@@ -350,7 +351,7 @@ async def post_json(
         async with client.stream(
             "POST", url, content=content, headers=sent, timeout=timeout
         ) as streamed:
-            answer, complete = await _read_at_most(streamed, MAX_JSON_BYTES)
+            answer, complete = await read_at_most(streamed, MAX_JSON_BYTES)
     except httpx.TimeoutException as exc:
         raise ProviderTimeout(
             f"{where}: no answer within {timeout:g} s ({type(exc).__name__})"
@@ -374,16 +375,6 @@ async def post_json(
     return httpx.Response(
         streamed.status_code, headers=kept, content=answer, request=streamed.request
     )
-
-
-async def _read_at_most(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
-    """At most ``limit`` bytes of the body, and whether that was all of it."""
-    body = bytearray()
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > limit:
-            return bytes(body[:limit]), False
-    return bytes(body), True
 
 
 def check_status(response: httpx.Response, where: str, key: str | None) -> None:

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from processors._errors import InvalidParams
+from processors._http import read_at_most
 from processors._openai import parse_retry_after
 from processors._processor import StepOutput, parse_params
 from processors._schema import schema_problems
@@ -380,7 +381,7 @@ class HttpCall:
                     timeout=self.timeout_s,
                     follow_redirects=False,
                 ) as response:
-                    body, complete = await _read(response, self.max_response_bytes)
+                    body, complete = await read_at_most(response, self.max_response_bytes)
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise ToolTimeout(
                 f"{self.where}: no answer within {self.timeout_s:g} s ({type(exc).__name__})"
@@ -440,16 +441,6 @@ class HttpCall:
                 text = data["detail"]
         message = redact(_excerpt(" ".join(text.split())), self.secrets)
         return message or "(no message)"
-
-
-async def _read(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
-    """At most ``limit`` bytes of the body, and whether that was all of it."""
-    body = bytearray()
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > limit:
-            return bytes(body[:limit]), False
-    return bytes(body), True
 
 
 def _render_path(template: str, context: Mapping[str, Any], what: str) -> str:

@@ -22,7 +22,12 @@ from pydantic import JsonValue, ValidationError
 
 from topics._avro import JSON_LOGICAL_TYPE, full_name
 from topics._avro_reader import Reader, compile_reader
-from topics._avro_writer import Unsupported, Writer, compile_writer
+from topics._avro_writer import (
+    Unsupported,
+    Writer,
+    _long,  # the zig-zag varint, one copy for the package
+    compile_writer,
+)
 from topics._catalog import Topic
 from topics._errors import DecodeError
 from topics._events import Event, RunEvent, RunEventBatch, RunJournal, TaskSubmitted
@@ -268,17 +273,6 @@ class Codec:
 
 def _is_json(annotation: object) -> bool:
     return annotation is JsonValue
-
-
-def _long(value: int) -> bytes:
-    """Avro's zig-zag varint encoding of a long."""
-    zigzag = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while zigzag & ~0x7F:
-        out.append((zigzag & 0x7F) | 0x80)
-        zigzag >>= 7
-    out.append(zigzag)
-    return bytes(out)
 
 
 def _validate(event_type: type[E], value: Any, data: bytes) -> E:
