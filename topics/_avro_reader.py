@@ -102,9 +102,22 @@ def _null(data: bytes, pos: int) -> tuple[None, int]:
     return None, pos
 
 
+def _eight(data: bytes, pos: int) -> tuple[int, int]:
+    """A long in exactly eight varint bytes (as every timestamp from 1978 to 3111), or any."""
+    raw = int.from_bytes(data[pos : pos + 8], "little")
+    if raw & 0x8080808080808080 != 0x0080808080808080:  # not 7 continued bytes and a last
+        return _long(data, pos)
+    # Drop the continuation bits and close the 7-bit groups up, in three halvings.
+    x = raw & 0x7F7F7F7F7F7F7F7F
+    x = (x & 0x007F007F007F007F) | ((x >> 1) & 0x3F803F803F803F80)
+    x = (x & 0x00003FFF00003FFF) | ((x >> 2) & 0x0FFFC0000FFFC000)
+    x = (x & 0x000000000FFFFFFF) | ((x >> 4) & 0x00FFFFFFF0000000)
+    return (x >> 1) ^ -(x & 1), pos + 8
+
+
 def _timestamp(data: bytes, pos: int) -> tuple[datetime, int]:
-    micros, pos = _long(data, pos)
-    return _EPOCH + timedelta(microseconds=micros), pos
+    micros, pos = _eight(data, pos)
+    return _EPOCH + timedelta(0, 0, micros), pos
 
 
 def _json(data: bytes, pos: int) -> tuple[Any, int]:
