@@ -2,8 +2,13 @@
 
 - ``POST /v1/tasks``: submit a task (the JSON form of TaskSubmitted; ``task_id`` optional)
   for a tenant the caller acts for (a task naming none gets the caller's only tenant).
+- ``GET /v1/runs``: the runs of the caller's tenants that every coordinator remembers (in
+  flight, and finished within the run retention), newest first, filtered and paged with a
+  cursor (``streams._runs``): this worker asks the others and merges their pages.
 - ``GET /v1/runs/{run_id}``: a run's committed state, if the caller acts for its tenant. Any
   worker answers: one that does not own the run asks the owner.
+- ``GET /v1/runs/{run_id}/events``: the run's timeline from ``run-events``, paged by offset
+  (``streams._timeline``); the owner reads it.
 - ``GET /v1/approvals``: the open approval requests the caller may decide (and has not yet),
   from every coordinator: this worker asks the others and merges their answers.
 - ``GET /v1/approvals/{approval_id}``: one open request, from its run's owner.
@@ -34,7 +39,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import faust
 import faust.web
@@ -54,6 +59,8 @@ from streams._peers import (
     call_headers,
     verify_call,
 )
+from streams._runs import QueryError, RunLister, RunQuery, merge_pages
+from streams._timeline import MAX_EVENTS, TimelineReader
 from streams.coordinator import CoordinatorRuntime, RunState
 from streams.coordinator._approvals import approval_request
 from topics import (
@@ -188,6 +195,8 @@ class _Endpoints:
     def __init__(self, runtime: CoordinatorRuntime, http: httpx.AsyncClient) -> None:
         self.runtime = runtime
         self.http = http
+        self.lister = RunLister()
+        self.timeline = TimelineReader(runtime.bootstrap, runtime.catalog, runtime.codec)
         # Decisions this worker published and the coordinator may not have counted yet, by
         # approval id: a second POST from the same reviewer gets its 409 at once.
         self._sent: dict[str, set[str]] = {}
@@ -274,6 +283,9 @@ class _Endpoints:
         Raises:
             _Refused: 404 (no such run), 403 (another tenant's run).
         """
+        return run_view(self._visible(run_id, identity))
+
+    def _visible(self, run_id: str, identity: Identity) -> RunState:
         state = self.runtime.state_of(run_id)
         if state is None:
             raise _Refused(404, f"no run {run_id!r}")
@@ -282,7 +294,66 @@ class _Endpoints:
                 403,
                 f"{identity.principal} may not see run {run_id!r}: it is tenant {state.tenant!r}'s",
             )
-        return run_view(state)
+        return state
+
+    async def events(self, run_id: str, identity: Identity, params: Any) -> dict[str, Any]:
+        """One of this worker's runs' events from ``cursor`` on, if the caller may see it.
+
+        Raises:
+            _Refused: 404, 403 (as ``run``), 422 (a bad ``cursor`` or ``limit``).
+        """
+        cursor, limit = _timeline_params(params)
+        state = self._visible(run_id, identity)
+        page = await self.timeline.read(state, cursor, limit)
+        return {
+            "run_id": run_id,
+            "status": state.status.value if state.status else "running",
+            "seq": state.seq,
+            "events": page.events,
+            "cursor": str(page.cursor),
+            "more": page.more,
+        }
+
+    # -- listing runs --------------------------------------------------------------------------
+
+    def query(self, params: Any, identity: Identity) -> RunQuery:
+        """The list query a request asks, if the caller may ask it.
+
+        Raises:
+            _Refused: 422 (a bad parameter, named), 403 (a tenant the caller does not act for).
+        """
+        try:
+            query = RunQuery.parse({str(k): str(v) for k, v in params.items()})
+        except QueryError as exc:
+            raise _Refused(422, str(exc)) from None
+        if query.tenant is not None and not identity.acts_for(query.tenant):
+            raise _not_for(identity, query.tenant)
+        return query
+
+    def local_runs(self, query: RunQuery, identity: Identity) -> dict[str, Any]:
+        """A page of this worker's runs (the caller's tenants' only)."""
+        stores = [s for p, s in list(self.runtime.stores.items()) if p in self.runtime.ready]
+        runs, more = self.lister.page(stores, query, identity)
+        return {
+            "runs": runs,
+            "more": more,
+            "partitions": sorted(self.runtime.ready),
+            "tenants": sorted(identity.tenants),
+            "partial": [],
+        }
+
+    async def runs_everywhere(self, query: RunQuery, identity: Identity) -> dict[str, Any]:
+        """A page of runs from every coordinator; the ones that did not answer named."""
+        mine = self.local_runs(query, identity)
+        path = "/v1/runs?" + urlencode(query.params(), quote_via=quote, safe="")
+        pages = [(mine["runs"], bool(mine["more"]))]
+
+        def take(answer: dict[str, Any]) -> None:
+            pages.append((answer["runs"], bool(answer.get("more"))))
+
+        partial = await self._gather(identity, path, "runs", take, "runs")
+        runs, cursor = merge_pages(pages, query.limit)
+        return {"runs": runs, "cursor": cursor, "tenants": mine["tenants"], "partial": partial}
 
     # -- reading approvals ---------------------------------------------------------------------
 
@@ -313,11 +384,45 @@ class _Endpoints:
     async def everywhere(self, identity: Identity) -> dict[str, Any]:
         """The open requests from every coordinator; the ones that did not answer named."""
         mine = self.local(identity)
+        items: dict[str, dict[str, Any]] = {i["approval_id"]: i for i in mine["approvals"]}
+
+        def take(answer: dict[str, Any]) -> None:
+            for item in answer["approvals"]:
+                items.setdefault(str(item.get("approval_id")), item)
+
+        partial = await self._gather(identity, "/v1/approvals", "approvals", take, "requests")
+        return {
+            "approvals": sorted(items.values(), key=_deadline_key),
+            "reviewer": identity.principal,
+            "tenants": mine["tenants"],
+            "partial": partial,
+        }
+
+    async def _gather(
+        self,
+        identity: Identity,
+        path: str,
+        field: str,
+        take: Callable[[dict[str, Any]], None],
+        what: str,
+    ) -> list[dict[str, Any]]:
+        """Ask every other coordinator ``path``; ``take`` each answer; name what is missing.
+
+        Args:
+            identity: Whom the call is for.
+            path: The path, with its query, that asks a coordinator for its own share.
+            field: The answer's list.
+            take: Takes each answer.
+            what: What the missing partitions' share is called (``their <what> are missing``).
+
+        Returns:
+            The ``partial`` list: each coordinator that did not answer in time, and the
+            partitions nobody serves right now.
+        """
         peers = sorted(
             {url for url in self.runtime.assignor.owners.values() if url} - {self.runtime.url}
         )
-        answers = await asyncio.gather(*(self._ask(url, identity) for url in peers))
-        items: dict[str, dict[str, Any]] = {i["approval_id"]: i for i in mine["approvals"]}
+        answers = await asyncio.gather(*(self._ask(url, identity, path, field) for url in peers))
         accounted = set(self.runtime.ready)
         partial: list[dict[str, Any]] = []
         for url, answer in zip(peers, answers, strict=True):
@@ -326,8 +431,7 @@ class _Endpoints:
                 # Its partitions are missing, and named by naming it.
                 accounted.update(p for p, u in self.runtime.assignor.owners.items() if u == url)
                 continue
-            for item in answer["approvals"]:
-                items.setdefault(str(item.get("approval_id")), item)
+            take(answer)
             accounted.update(answer.get("partitions", []))
         unserved = sorted(set(range(self.runtime.catalog.partitions)) - accounted)
         if unserved:
@@ -335,15 +439,10 @@ class _Endpoints:
                 {
                     "partitions": unserved,
                     "error": "no coordinator serves these partitions right now "
-                    "(they are being taken over); their requests are missing",
+                    f"(they are being taken over); their {what} are missing",
                 }
             )
-        return {
-            "approvals": sorted(items.values(), key=_deadline_key),
-            "reviewer": identity.principal,
-            "tenants": mine["tenants"],
-            "partial": partial,
-        }
+        return partial
 
     def _peer_headers(
         self, identity: Identity, method: str, path: str, body: bytes
@@ -369,16 +468,16 @@ class _Endpoints:
             body=body,
         )
 
-    async def _ask(self, url: str, identity: Identity) -> dict[str, Any] | str:
-        """Another coordinator's own requests, or why it did not give them."""
+    async def _ask(
+        self, url: str, identity: Identity, path: str, field: str
+    ) -> dict[str, Any] | str:
+        """Another coordinator's own answer to ``path`` (a list in ``field``), or why not."""
         try:
-            headers = self._peer_headers(identity, "GET", "/v1/approvals", b"")
+            headers = self._peer_headers(identity, "GET", path, b"")
         except _Refused as exc:
             return str(exc.detail)
         try:
-            response = await self.http.get(
-                f"{url}/v1/approvals", headers=headers, timeout=_PEER_TIMEOUT
-            )
+            response = await self.http.get(f"{url}{path}", headers=headers, timeout=_PEER_TIMEOUT)
         except httpx.HTTPError as exc:
             return f"did not answer: {_cause(exc)}"
         if response.status_code != 200:
@@ -387,8 +486,8 @@ class _Endpoints:
             body = response.json()
         except ValueError:
             return "answered with something that is not JSON"
-        if not isinstance(body, dict) or not isinstance(body.get("approvals"), list):
-            return "answered without a list of approvals"
+        if not isinstance(body, dict) or not isinstance(body.get(field), list):
+            return f"answered without a list of {field}"
         return body
 
     def open_request(self, approval_id: str, identity: Identity) -> dict[str, Any]:
@@ -549,6 +648,21 @@ class _Endpoints:
         }
 
 
+def _timeline_params(params: Any) -> tuple[int | None, int]:
+    """The ``cursor`` (an offset) and ``limit`` of a timeline request.
+
+    Raises:
+        _Refused: 422, naming the bad one.
+    """
+    cursor = str(params.get("cursor", ""))
+    limit = str(params.get("limit", str(MAX_EVENTS)))
+    if cursor and not cursor.isdigit():
+        raise _Refused(422, f"cursor: {cursor[:40]!r} is not a cursor a page of events gave")
+    if not limit.isdigit() or not 1 <= int(limit) <= MAX_EVENTS:
+        raise _Refused(422, f"limit: {limit[:20]!r} is not a number from 1 to {MAX_EVENTS}")
+    return (int(cursor) if cursor else None), int(limit)
+
+
 def _json_object(body: bytes, not_object: str) -> dict[str, Any]:
     """A request body's JSON object.
 
@@ -619,6 +733,33 @@ def install_api(
                 "written": runtime.written,
             }
         )
+
+    @app.page("/v1/runs")
+    class Runs(_View):
+        """The runs of the caller's tenants, filtered, a page at a time."""
+
+        async def get(self, request: Any) -> Any:
+            caller = await api.identify(request)
+            query = api.query(request.query, caller.identity)
+            if caller.forwarded:
+                return self.json(api.local_runs(query, caller.identity))
+            return self.json(await api.runs_everywhere(query, caller.identity))
+
+    @app.page("/v1/runs/{run_id}/events")
+    class RunEvents(_View):
+        """A run's timeline, from its owner."""
+
+        async def get(self, request: Any, run_id: str) -> Any:
+            caller = await api.identify(request)
+            cursor, limit = _timeline_params(request.query)
+            owner = api.owner(caller, run_id)
+            if owner is not None:
+                query = {"limit": str(limit)}
+                if cursor is not None:
+                    query["cursor"] = str(cursor)
+                path = f"/v1/runs/{quote(run_id, safe='')}/events?{urlencode(query)}"
+                return await api.forward(self, caller, owner, "GET", path)
+            return self.json(await api.events(run_id, caller.identity, request.query))
 
     @app.page("/v1/runs/{run_id}")
     class Run(_View):

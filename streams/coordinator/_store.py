@@ -191,6 +191,18 @@ class PartitionStore:
         """The runs in flight, decoded or as read."""
         return list(self._active.items())
 
+    def remembered(self) -> list[tuple[str, RunState | StoredRun]]:
+        """Every run the store knows: in flight, and finished within the retention.
+
+        Recently finished runs come decoded; the others as stored (decode with ``state``),
+        so a caller that lists many can keep what it made of each version.
+        """
+        finished = [
+            (run_id, self._recent.get(run_id) or unpack(kept.record))
+            for run_id, kept in self._finished.items()
+        ]
+        return [*self._active.items(), *finished]
+
     def __len__(self) -> int:
         return len(self._active) + len(self._finished)
 
