@@ -1,16 +1,21 @@
-"""``baton submit`` and ``baton runs show``."""
+"""``baton submit`` and ``baton runs list|show|watch|cancel``.
+
+``runs list``, ``show`` and ``watch`` ask a worker's HTTP API as the principal whose token
+they are given (``--token`` or ``BATON_TOKEN``): a principal sees its own tenants' runs only.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import getpass
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import click
 from pydantic import ValidationError
@@ -19,8 +24,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from streams._client import BatonClient
+from streams.cli._dlq import TIME
 from streams.cli._http import TOKEN_HELP, call_api
-from streams.cli._main import console, settings
+from streams.cli._main import console, err_console, settings
 from streams.cli._usage import usd
 from streams.localkafka import resolve_bootstrap
 from topics import (
@@ -30,11 +36,12 @@ from topics import (
     PermanentError,
     RetryableError,
     RunResult,
+    RunStatus,
     TaskSubmitted,
     describe_validation_error,
 )
 
-__all__ = ["print_result", "runs_group", "steps_table", "submit"]
+__all__ = ["event_line", "print_result", "runs_group", "steps_table", "submit"]
 
 
 def _tasks_from(
@@ -179,6 +186,217 @@ def print_result(result: RunResult) -> None:
 @click.group("runs")
 def runs_group() -> None:
     """Inspect runs."""
+
+
+@runs_group.command("list")
+@click.option(
+    "--status",
+    type=click.Choice(["running", *(status.value for status in RunStatus)]),
+    help="Only runs with this status.",
+)
+@click.option("--workflow", "-w", help="Only runs of this workflow.")
+@click.option("--tenant", help="Only runs of this tenant (one you act for).")
+@click.option("--since", type=TIME, help="Only runs started at or after (ISO-8601 or 2h).")
+@click.option("--search", "-q", "text", help="Part of the run id or workflow name.")
+@click.option("--limit", type=click.IntRange(1, 200), default=50, show_default=True)
+@click.option("--cursor", help="Where the page starts (the cursor the last page printed).")
+@click.option("--all", "every", is_flag=True, help="Every page, not only the first.")
+@click.option("--token", envvar="BATON_TOKEN", help=TOKEN_HELP)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the raw JSON (a page, or --all's runs)."
+)
+def list_runs(
+    status: str | None,
+    workflow: str | None,
+    tenant: str | None,
+    since: datetime | None,
+    text: str | None,
+    limit: int,
+    cursor: str | None,
+    every: bool,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    """List runs, newest first: in flight, and finished within the run retention."""
+    params = {
+        "status": status,
+        "workflow": workflow,
+        "tenant": tenant,
+        "since": since.isoformat() if since else None,
+        "q": text,
+        "limit": str(limit),
+    }
+    query = {name: value for name, value in params.items() if value}
+    runs: list[dict[str, Any]] = []
+    while True:
+        page = call_api("GET", "/v1/runs?" + urlencode(query | _cursor(cursor)), token)
+        runs.extend(page["runs"])
+        for part in page.get("partial", []):
+            err_console.print(f"[yellow]incomplete:[/] {escape(_missing(part))}", highlight=False)
+        cursor = page.get("cursor")
+        if not every or not cursor:
+            break
+    if as_json:
+        click.echo(json.dumps(runs if every else page, indent=2))
+        return
+    console.print(runs_table(runs))
+    if cursor:
+        console.print(f"more: baton runs list ... --cursor {cursor}", highlight=False)
+
+
+def _cursor(cursor: str | None) -> dict[str, str]:
+    return {"cursor": cursor} if cursor else {}
+
+
+def _missing(part: dict[str, Any]) -> str:
+    if part.get("worker"):
+        return f"worker {part['worker']} {part.get('error', '')}"
+    partitions = ", ".join(str(p) for p in part.get("partitions", []))
+    return f"partitions {partitions}: {part.get('error', '')}"
+
+
+def runs_table(runs: list[dict[str, Any]]) -> Table:
+    """Listed runs: status, workflow, tenant, when, how long, tokens, cost, what they wait for."""
+    table = Table(title_justify="left")
+    for column in ("run", "status", "workflow", "tenant", "started"):
+        table.add_column(column)
+    for column in ("took", "tokens", "cost"):
+        table.add_column(column, justify="right")
+    table.add_column("waiting for")
+    for run in runs:
+        started = datetime.fromisoformat(run["started_at"])
+        finished = datetime.fromisoformat(run["finished_at"]) if run["finished_at"] else None
+        took = f"{(finished - started).total_seconds():.1f} s" if finished else "-"
+        style = _STATUS_STYLE.get(run["status"], "white")
+        table.add_row(
+            escape(run["run_id"]),
+            f"[{style}]{run['status']}[/]",
+            escape(run["workflow"]),
+            escape(run["tenant"]),
+            started.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            took,
+            str(run["tokens"]),
+            usd(run["cost_usd"]),
+            escape(", ".join(run["waiting_for"])),
+        )
+    return table
+
+
+@runs_group.command("watch")
+@click.argument("run_id")
+@click.option("--token", envvar="BATON_TOKEN", help=TOKEN_HELP)
+@click.option("--timeout", type=float, help="Give up after this many seconds (default: never).")
+@click.option(
+    "--interval", type=float, default=1.0, show_default=True, help="Seconds between polls."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print each event as a JSON line.")
+def watch(
+    run_id: str, token: str | None, timeout: float | None, interval: float, as_json: bool
+) -> None:
+    """Follow a run's events as they happen, until it ends (a finished run: its timeline)."""
+    path = f"/v1/runs/{quote(run_id, safe='')}/events"
+    deadline = time.monotonic() + timeout if timeout is not None else None
+    cursor: str | None = None
+    seen: set[int] = set()
+    ended_at: float | None = None
+    while True:
+        page = _events_page(path, cursor, token, deadline)
+        for event in page["events"]:
+            if event["seq"] in seen:
+                continue  # delivered twice (at-least-once): shown once
+            seen.add(event["seq"])
+            if as_json:
+                click.echo(json.dumps(event))
+            else:
+                console.print(event_line(event), highlight=False)
+        cursor = page["cursor"]
+        if page["status"] != "running":
+            # Its last events become readable a moment after its state says it ended.
+            ended_at = ended_at or time.monotonic()
+            lapsed = time.monotonic() - ended_at > _LAST_EVENTS_S
+            if set(range(page["seq"])) <= seen or (lapsed and not page["more"]):
+                break
+        if deadline is not None and time.monotonic() > deadline:
+            raise RetryableError(f"run {run_id!r} is still {page['status']} after {timeout:g}s")
+        if not page["more"]:
+            time.sleep(interval)
+    if not as_json:
+        style = _STATUS_STYLE.get(page["status"], "white")
+        console.print(f"[bold]{escape(run_id)}[/] ended [{style}]{page['status']}[/]")
+
+
+#: How long a watch waits for the last events of a run that has ended.
+_LAST_EVENTS_S = 5.0
+#: How long a watch waits for a run it is asked about to start.
+_START_S = 15.0
+#: How long a watch waits for an API that cannot answer before it gives up.
+_UNAVAILABLE_S = 60.0
+
+
+def _events_page(
+    path: str, cursor: str | None, token: str | None, deadline: float | None
+) -> dict[str, Any]:
+    """A page of a run's events.
+
+    A run not started yet is waited for (``_START_S``), and so is a worker that cannot
+    answer for a while (a takeover, a restart: ``_UNAVAILABLE_S``), or until ``deadline``.
+    """
+    started = time.monotonic()
+    query = "?" + urlencode(_cursor(cursor)) if cursor else ""
+    while True:
+        try:
+            page: dict[str, Any] = call_api("GET", path + query, token)
+            return page
+        except PermanentError as exc:
+            waited = time.monotonic() - started
+            if not str(exc).startswith("not found:") or cursor is not None or waited > _START_S:
+                raise
+        except RetryableError:
+            if time.monotonic() - started > _UNAVAILABLE_S:
+                raise
+        if deadline is not None and time.monotonic() > deadline:
+            raise RetryableError("the run's events did not come in time")
+        time.sleep(0.5)
+
+
+_SHOWN = {"run_id", "seq", "type", "at", "workflow", "tenant", "step", "attempt", "detail"}
+_SHOWN |= {"duration_ms", "usage", "total_cost_usd", "total_tokens"}
+
+
+def event_line(event: dict[str, Any]) -> str:
+    """One run event for people (rich markup): time, number, type, step, cost, the rest.
+
+    Types it does not know are shown the same way: every field of theirs is printed.
+    """
+    at = datetime.fromisoformat(event["at"]).astimezone(UTC).strftime("%H:%M:%S.%f")[:-3]
+    parts = [f"{at}  #{event['seq']:<3} [bold]{escape(event['type'])}[/]"]
+    if event.get("step"):
+        parts.append(escape(event["step"]))
+    if event.get("attempt") is not None:
+        parts.append(f"attempt {event['attempt']}")
+    if event.get("duration_ms") is not None:
+        parts.append(f"{event['duration_ms']:.0f} ms")
+    usage = event.get("usage") or {}
+    tokens = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
+    if tokens or Decimal(str(usage.get("cost_usd", 0))):
+        parts.append(f"{tokens} tokens {usd(usage.get('cost_usd', 0))}")
+    if usage.get("route"):
+        parts.append(f"via {escape(usage['route'])}")
+    parts.append(
+        f"(run: {event.get('total_tokens', 0)} tokens, {usd(event.get('total_cost_usd', 0))})"
+    )
+    detail = event.get("detail")
+    if detail not in (None, {}, []):
+        parts.append(escape(_brief(detail)))
+    rest = {k: v for k, v in event.items() if k not in _SHOWN and v is not None}
+    if rest:
+        parts.append(escape(_brief(rest)))
+    return "  ".join(parts)
+
+
+def _brief(value: Any, limit: int = 240) -> str:
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @runs_group.command("show")
