@@ -1,9 +1,11 @@
-"""The approval inbox: one plain page, a small script and a style sheet, no build step.
+"""The approval inbox and the runs view: one plain page, a script and a style sheet, no build.
 
 Every coordinator worker serves it: ``GET /`` is the page, ``GET /static/<name>`` the rest.
 The page signs reviewers in with their bearer token (kept in ``sessionStorage``), lists the
 requests they may decide from ``GET /v1/approvals`` every two seconds, and posts their
-decisions to ``POST /v1/approvals/{id}/decision``. It loads nothing from elsewhere.
+decisions to ``POST /v1/approvals/{id}/decision``. Its runs view searches ``GET /v1/runs``
+and follows a run's timeline from ``GET /v1/runs/{id}`` and ``GET /v1/runs/{id}/events``.
+It loads nothing from elsewhere.
 """
 
 from __future__ import annotations

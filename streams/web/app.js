@@ -1,6 +1,7 @@
-// The approval inbox: sign in with a bearer token, list what waits for you, decide.
-// Plain DOM, no framework. Everything the API returns is written with textContent or
-// setAttribute, never parsed as HTML.
+// The approval inbox and the runs view: sign in with a bearer token, list what waits for
+// you and decide; find runs and follow a run's timeline. Views are chosen by the URL's hash
+// (#/approvals, #/approvals/<id>, #/runs, #/runs/<id>). Plain DOM, no framework. Everything
+// the API returns is written with textContent or setAttribute, never parsed as HTML.
 "use strict";
 
 (() => {
@@ -17,7 +18,14 @@
     nodes: new Map(),
     items: new WeakMap(),
     made: 0,
+    // The approval the URL names (#/approvals/<id>): shown and focused once it is listed.
+    focus: null,
+    rendered: false,
+    runsCursor: null,
+    // The run whose view is open: its id, events shown, where its timeline goes on.
+    run: null,
   };
+  const enc = encodeURIComponent;
 
   class ApiError extends Error {
     constructor(status, message) {
@@ -70,9 +78,47 @@
   function show(view) {
     $("login").hidden = view !== "login";
     $("inbox").hidden = view !== "inbox";
-    $("session").hidden = view !== "inbox";
+    $("runs").hidden = view !== "runs";
+    $("run").hidden = view !== "run";
+    $("session").hidden = view === "login";
+    $("nav").hidden = view === "login";
+    for (const [id, views] of [["nav-approvals", ["inbox"]], ["nav-runs", ["runs", "run"]]]) {
+      if (views.includes(view)) {
+        $(id).setAttribute("aria-current", "page");
+      } else {
+        $(id).removeAttribute("aria-current");
+      }
+    }
     if (view === "login") {
       $("token").focus();
+    }
+  }
+
+  // Which view the URL's hash asks for.
+  function route() {
+    if (!sessionStorage.getItem(TOKEN_KEY)) {
+      show("login");
+      return;
+    }
+    closeRun();
+    const hash = location.hash || "#/approvals";
+    let name = "";
+    try {
+      name = decodeURIComponent(hash.replace(/^#\/(approvals|runs)\/?/, ""));
+    } catch (err) {
+      name = "";
+    }
+    if (hash.startsWith("#/runs/") && name) {
+      openRun(name);
+    } else if (hash.startsWith("#/runs")) {
+      show("runs");
+      loadRuns(false);
+    } else {
+      show("inbox");
+      state.focus = hash.startsWith("#/approvals/") && name ? { id: name, renders: 0 } : null;
+      if (state.focus && state.rendered) {
+        focusApproval();
+      }
     }
   }
 
@@ -102,6 +148,10 @@
     }
     state.nodes.clear();
     state.decided.clear();
+    state.rendered = false;
+    closeRun();
+    $("runs-body").replaceChildren();
+    $("timeline").replaceChildren();
     $("reviewer").textContent = "";
     $("tenants").textContent = "";
     announce("");
@@ -111,8 +161,8 @@
 
   function start() {
     state.session += 1;
-    show("inbox");
     $("updated").textContent = "Loading…";
+    route();
     refresh(state.session);
   }
 
@@ -181,6 +231,31 @@
     partial.textContent = missing.length ? "This list may be incomplete. " + missing.join("; ") : "";
     partial.hidden = missing.length === 0;
     $("updated").textContent = "Updated " + new Date().toLocaleTimeString();
+    state.rendered = true;
+    if (state.focus) {
+      focusApproval();
+    }
+  }
+
+  // Bring the request the URL names into view; say so if it does not wait for this reviewer.
+  function focusApproval() {
+    const wanted = state.focus;
+    const node = state.nodes.get(wanted.id);
+    if (node) {
+      state.focus = null;
+      for (const other of state.nodes.values()) {
+        other.classList.toggle("focused", other === node);
+      }
+      node.scrollIntoView({ block: "center" });
+      field(node, "reason-input").focus();
+      return;
+    }
+    wanted.renders += 1;
+    // Asked of every coordinator, a request just opened may take a list or two to show.
+    if (wanted.renders >= 3) {
+      state.focus = null;
+      announce("Request " + wanted.id + " is not waiting for you: decided, escalated, timed out, or not yours to decide.");
+    }
   }
 
   function field(node, name) {
@@ -210,6 +285,7 @@
     field(node, "reason").textContent = item.reason;
     field(node, "tenant").textContent = item.tenant;
     field(node, "run_id").textContent = item.run_id;
+    field(node, "run-link").setAttribute("href", "#/runs/" + enc(item.run_id));
     field(node, "cost").textContent = money(item.cost_usd);
     const deadline = new Date(item.deadline);
     const time = field(node, "deadline");
@@ -338,10 +414,261 @@
     }
   }
 
+  // -- runs ----------------------------------------------------------------------------------
+
+  function failed(err, what) {
+    if (err.status === 401) {
+      signOut("Your token was not accepted (" + err.message + "). Sign in again.");
+    } else {
+      showError("Could not load " + what + ": " + err.message);
+    }
+  }
+
+  async function loadRuns(more) {
+    const session = state.session;
+    const form = $("runs-filter");
+    const params = new URLSearchParams();
+    for (const name of ["q", "status", "workflow", "tenant"]) {
+      const value = form.elements[name].value.trim();
+      if (value) {
+        params.set(name, value);
+      }
+    }
+    const since = Number(form.elements.since.value);
+    if (since) {
+      params.set("since", new Date(Date.now() - since * 1000).toISOString());
+    }
+    params.set("limit", "50");
+    if (more && state.runsCursor) {
+      params.set("cursor", state.runsCursor);
+    }
+    let data;
+    try {
+      data = await api("GET", "/v1/runs?" + params.toString());
+    } catch (err) {
+      if (session === state.session) {
+        failed(err, "the runs");
+      }
+      return;
+    }
+    if (session !== state.session) {
+      return;
+    }
+    showError("");
+    const body = $("runs-body");
+    if (!more) {
+      body.replaceChildren();
+    }
+    for (const run of data.runs) {
+      body.appendChild(runRow(run));
+    }
+    state.runsCursor = data.cursor || null;
+    $("runs-more").hidden = !state.runsCursor;
+    $("runs-empty").hidden = body.children.length > 0;
+    const partial = $("runs-partial");
+    const missing = (data.partial || []).map(describeMissing);
+    partial.textContent = missing.length ? "This list may be incomplete. " + missing.join("; ") : "";
+    partial.hidden = missing.length === 0;
+  }
+
+  function describeMissing(part) {
+    return part.worker ? part.worker + " " + part.error : "partitions " + (part.partitions || []).join(", ") + ": " + part.error;
+  }
+
+  function runRow(run) {
+    const row = $("run-row-template").content.firstElementChild.cloneNode(true);
+    row.setAttribute("data-run-id", run.run_id);
+    const link = field(row, "link");
+    link.textContent = run.run_id;
+    link.setAttribute("href", "#/runs/" + enc(run.run_id));
+    field(row, "status").textContent = run.status;
+    field(row, "status").className = "status-" + run.status;
+    field(row, "workflow").textContent = run.workflow;
+    field(row, "tenant").textContent = run.tenant;
+    const started = field(row, "started");
+    started.setAttribute("datetime", run.started_at);
+    started.textContent = new Date(run.started_at).toLocaleString();
+    field(row, "tokens").textContent = String(run.tokens);
+    field(row, "cost").textContent = money(run.cost_usd);
+    field(row, "waiting").textContent = run.waiting_for.length ? "decision " + run.waiting_for.join(", ") : "";
+    return row;
+  }
+
+  function closeRun() {
+    if (state.run) {
+      clearTimeout(state.run.timer);
+      state.run = null;
+    }
+  }
+
+  function openRun(runId) {
+    show("run");
+    state.run = { id: runId, cursor: null, seen: new Set(), timer: null, endedPolls: 0 };
+    $("run-id").textContent = runId;
+    for (const id of ["run-status", "run-workflow", "run-tenant", "run-started", "run-finished", "run-tokens", "run-cost", "timeline-state"]) {
+      $(id).textContent = "";
+    }
+    $("run-reason").hidden = true;
+    $("run-waiting").hidden = true;
+    $("run-steps").replaceChildren();
+    $("timeline").replaceChildren();
+    $("run-title").focus();
+    pollRun(state.run, state.session);
+  }
+
+  async function pollRun(view, session) {
+    const stale = () => view !== state.run || session !== state.session;
+    const path = "/v1/runs/" + enc(view.id);
+    let run;
+    let page;
+    try {
+      run = await api("GET", path);
+      page = await api("GET", path + "/events" + (view.cursor ? "?cursor=" + enc(view.cursor) : ""));
+    } catch (err) {
+      if (stale()) {
+        return;
+      }
+      failed(err, "run " + view.id);
+      if (err.status !== 401 && err.status !== 403 && err.status !== 404) {
+        view.timer = setTimeout(() => pollRun(view, session), POLL_MS);
+      }
+      return;
+    }
+    if (stale()) {
+      return;
+    }
+    showError("");
+    fillRun(run);
+    for (const event of page.events) {
+      if (!view.seen.has(event.seq)) {
+        view.seen.add(event.seq);
+        $("timeline").appendChild(eventItem(event));
+      }
+    }
+    view.cursor = page.cursor;
+    const ended = page.status !== "running";
+    let complete = ended;
+    for (let seq = 0; complete && seq < page.seq; seq++) {
+      complete = view.seen.has(seq);
+    }
+    // A run's last events are readable a moment after its state says it ended.
+    view.endedPolls += ended ? 1 : 0;
+    if (complete || (ended && !page.more && view.endedPolls > 3)) {
+      $("timeline-state").textContent = "(ended " + page.status + ")";
+      return;
+    }
+    $("timeline-state").textContent = "(live)";
+    view.timer = setTimeout(() => pollRun(view, session), page.more ? 0 : POLL_MS);
+  }
+
+  function fillRun(run) {
+    const usage = run.usage || {};
+    $("run-status").textContent = run.status;
+    $("run-status").className = "status-" + run.status;
+    $("run-workflow").textContent = run.workflow;
+    $("run-tenant").textContent = run.tenant;
+    $("run-started").textContent = new Date(run.started_at).toLocaleString();
+    $("run-finished").textContent = run.finished_at ? new Date(run.finished_at).toLocaleString() : "–";
+    $("run-tokens").textContent = String((usage.input_tokens || 0) + (usage.output_tokens || 0));
+    $("run-cost").textContent = money(usage.cost_usd || 0);
+    $("run-reason").textContent = run.reason || "";
+    $("run-reason").hidden = !run.reason;
+    const open = run.status === "running" ? run.steps.filter((step) => step.approval) : [];
+    const list = $("run-approvals");
+    list.replaceChildren(...open.map(approvalItem));
+    $("run-waiting").hidden = open.length === 0;
+    const rows = run.steps.map((step) => {
+      const row = document.createElement("tr");
+      const stepUsage = step.usage || {};
+      const cells = [
+        step.step,
+        step.phase,
+        String(step.attempt || 0),
+        step.duration_ms !== null && step.duration_ms !== undefined ? Math.round(step.duration_ms) + " ms" : "–",
+        String((stepUsage.input_tokens || 0) + (stepUsage.output_tokens || 0)),
+        money(stepUsage.cost_usd || 0),
+      ];
+      for (const text of cells) {
+        const cell = document.createElement("td");
+        cell.textContent = text;
+        row.appendChild(cell);
+      }
+      return row;
+    });
+    $("run-steps").replaceChildren(...rows);
+  }
+
+  function approvalItem(step) {
+    const approval = step.approval;
+    const item = document.createElement("li");
+    item.setAttribute("data-testid", "run-approval");
+    const text = document.createElement("span");
+    text.textContent =
+      step.step + ": " + (approval.reason || "approval") + " · " + approval.approval_id +
+      " · who may decide: " + approval.approvers.join(", ") +
+      " · deadline " + new Date(approval.deadline).toLocaleString() + " ";
+    const link = document.createElement("a");
+    link.textContent = "Decide in the inbox";
+    link.setAttribute("href", "#/approvals/" + enc(approval.approval_id));
+    link.setAttribute("data-testid", "run-approval-link");
+    item.append(text, link);
+    return item;
+  }
+
+  // Fields every event has, shown in their own places; any other field (an event type this
+  // page does not know may bring some) is shown with the detail.
+  const SHOWN = new Set(["run_id", "seq", "type", "at", "workflow", "tenant", "step", "attempt", "duration_ms", "usage", "total_cost_usd", "total_tokens", "detail"]);
+
+  function eventItem(event) {
+    const item = $("event-template").content.firstElementChild.cloneNode(true);
+    item.setAttribute("data-type", event.type);
+    const at = field(item, "at");
+    at.setAttribute("datetime", event.at);
+    at.textContent = new Date(event.at).toLocaleTimeString();
+    field(item, "seq").textContent = "#" + event.seq;
+    field(item, "type").textContent = event.type;
+    const what = [];
+    if (event.step) {
+      what.push(event.step);
+    }
+    if (event.attempt !== null && event.attempt !== undefined) {
+      what.push("attempt " + event.attempt);
+    }
+    if (event.duration_ms !== null && event.duration_ms !== undefined) {
+      what.push(Math.round(event.duration_ms) + " ms");
+    }
+    const usage = event.usage || {};
+    const tokens = (usage.input_tokens || 0) + (usage.output_tokens || 0);
+    if (tokens || Number(usage.cost_usd || 0)) {
+      what.push(tokens + " tokens, " + money(usage.cost_usd || 0));
+    }
+    what.push("run so far: " + (event.total_tokens || 0) + " tokens, " + money(event.total_cost_usd || 0));
+    field(item, "what").textContent = what.join(" · ");
+    const rest = {};
+    for (const [name, value] of Object.entries(event)) {
+      if (!SHOWN.has(name) && value !== null && value !== undefined) {
+        rest[name] = value;
+      }
+    }
+    const detail = event.detail;
+    const hasDetail = detail !== null && detail !== undefined && !(typeof detail === "object" && Object.keys(detail).length === 0);
+    const shown = Object.keys(rest).length ? Object.assign(hasDetail ? { detail } : {}, rest) : hasDetail ? detail : null;
+    const fields = field(item, "fields");
+    fields.textContent = shown === null ? "" : JSON.stringify(shown);
+    fields.hidden = shown === null;
+    return item;
+  }
+
   // -- start ---------------------------------------------------------------------------------
 
   $("login-form").addEventListener("submit", signIn);
   $("sign-out").addEventListener("click", () => signOut(""));
+  $("runs-filter").addEventListener("submit", (event) => {
+    event.preventDefault();
+    loadRuns(false);
+  });
+  $("runs-more").addEventListener("click", () => loadRuns(true));
+  window.addEventListener("hashchange", route);
   if (sessionStorage.getItem(TOKEN_KEY)) {
     start();
   } else {
