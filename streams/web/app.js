@@ -510,6 +510,7 @@
     }
     $("run-reason").hidden = true;
     $("run-waiting").hidden = true;
+    $("run-summarized").hidden = true;
     $("run-steps").replaceChildren();
     $("timeline").replaceChildren();
     $("run-title").focus();
@@ -596,6 +597,7 @@
       return row;
     });
     $("run-steps").replaceChildren(...rows);
+    $("run-summarized").hidden = rows.length > 0 || run.status === "running";
   }
 
   function approvalItem(step) {

@@ -42,12 +42,19 @@ def cluster(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> C
 
 
 @pytest.fixture(scope="module")
-def two(cluster: Cluster) -> Iterator[tuple[WorkerProcess, WorkerProcess]]:
+def pool(cluster: Cluster) -> Iterator[Workers]:
+    """The module's two workers (a test may restart them)."""
     workers = Workers(cluster)
-    first, second = workers.start("w1"), workers.start("w2")
-    _wait_shared(first, second, cluster.partitions)
-    yield first, second
+    _wait_shared(workers.start("w1"), workers.start("w2"), cluster.partitions)
+    yield workers
     workers.stop_all()
+
+
+@pytest.fixture
+def two(pool: Workers) -> tuple[WorkerProcess, WorkerProcess]:
+    """The two workers running now."""
+    first, second = pool.started[-2:]
+    return first, second
 
 
 def _wait_shared(first: WorkerProcess, second: WorkerProcess, partitions: int) -> None:
@@ -274,3 +281,27 @@ async def test_runs_watch_follows_a_run_through_its_approval_until_it_ends(
     # Another tenant's principal is refused; a run nobody has is not found.
     refused = runs(cluster, second, "ana", "watch", run_id)
     assert refused.returncode == 2 and "not allowed" in refused.stderr, refused.stderr
+
+
+async def test_a_run_that_ended_before_a_takeover_is_listed_and_its_whole_timeline_watched(
+    cluster: Cluster, pool: Workers
+) -> None:
+    first, second = pool.started[-2:]
+    run_id = new_run("before")
+    await submit(cluster, run_id, "payouts", amount=3)
+    assert (await result_of(cluster, run_id, timeout=60)).status.value == "completed"
+    # Both workers restart: what they know of the run now is its summary from run-state.
+    first.stop()
+    second.stop()
+    first, second = pool.start("w1"), pool.start("w2")
+    _wait_shared(first, second, cluster.partitions)
+
+    (listed_run,) = listed(cluster, second, "alice", "-q", run_id)
+    assert listed_run["status"] == "completed" and listed_run["finished_at"] is not None
+    watched = runs(cluster, first, "alice", "watch", run_id, "--json", "--timeout", "60")
+    assert watched.returncode == 0, watched.stderr
+    events = [json.loads(line) for line in watched.stdout.splitlines()]
+    assert [e["seq"] for e in events] == list(range(len(events)))
+    assert [e["type"] for e in events][0] == "run_started"
+    assert [e["type"] for e in events][-1] == "run_completed"
+    assert [e["step"] for e in events if e["type"] == "step_succeeded"] == ["draft", "pay"]
