@@ -11,7 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from playwright.async_api import Browser, Locator, Page, async_playwright, expect
+from playwright.async_api import Browser, Locator, Page, Route, async_playwright, expect
 
 from tests.browser.conftest import CHROMIUM
 from tests.integration.approvals import (
@@ -175,3 +175,48 @@ async def test_an_inbox_card_opens_its_run_and_another_tenant_sees_none_of_it(
         f"user:ana may not see run '{run_id}'", timeout=SEEN_MS
     )
     await expect(ana.get_by_test_id("timeline").get_by_test_id("event")).to_have_count(0)
+
+
+async def test_an_event_type_the_page_does_not_know_is_shown_with_its_fields(
+    cluster: Cluster, worker: WorkerProcess, browser: Browser
+) -> None:
+    run_id = new_run("unknown-type")
+    await submit(cluster, run_id, "payouts", amount=4)
+    await result_of(cluster, run_id, timeout=60)
+    alice = await signed_in(browser, worker, "alice")
+
+    async def with_a_new_type(route: Route) -> None:
+        # The worker's real answer, with one event of a type added after this page was made.
+        answer = await route.fetch()
+        page = await answer.json()
+        page["seq"] += 1
+        if not page["events"] or page["events"][0]["seq"] != 0:
+            await route.fulfill(response=answer, json=page)
+            return
+        page["events"].insert(
+            1,
+            {
+                **page["events"][0],
+                "seq": 1,
+                "type": "run.paused",
+                "step": "draft",
+                "detail": {"waiting_for": "retry", "tier": "5s"},
+                "resume_at": "2026-12-02T10:00:05Z",
+            },
+        )
+        for event in page["events"][2:]:
+            event["seq"] += 1
+        await route.fulfill(response=answer, json=page)
+
+    await alice.route(f"**/v1/runs/{run_id}/events*", with_a_new_type)
+    await alice.goto(f"{worker.api}/#/runs/{run_id}")
+    await expect(alice.get_by_test_id("timeline-state")).to_have_text(
+        "(ended completed)", timeout=SEEN_MS
+    )
+    paused = timeline_type(alice, "run.paused")
+    await expect(paused.get_by_test_id("event-type")).to_have_text("run.paused")
+    await expect(paused.get_by_test_id("event-what")).to_contain_text("draft")
+    await expect(paused.get_by_test_id("event-fields")).to_have_text(
+        '{"detail":{"waiting_for":"retry","tier":"5s"},"resume_at":"2026-12-02T10:00:05Z"}'
+    )
+    await expect(timeline_type(alice, "run_completed")).to_have_count(1)
