@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaProducer
 from processors import ModelCatalog, ToolRegistry
 from streams._access import Access
 from streams._deadletters import letter_for
+from streams._metrics import GaugeSource, Metrics, consumer_lag
 from streams._policies import Policies
 from streams._workflows import WorkflowBook, WorkflowFeed
 from streams.coordinator._approvals_index import ApprovalsIndex
@@ -61,6 +62,7 @@ class CoordinatorRuntime:
         webhook: A URL told about each approval request.
         models: The model catalog.
         tools: The tool registry.
+        metrics: The worker's metrics (the runtime adds its own to them).
         clock: The time.
     """
 
@@ -81,9 +83,11 @@ class CoordinatorRuntime:
         webhook: str | None = None,
         models: ModelCatalog | None = None,
         tools: ToolRegistry | None = None,
+        metrics: Metrics | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.bootstrap = bootstrap
+        self.metrics = metrics if metrics is not None else Metrics()
         self.catalog = catalog
         self.codec = Codec()
         self.feed = feed
@@ -127,7 +131,9 @@ class CoordinatorRuntime:
             worker_id=worker_id,
             poison=self.dead_letter_record,
             on_request=self.notifier.notify if self.notifier else None,
+            metrics=self.metrics,
         )
+        self._measure(self.metrics)
         self.spend: SpendFollower | None = None
         if self.ledger is not None:
             self.spend = SpendFollower(
@@ -167,6 +173,64 @@ class CoordinatorRuntime:
         if self.notifier is not None:
             await self.notifier.stop()
         await self.plain.stop()
+
+    def _measure(self, metrics: Metrics) -> None:
+        """Add the gauges read from this runtime when the metrics are scraped."""
+
+        def one(value: Callable[[], float]) -> GaugeSource:
+            return lambda: [((), value())]
+
+        def stores() -> list[PartitionStore]:
+            return [s for p, s in list(self.loop.stores.items()) if p in self.loop.ready]
+
+        metrics.gauge(
+            "baton_runs_in_flight",
+            "Runs in flight on the partitions this worker owns.",
+            (),
+            one(lambda: sum(s.in_flight for s in stores())),
+        )
+        metrics.gauge(
+            "baton_runs_finished_held",
+            "Finished runs this worker remembers (within the run retention).",
+            (),
+            one(lambda: sum(s.finished for s in stores())),
+        )
+        metrics.gauge(
+            "baton_run_state_bytes",
+            "Size of the stored records of the runs this worker holds (what a takeover reads).",
+            (),
+            one(lambda: sum(s.stored_bytes for s in stores())),
+        )
+        metrics.gauge(
+            "baton_partitions_owned",
+            "Partitions whose runs this worker's coordinator owns and serves.",
+            (),
+            one(lambda: len(self.loop.ready)),
+        )
+        metrics.gauge(
+            "baton_approvals_open",
+            "Approval requests open on the runs this worker owns.",
+            (),
+            one(lambda: len(self.index.requests)),
+        )
+        metrics.gauge(
+            "baton_approvals_oldest_age_seconds",
+            "Seconds the oldest open approval request has waited (0 with none open).",
+            (),
+            one(self._oldest_approval_age),
+        )
+
+        async def lag() -> list[tuple[str, int, int]]:
+            return await consumer_lag(self.loop.consumer, self.exactly_once)
+
+        metrics.lag_of("coordinator", lag)
+
+    def _oldest_approval_age(self) -> float:
+        requests = list(self.index.requests.values())
+        if not requests:
+            return 0.0
+        oldest = min(r.requested_at for r in requests)
+        return max(0.0, (self.clock() - oldest).total_seconds())
 
     # -- what the API reads ----------------------------------------------------------------
 
@@ -253,3 +317,4 @@ class CoordinatorRuntime:
             key=record.key,
             partition=record.partition % self.catalog.partitions,
         )
+        self.metrics.dead_lettered(letter.error_class)
