@@ -87,6 +87,11 @@ class Transition:
 
     def __post_init__(self) -> None:
         self.steps = dict(self.old.steps)
+        paused_at = self.old.paused_at
+        if paused_at is not None and not self.old.finished and not _waits(self.steps, self.now):
+            # A delayed retry's time came before this event: the run went on then, whatever
+            # this event does to it (even end it).
+            self._resume(paused_at)
 
     @property
     def now(self) -> datetime:
@@ -146,7 +151,7 @@ class Transition:
         """The new state and the events, or nothing when nothing changed."""
         from streams.coordinator._decide import Decision
 
-        if "steps" in self.changes or self.old.paused_at is not None:
+        if "steps" in self.changes or self.get("paused_at") is not None:
             self._pause_or_resume()
         if not self.changes and not self.emit:
             return Decision()
@@ -158,7 +163,7 @@ class Transition:
         ``run_paused`` when it came to wait for people or retry tiers only, ``run_resumed``
         when something of it runs again; a paused run that ends just ends.
         """
-        paused_at: datetime | None = self.old.paused_at
+        paused_at: datetime | None = self.get("paused_at")
         if not self.running:
             if paused_at is not None:
                 self.set(paused_at=None)
@@ -168,12 +173,15 @@ class Transition:
             self.note("run_paused", detail={"waiting_for": waits})
             self.set(paused_at=self.now)
         elif not waits and paused_at is not None:
-            self.note(
-                "run_resumed",
-                duration_ms=(self.now - paused_at).total_seconds() * 1000,
-                detail={"paused_at": paused_at.isoformat()},
-            )
-            self.set(paused_at=None)
+            self._resume(paused_at)
+
+    def _resume(self, paused_at: datetime) -> None:
+        self.note(
+            "run_resumed",
+            duration_ms=(self.now - paused_at).total_seconds() * 1000,
+            detail={"paused_at": paused_at.isoformat()},
+        )
+        self.set(paused_at=None)
 
     # -- run events ------------------------------------------------------------------------
 

@@ -135,3 +135,26 @@ def test_a_run_that_never_waits_has_no_pause_events() -> None:
     assert result.status == RunStatus.completed
     assert not events(run, "run_paused") and not events(run, "run_resumed")
     assert run.state is not None and "paused_at" not in run.state.to_bytes().decode()
+
+
+ONE_STEP = wf(
+    """
+workflow: one
+version: 1
+steps:
+  ask: {kind: llm, model: fast, prompt: "x", retry: {attempts: 2}}
+"""
+)
+
+
+def test_a_retry_whose_result_comes_before_its_wake_up_resumes_the_run_first() -> None:
+    run = Run(ONE_STEP)
+    run.send(task())
+    run.send(failed(run.request("ask"), "ProviderUnavailable", "503", retryable=True))
+    retry = run.request("ask")
+    assert retry.not_before is not None
+    after = retry.not_before + timedelta(seconds=1)
+    run.send(ok(retry, "x", at=after), at=after)
+    assert run.types() == ["run_resumed", "step_succeeded", "run_completed"]
+    (resumed,) = events(run, "run_resumed")
+    assert resumed.at == after
