@@ -71,38 +71,49 @@ class Tally:
             tenant: The run's tenant, when the decision changed the run (its usage is then
                 the run's).
         """
-        add = self.add
+        counts = self.counts
+        get = counts.get
+        key: tuple[str, ...]
         for event in emitted:
             # Exact types (events are never subclassed): cheaper than isinstance, as narrow.
             if type(event) is RunEvent:
                 what = event.type
                 if what == "run_started":
-                    add(("runs_started", event.workflow))
+                    key = ("runs_started", event.workflow)
                 elif what == "step_failed":
                     detail = event.detail
                     error = detail.get("error_class") if isinstance(detail, dict) else None
-                    add(("step_failures", str(error or "UnknownError")))
+                    key = ("step_failures", str(error or "UnknownError"))
                 elif what == "step_timed_out":
-                    add(("step_failures", "StepTimeout"))
+                    key = ("step_failures", "StepTimeout")
+                else:
+                    continue
             elif type(event) is StepRequested:
-                add(("step_attempts", event.kind.value))
+                key = ("step_attempts", event.kind.value)
             elif type(event) is RunResult:
-                add(("runs_finished", event.workflow, event.status.value))
+                key = ("runs_finished", event.workflow, event.status.value)
             elif type(event) is DeadLetter:
-                add(("dead_letters", event.error_class))
-        if tenant is not None and type(inbound) is StepResult and inbound.usage is not None:
-            usage = inbound.usage
-            route = usage.route or ""
-            if usage.input_tokens:
-                add(("model_tokens", route, tenant, "input"), usage.input_tokens)
-            if usage.output_tokens:
-                add(("model_tokens", route, tenant, "output"), usage.output_tokens)
-            if usage.cost_usd:
-                add(("model_cost", route, tenant), float(usage.cost_usd))
-            if usage.cached:
-                add(("cache_hits", route))
-                if usage.saved_usd:
-                    add(("cache_saved", route), float(usage.saved_usd))
+                key = ("dead_letters", event.error_class)
+            else:
+                continue
+            counts[key] = get(key, 0) + 1
+        if tenant is None or type(inbound) is not StepResult or inbound.usage is None:
+            return
+        usage = inbound.usage
+        route = usage.route or ""
+        if usage.input_tokens:
+            key = ("model_tokens", route, tenant, "input")
+            counts[key] = get(key, 0) + usage.input_tokens
+        if usage.output_tokens:
+            key = ("model_tokens", route, tenant, "output")
+            counts[key] = get(key, 0) + usage.output_tokens
+        if usage.cost_usd:
+            key = ("model_cost", route, tenant)
+            counts[key] = get(key, 0) + float(usage.cost_usd)
+        if usage.cached:
+            self.add(("cache_hits", route))
+            if usage.saved_usd:
+                self.add(("cache_saved", route), float(usage.saved_usd))
 
 
 class _Gauges(Collector):
