@@ -233,7 +233,9 @@ def build_worker(
         calls_models = {StepKind.llm, StepKind.agent} & set(chosen)
         # No cache (no consumer, no producer) when no route's calls could be cached.
         if settings.cache_ttl > 0 and calls_models and _any_cacheable(models):
-            cache = KafkaResponseCache(bootstrap, catalog, codec, ttl_s=settings.cache_ttl)
+            cache = KafkaResponseCache(
+                bootstrap, catalog, codec, ttl_s=settings.cache_ttl, metrics=metrics
+            )
         built = build_processors(models, http, env, tools, cache=cache)
         _measure_breakers(metrics, built.values())
         processors = ProcessorService(
