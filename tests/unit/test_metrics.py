@@ -15,8 +15,11 @@ import pytest
 from aiokafka import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from processors import Breakers
+from processors._errors import ProviderUnavailable
 from streams._access import Access
 from streams._metrics import Metrics, Tally
+from streams.app import _measure_breakers
 from streams.coordinator._batch import AtLeastOnceBatch
 from streams.coordinator._store import PartitionStore, summary_record
 from tests.unit.test_api_approvals import access, auth, runtime, serving, waiting
@@ -179,3 +182,32 @@ async def test_metrics_are_refused_without_an_access_file() -> None:
     async with serving(runtime(Access())) as client:
         answer = await client.get("/metrics", headers=auth("root"))
     assert answer.status_code == 401
+
+
+def test_circuit_breakers_show_their_state_when_scraped() -> None:
+    clock = [0.0]
+    breakers = Breakers(clock=lambda: clock[0])
+
+    class Model:
+        def __init__(self) -> None:
+            self.breakers = breakers
+
+    metrics = Metrics()
+    _measure_breakers(metrics, [Model(), Model(), object()])  # one set, shared, is shown once
+    breakers.before_call("openai:http://a", 2, 5.0)
+    breakers.after_call("openai:http://a", 2, None)
+    for _ in range(2):
+        breakers.before_call("openai:http://b", 2, 5.0)
+        breakers.after_call("openai:http://b", 2, ProviderUnavailable("503"))
+
+    def state(endpoint: str) -> dict[str, float]:
+        return {
+            s: value(metrics, "baton_circuit_breaker_state", endpoint=endpoint, state=s)
+            for s in ("closed", "open", "half_open")
+        }
+
+    assert state("openai:http://a") == {"closed": 1, "open": 0, "half_open": 0}
+    assert state("openai:http://b") == {"closed": 0, "open": 1, "half_open": 0}
+    clock[0] = 10.0
+    breakers.before_call("openai:http://b", 2, 5.0)  # the cooldown passed: a probe goes out
+    assert state("openai:http://b") == {"closed": 0, "open": 0, "half_open": 1}
