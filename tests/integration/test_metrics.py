@@ -103,12 +103,13 @@ def total(
 
 
 async def wait_split(workers: list[WorkerProcess], timeout: float = 90.0) -> None:
-    """Until every partition is served, and by more than one worker."""
+    """Until the workers serve every partition, as many each."""
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(timeout=5) as http:
         while True:
             owned = [(await http.get(f"{w.api}/healthz")).json()["partitions"] for w in workers]
-            if all(owned) and sorted(p for ps in owned for p in ps) == list(range(PARTITIONS)):
+            even = all(len(ps) == PARTITIONS // len(workers) for ps in owned)
+            if even and sorted(p for ps in owned for p in ps) == list(range(PARTITIONS)):
                 return
             if time.monotonic() > deadline:
                 raise AssertionError(f"partitions not split over the workers: {owned}")
