@@ -7,6 +7,7 @@
 - ``ApprovalsIndex`` (``_approvals_index``): the open approval requests, for the API.
 - ``ApprovalNotifier`` (``_notifier``): the optional approval webhook.
 - ``SpendFollower`` (``_spend``): the tenants' spend ledger, when a tenant has a ceiling.
+- ``measure`` (``_gauges``): what the runtime shows when the worker's metrics are scraped.
 
 See docs/decisions/0001 (why the coordinator has its own loop) and 0003 (how its state is
 kept: journal, snapshots, retention).
@@ -24,11 +25,12 @@ from aiokafka import AIOKafkaProducer
 from processors import ModelCatalog, ToolRegistry
 from streams._access import Access
 from streams._deadletters import letter_for
-from streams._metrics import GaugeSource, Metrics, consumer_lag
+from streams._metrics import Metrics
 from streams._policies import Policies
 from streams._workflows import WorkflowBook, WorkflowFeed
 from streams.coordinator._approvals_index import ApprovalsIndex
 from streams.coordinator._assignor import CopartitionedAssignor
+from streams.coordinator._gauges import measure
 from streams.coordinator._handling import Handler
 from streams.coordinator._ledger import SpendLedger
 from streams.coordinator._loop import CoordinatorLoop, LoopSettings
@@ -133,7 +135,7 @@ class CoordinatorRuntime:
             on_request=self.notifier.notify if self.notifier else None,
             metrics=self.metrics,
         )
-        self._measure(self.metrics)
+        measure(self, self.metrics)
         self.spend: SpendFollower | None = None
         if self.ledger is not None:
             self.spend = SpendFollower(
@@ -173,64 +175,6 @@ class CoordinatorRuntime:
         if self.notifier is not None:
             await self.notifier.stop()
         await self.plain.stop()
-
-    def _measure(self, metrics: Metrics) -> None:
-        """Add the gauges read from this runtime when the metrics are scraped."""
-
-        def one(value: Callable[[], float]) -> GaugeSource:
-            return lambda: [((), value())]
-
-        def stores() -> list[PartitionStore]:
-            return [s for p, s in list(self.loop.stores.items()) if p in self.loop.ready]
-
-        metrics.gauge(
-            "baton_runs_in_flight",
-            "Runs in flight on the partitions this worker owns.",
-            (),
-            one(lambda: sum(s.in_flight for s in stores())),
-        )
-        metrics.gauge(
-            "baton_runs_finished_held",
-            "Finished runs this worker remembers (within the run retention).",
-            (),
-            one(lambda: sum(s.finished for s in stores())),
-        )
-        metrics.gauge(
-            "baton_run_state_bytes",
-            "Size of the stored records of the runs this worker holds (what a takeover reads).",
-            (),
-            one(lambda: sum(s.stored_bytes for s in stores())),
-        )
-        metrics.gauge(
-            "baton_partitions_owned",
-            "Partitions whose runs this worker's coordinator owns and serves.",
-            (),
-            one(lambda: len(self.loop.ready)),
-        )
-        metrics.gauge(
-            "baton_approvals_open",
-            "Approval requests open on the runs this worker owns.",
-            (),
-            one(lambda: len(self.index.requests)),
-        )
-        metrics.gauge(
-            "baton_approvals_oldest_age_seconds",
-            "Seconds the oldest open approval request has waited (0 with none open).",
-            (),
-            one(self._oldest_approval_age),
-        )
-
-        async def lag() -> list[tuple[str, int, int]]:
-            return await consumer_lag(self.loop.consumer, self.exactly_once)
-
-        metrics.lag_of("coordinator", lag)
-
-    def _oldest_approval_age(self) -> float:
-        requests = list(self.index.requests.values())
-        if not requests:
-            return 0.0
-        oldest = min(r.requested_at for r in requests)
-        return max(0.0, (self.clock() - oldest).total_seconds())
 
     # -- what the API reads ----------------------------------------------------------------
 
