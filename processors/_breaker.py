@@ -85,6 +85,19 @@ class Breakers:
         if probing or state.failures >= failures:
             state.opened_at = self.clock()
 
+    def states(self) -> dict[str, str]:
+        """Each endpoint's breaker state: ``closed``, ``open`` or ``half_open``.
+
+        ``open``: calls are refused (or, once the cooldown has passed, the next one is a
+        probe); ``half_open``: a probe call is under way.
+        """
+        return {
+            endpoint: "half_open"
+            if state.probing
+            else ("open" if state.opened_at is not None else "closed")
+            for endpoint, state in list(self._states.items())
+        }
+
     def is_open(self, endpoint: str) -> bool:
         """Whether calls to an endpoint are refused now (for metrics and tests)."""
         state = self._states.get(endpoint)

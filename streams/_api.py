@@ -17,6 +17,9 @@
   ``approvals.decided``; the run's coordinator weighs it.
 - ``GET /``, ``GET /static/{name}``: the approval inbox (``streams.web``), open.
 - ``GET /healthz``: liveness, and which partitions this worker owns (no run data), open.
+- ``GET /metrics``: the worker's Prometheus metrics, for a principal that acts for every
+  tenant (they hold every tenant's spend): 401 without a valid token, 403 for one of a
+  principal limited to some tenants.
 
 Every ``/v1/`` endpoint needs ``Authorization: Bearer <token>``, a principal's token from the
 access file (401 without one or with one nobody holds), and answers 403 for a run, workflow
@@ -51,7 +54,8 @@ from faust.web.exceptions import WebError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streams import web as inbox
-from streams._access import DEFAULT_TENANT, Identity
+from streams._access import ALL_TENANTS, DEFAULT_TENANT, Identity
+from streams._metrics import CONTENT_TYPE, Metrics
 from streams._peers import (
     FORWARDED_HEADER,
     SIGNATURE_HEADER,
@@ -709,10 +713,12 @@ def install_api(
     runtime: CoordinatorRuntime,
     http: httpx.AsyncClient,
     processing: Callable[[], list[str]] = list,
+    metrics: Metrics | None = None,
 ) -> None:
     """Add the API's pages and the approval inbox to the worker's Faust app.
 
-    ``processing`` names the step topics this worker's processors read (for ``/healthz``).
+    ``processing`` names the step topics this worker's processors read (for ``/healthz``);
+    ``metrics`` are served at ``/metrics`` (the runtime's, by default).
     """
     # Faust types ``app.web`` as its driver-neutral base; the worker runs the aiohttp driver.
     server: aioweb.Application = app.web.web_app  # type: ignore[attr-defined]
@@ -733,6 +739,22 @@ def install_api(
                 "written": runtime.written,
             }
         )
+
+    scraped = metrics if metrics is not None else runtime.metrics
+
+    @app.page("/metrics")
+    class MetricsPage(_View):
+        """The worker's Prometheus metrics."""
+
+        async def get(self, request: Any) -> Any:
+            caller = await api.identify(request)
+            if ALL_TENANTS not in caller.identity.tenants:
+                raise _Refused(
+                    403,
+                    f"{caller.identity.principal} may not read the metrics: they hold every "
+                    'tenant\'s figures, and it does not act for every tenant (tenants: "*")',
+                )
+            return self.bytes(await scraped.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
     @app.page("/v1/runs")
     class Runs(_View):

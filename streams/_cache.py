@@ -28,6 +28,7 @@ from aiokafka.errors import KafkaError
 
 from processors import MemoryResponseCache
 from streams._deadletters import letter_for, too_large
+from streams._metrics import Metrics
 from topics import (
     CacheEntry,
     Codec,
@@ -57,6 +58,7 @@ class KafkaResponseCache:
         clock: The current time.
         load_timeout_s: How long ``start`` waits to read the topic to its end before it lets
             the worker start anyway (the rest is read in the background).
+        metrics: The worker's metrics (dead letters written).
     """
 
     def __init__(
@@ -68,8 +70,10 @@ class KafkaResponseCache:
         ttl_s: float,
         clock: Callable[[], datetime] = _utcnow,
         load_timeout_s: float = 60.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.entries = MemoryResponseCache(ttl_s, clock)
+        self._metrics = metrics
         self._topic = catalog.llm_cache
         self._dead_letters = catalog.dead_letter
         self._bootstrap = bootstrap
@@ -246,6 +250,9 @@ class KafkaResponseCache:
             )
         except KafkaError as exc:
             log.warning("could not dead-letter a response cache record: %s", exc)
+            return
+        if self._metrics is not None:
+            self._metrics.dead_lettered(letter.error_class)
 
     def _delivered(self, delivery: asyncio.Future[object]) -> None:
         if delivery.cancelled():

@@ -35,6 +35,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from processors import Processor, execute
 from streams._deadletters import letter_for, too_large
+from streams._metrics import Metrics, consumer_lag
 from topics import (
     BATCH_BYTES,
     MAX_RECORD_BYTES,
@@ -78,6 +79,7 @@ class ProcessorService:
         commit_interval: Seconds between offset commits.
         stop_grace: Seconds the steps in flight get to finish when the worker stops.
         session_timeout: Seconds before a silent worker's partitions move.
+        metrics: The worker's metrics (step durations, dead letters, lag).
         clock: The time.
     """
 
@@ -94,9 +96,12 @@ class ProcessorService:
         commit_interval: float = 0.5,
         stop_grace: float = 10.0,
         session_timeout: float = 15.0,
+        metrics: Metrics | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.bootstrap = bootstrap
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics.lag_of("processors", self._lag)
         self.catalog = catalog
         self.codec = codec
         self.processors = dict(processors)
@@ -120,6 +125,11 @@ class ProcessorService:
         if self._task is None:
             return []
         return sorted({tp.topic for tp in self._consumer.assignment()})
+
+    async def _lag(self) -> list[tuple[str, int, int]]:
+        if self._task is None:
+            return []
+        return await consumer_lag(self._consumer, committed=True)
 
     async def start(self) -> None:
         """Join the group and start taking requests."""
@@ -235,6 +245,11 @@ class ProcessorService:
     ) -> None:
         try:
             result = await execute(processor, request, worker=self.worker, now=self.clock)
+            self.metrics.step_ran(
+                request.kind.value,
+                result.usage.route if result.usage is not None else None,
+                (result.finished_at - result.started_at).total_seconds(),
+            )
             await self._report(result)
             self.completed += 1
         except asyncio.CancelledError:
@@ -298,12 +313,18 @@ class ProcessorService:
     ) -> None:
         log.warning("dead-lettering %s@%d: %s", record.topic, record.offset, reason)
         letter = letter_for(record, error_class=error_class, reason=reason, at=self.clock())
-        await self._producer.send(
+        delivery = await self._producer.send(
             self.catalog.dead_letter.name,
             self.codec.encode(letter),
             key=record.key,
             partition=record.partition % self.catalog.partitions,
         )
+
+        def delivered(done: asyncio.Future[Any]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                self.metrics.dead_lettered(error_class)
+
+        delivery.add_done_callback(delivered)
 
 
 def _failed(result: StepResult, error_class: str, message: str, *, retryable: bool) -> StepResult:

@@ -25,6 +25,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from streams._deadletters import letter_for, too_large
+from streams._metrics import Metrics, consumer_lag
 from topics import Codec, DecodeError, StepRequested, TopicCatalog
 
 __all__ = ["RetryRelay"]
@@ -41,6 +42,7 @@ class RetryRelay(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         instance_id: Static group membership: a relay restarted under the same id takes its
             partitions back at once (otherwise delayed retries would wait out a session).
         session_timeout: Seconds before a silent relay's partitions move.
+        metrics: The worker's metrics (the relay adds the retries it holds, and its lag).
         clock: The time, in seconds since the epoch.
     """
 
@@ -51,6 +53,7 @@ class RetryRelay(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         *,
         instance_id: str | None = None,
         session_timeout: float = 15.0,
+        metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.bootstrap = bootstrap
@@ -63,6 +66,26 @@ class RetryRelay(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         self._tiers = {catalog.retry(t.name).name: t for t in catalog.retry_tiers}
         self._pending: dict[TopicPartition, deque[tuple[float, Any, StepRequested]]] = {}
         self._task: asyncio.Task[None] | None = None
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics.gauge(
+            "baton_retries_waiting",
+            "Delayed retries this worker's retry relay holds until they are due, by tier "
+            "(those not read yet are its consumer lag).",
+            ("tier",),
+            self._waiting,
+        )
+        self.metrics.lag_of("retry-relay", self._lag)
+
+    def _waiting(self) -> list[tuple[tuple[str, ...], float]]:
+        held = dict.fromkeys((t.name for t in self._tiers.values()), 0.0)
+        for tp, queue in list(self._pending.items()):
+            held[self._tiers[tp.topic].name] += len(queue)
+        return [((tier,), count) for tier, count in held.items()]
+
+    async def _lag(self) -> list[tuple[str, int, int]]:
+        if not hasattr(self, "_consumer"):
+            return []
+        return await consumer_lag(self._consumer, committed=True)
 
     async def start(self) -> None:
         """Join the relay's consumer group and start relaying."""
@@ -169,3 +192,4 @@ class RetryRelay(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
             key=record.key,
             partition=record.partition,
         )
+        self.metrics.dead_lettered(letter.error_class)

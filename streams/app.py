@@ -30,6 +30,7 @@ import httpx
 import mode
 
 from processors import (
+    Breakers,
     ModelCatalog,
     build_processors,
     cacheable,
@@ -41,6 +42,7 @@ from streams._access import load_access
 from streams._api import install_api
 from streams._cache import KafkaResponseCache
 from streams._config import Settings
+from streams._metrics import Metrics
 from streams._policies import load_policies
 from streams._processing import ProcessorService
 from streams._relay import RetryRelay
@@ -118,12 +120,14 @@ class Worker:
         runtime: The coordinator, if this worker runs one.
         processors: The step processors, if this worker runs any.
         book: The deployed workflows, kept current.
+        metrics: The worker's metrics (served at ``/metrics``).
     """
 
     app: faust.App
     runtime: CoordinatorRuntime | None
     processors: ProcessorService | None
     book: WorkflowBook
+    metrics: Metrics
     loglevel: str = "info"
 
     def run(self) -> None:
@@ -171,6 +175,7 @@ def build_worker(
     env = dict(os.environ if environ is None else environ)
     catalog: TopicCatalog = settings.catalog()
     codec = Codec()
+    metrics = Metrics()
     book = WorkflowBook()
     feed = WorkflowFeed(bootstrap, catalog, codec, book)
     http = httpx.AsyncClient()
@@ -219,6 +224,7 @@ def build_worker(
             webhook=settings.approval_webhook,
             models=models,
             tools=tools,
+            metrics=metrics,
         )
     processors = None
     cache = None
@@ -227,8 +233,11 @@ def build_worker(
         calls_models = {StepKind.llm, StepKind.agent} & set(chosen)
         # No cache (no consumer, no producer) when no route's calls could be cached.
         if settings.cache_ttl > 0 and calls_models and _any_cacheable(models):
-            cache = KafkaResponseCache(bootstrap, catalog, codec, ttl_s=settings.cache_ttl)
+            cache = KafkaResponseCache(
+                bootstrap, catalog, codec, ttl_s=settings.cache_ttl, metrics=metrics
+            )
         built = build_processors(models, http, env, tools, cache=cache)
+        _measure_breakers(metrics, built.values())
         processors = ProcessorService(
             bootstrap=bootstrap,
             catalog=catalog,
@@ -240,21 +249,47 @@ def build_worker(
             commit_interval=max(settings.commit_interval, 0.5),
             stop_grace=settings.stop_grace,
             session_timeout=settings.session_timeout,
+            metrics=metrics,
         )
     if runtime is not None:
-        install_api(app, runtime, http, processors.topics if processors else list)
+        install_api(app, runtime, http, processors.topics if processors else list, metrics)
     relay = (
         RetryRelay(
             bootstrap,
             catalog,
             instance_id=f"{settings.worker_id}-{settings.web_port}",
             session_timeout=settings.session_timeout,
+            metrics=metrics,
         )
         if coordinator
         else None
     )
     app.add_dependency(_Resources(feed, http, runtime, relay, processors, cache))
-    return Worker(app=app, runtime=runtime, processors=processors, book=book)
+    return Worker(app=app, runtime=runtime, processors=processors, book=book, metrics=metrics)
+
+
+def _measure_breakers(metrics: Metrics, processors: Iterable[object]) -> None:
+    """Add the state of the model processors' circuit breakers to the metrics."""
+    breakers = {
+        id(b): b for p in processors if isinstance(b := getattr(p, "breakers", None), Breakers)
+    }
+
+    def states() -> list[tuple[tuple[str, ...], float]]:
+        figures: list[tuple[tuple[str, ...], float]] = []
+        for one in breakers.values():
+            for endpoint, state in sorted(one.states().items()):
+                figures += [((endpoint, s), float(s == state)) for s in _BREAKER_STATES]
+        return figures
+
+    metrics.gauge(
+        "baton_circuit_breaker_state",
+        "Each provider endpoint's circuit breaker: 1 for the state it is in, 0 for the others.",
+        ("endpoint", "state"),
+        states,
+    )
+
+
+_BREAKER_STATES = ("closed", "open", "half_open")
 
 
 def _any_cacheable(models: ModelCatalog) -> bool:

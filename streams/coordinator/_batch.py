@@ -39,6 +39,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from streams._metrics import Tally
 from streams.coordinator._state import RunState
 from streams.coordinator._store import PartitionStore, summary_record
 from topics import (
@@ -102,6 +103,8 @@ class Batch:
         self.events: list[bytes] = []
         #: Approval requests sent (acted on once committed).
         self.approvals: list[ApprovalRequested] = []
+        #: What the batch did, for the metrics (counted once committed).
+        self.tally = Tally()
         #: Whether this commit also flushes the store to ``run-state``.
         self.flush = False
         #: Records and timers handled.

@@ -76,6 +76,8 @@ class _Effects:
     events: list[bytes] = field(default_factory=list)
     approvals: list[ApprovalRequested] = field(default_factory=list)
     dead_letter: str | None = None
+    #: The decision's events, for the batch's tally.
+    emitted: tuple[Any, ...] = ()
 
 
 class Handler:
@@ -191,16 +193,17 @@ class Handler:
                 run_id=run_id,
                 payload_type=type(inbound).__name__,
             )
-        await self._apply(batch, run_id, effects)
+        await self._apply(batch, run_id, inbound, effects)
 
     async def timer(self, batch: Batch, run_id: str) -> bool:
         """Look at a run whose wake-up is due; whether its state changed."""
         now = self.clock()
-        effects = await self._compute(batch, run_id, TimerFired(run_id=run_id, fired_at=now), now)
+        fired = TimerFired(run_id=run_id, fired_at=now)
+        effects = await self._compute(batch, run_id, fired, now)
         if isinstance(effects, Exception):
             log.error("timer of run %s failed %d times: %s", run_id, MAX_TRIES, effects)
             return False
-        await self._apply(batch, run_id, effects)
+        await self._apply(batch, run_id, fired, effects)
         return effects.state is not None
 
     # -- compute, then apply -------------------------------------------------------------------
@@ -243,7 +246,9 @@ class Handler:
 
     def _encode(self, decision: Decision) -> _Effects | None:
         """Encode what a decision emits and saves; ``None`` when a record would be too big."""
-        effects = _Effects(state=decision.state, dead_letter=decision.dead_letter)
+        effects = _Effects(
+            state=decision.state, dead_letter=decision.dead_letter, emitted=decision.emit
+        )
         if decision.state is not None:
             effects.body = decision.state.to_bytes()
             if len(effects.body) > MAX_RECORD_BYTES:
@@ -284,14 +289,16 @@ class Handler:
         assert run_id is not None, "everything the coordinator emits belongs to a run"
         return topic.name, run_id.encode(), value, partition_for(run_id, topic.partitions)
 
-    async def _apply(self, batch: Batch, run_id: str, effects: _Effects) -> None:
+    async def _apply(self, batch: Batch, run_id: str, inbound: Inbound, effects: _Effects) -> None:
         for topic, key, value, partition in effects.outputs:
             await batch.send(topic, key, value, partition)
         batch.events.extend(effects.events)
         batch.approvals.extend(effects.approvals)
-        if effects.state is not None:
-            batch.put(run_id, effects.state, effects.body)
-            self.wakeups.schedule(run_id, effects.state.next_wake())
+        state = effects.state
+        batch.tally.decision(effects.emitted, inbound, state.tenant if state else None)
+        if state is not None:
+            batch.put(run_id, state, effects.body)
+            self.wakeups.schedule(run_id, state.next_wake())
 
     def _context(self, now: datetime, workflow: Workflow | None) -> Context:
         return Context(
@@ -340,6 +347,7 @@ class Handler:
             self.codec.encode(letter),
             record.partition,
         )
+        batch.tally.add(("dead_letters", error_class))
 
     async def _workflow_for(self, state: RunState | None, event: Inbound) -> Workflow | None:
         if isinstance(event, TaskSubmitted) and state is None:

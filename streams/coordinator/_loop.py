@@ -36,6 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.errors import KafkaError
 
+from streams._metrics import Metrics
 from streams.coordinator._approvals_index import ApprovalsIndex
 from streams.coordinator._assignor import CopartitionedAssignor
 from streams.coordinator._batch import AtLeastOnceBatch, Batch, ExactlyOnceBatch
@@ -110,6 +111,7 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         worker_id: This worker's name (its static group membership).
         poison: Sends a record read outside a batch (restores) to the dead-letter topic.
         on_request: Told about each approval request once it is committed.
+        metrics: Counts what each batch did once it committed, and the commit's duration.
     """
 
     def __init__(
@@ -126,6 +128,7 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         worker_id: str,
         poison: Callable[[Any, str], Awaitable[None]],
         on_request: Callable[[ApprovalRequested], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.catalog = catalog
@@ -138,6 +141,7 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         self.worker_id = worker_id
         self._poison = poison
         self._on_request = on_request
+        self.metrics = metrics if metrics is not None else Metrics()
         self.group_id = f"{catalog.prefix}-coordinator"
         self.assignor = CopartitionedAssignor(url, catalog.partitions)
         #: The partitions whose runs are loaded and whose inputs are consumed.
@@ -528,11 +532,14 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         if batch.flush:
             batch.store.expire(time.time())
             batch.store.refresh(time.time())
+        started = time.monotonic()
         try:
             prepared = await batch.commit()
         except Exception:
             log.exception("commit on partition %d failed; its inputs will be read again", partition)
+            self.metrics.commit_failed()
             return False
+        self.metrics.committed(batch.tally, batch.handled, time.monotonic() - started)
         self.events_processed += batch.handled
         for run_id, _, state, _ in prepared.installs:
             self.approvals.update(run_id, state)

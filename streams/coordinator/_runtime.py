@@ -7,6 +7,7 @@
 - ``ApprovalsIndex`` (``_approvals_index``): the open approval requests, for the API.
 - ``ApprovalNotifier`` (``_notifier``): the optional approval webhook.
 - ``SpendFollower`` (``_spend``): the tenants' spend ledger, when a tenant has a ceiling.
+- ``measure`` (``_gauges``): what the runtime shows when the worker's metrics are scraped.
 
 See docs/decisions/0001 (why the coordinator has its own loop) and 0003 (how its state is
 kept: journal, snapshots, retention).
@@ -24,10 +25,12 @@ from aiokafka import AIOKafkaProducer
 from processors import ModelCatalog, ToolRegistry
 from streams._access import Access
 from streams._deadletters import letter_for
+from streams._metrics import Metrics
 from streams._policies import Policies
 from streams._workflows import WorkflowBook, WorkflowFeed
 from streams.coordinator._approvals_index import ApprovalsIndex
 from streams.coordinator._assignor import CopartitionedAssignor
+from streams.coordinator._gauges import measure
 from streams.coordinator._handling import Handler
 from streams.coordinator._ledger import SpendLedger
 from streams.coordinator._loop import CoordinatorLoop, LoopSettings
@@ -61,6 +64,7 @@ class CoordinatorRuntime:
         webhook: A URL told about each approval request.
         models: The model catalog.
         tools: The tool registry.
+        metrics: The worker's metrics (the runtime adds its own to them).
         clock: The time.
     """
 
@@ -81,9 +85,11 @@ class CoordinatorRuntime:
         webhook: str | None = None,
         models: ModelCatalog | None = None,
         tools: ToolRegistry | None = None,
+        metrics: Metrics | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.bootstrap = bootstrap
+        self.metrics = metrics if metrics is not None else Metrics()
         self.catalog = catalog
         self.codec = Codec()
         self.feed = feed
@@ -127,7 +133,9 @@ class CoordinatorRuntime:
             worker_id=worker_id,
             poison=self.dead_letter_record,
             on_request=self.notifier.notify if self.notifier else None,
+            metrics=self.metrics,
         )
+        measure(self, self.metrics)
         self.spend: SpendFollower | None = None
         if self.ledger is not None:
             self.spend = SpendFollower(
@@ -253,3 +261,4 @@ class CoordinatorRuntime:
             key=record.key,
             partition=record.partition % self.catalog.partitions,
         )
+        self.metrics.dead_lettered(letter.error_class)

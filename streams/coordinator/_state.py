@@ -176,6 +176,8 @@ class StepState(BaseModel):
             their results, turn by turn.
         waiting_on: The tool calls (step names) the agent's current turn waits for.
         calls_made: Tool calls the agent step has asked for in its whole life (names them).
+        not_before: A delayed retry: the attempt in flight waits in ``retry_tier`` until then.
+        retry_tier: The retry tier the attempt in flight waits in (a delayed retry).
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -206,6 +208,8 @@ class StepState(BaseModel):
     conversation: list[JsonValue] = Field(default_factory=list)
     waiting_on: list[str] = Field(default_factory=list)
     calls_made: int = 0
+    not_before: Timestamp | None = None
+    retry_tier: str | None = None
 
     @property
     def current_route(self) -> str | None:
@@ -235,6 +239,8 @@ class RunState(BaseModel):
         output: The run's output, once completed.
         started_at: When the run started.
         finished_at: When it ended.
+        paused_at: When the run last paused (``run_paused``): nothing of it runs, it waits
+            for people or retry tiers only; ``None`` while it runs.
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -256,6 +262,7 @@ class RunState(BaseModel):
     output: JsonValue = None
     started_at: Timestamp
     finished_at: Timestamp | None = None
+    paused_at: Timestamp | None = None
 
     @property
     def finished(self) -> bool:
@@ -263,10 +270,15 @@ class RunState(BaseModel):
         return self.status is not None
 
     def next_wake(self) -> datetime | None:
-        """The earliest time something is due: a step deadline or the run's wall-time cap."""
+        """The earliest time something is due: a step deadline or the run's wall-time cap.
+
+        A paused run is also due when a delayed retry leaves its tier (it resumes then).
+        """
         if self.finished:
             return None
         due = [s.deadline_at for s in self.steps.values() if s.phase == StepPhase.dispatched]
+        if self.paused_at is not None:
+            due += [s.not_before for s in self.steps.values() if s.phase == StepPhase.dispatched]
         for step in self.steps.values():
             if step.approval is not None:
                 due.append(step.approval.deadline)

@@ -164,6 +164,9 @@ class PartitionStore:
         self._snapshot_at: dict[str, float] = {}
         #: Stored records changed since the last flush to ``run-state``, by run.
         self.dirty: dict[str, bytes] = {}
+        # The size of each run in flight's stored record, and of every finished one's.
+        self._active_bytes: dict[str, int] = {}
+        self._finished_bytes = 0
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -216,6 +219,19 @@ class PartitionStore:
         """Finished runs remembered."""
         return len(self._finished)
 
+    @property
+    def stored_bytes(self) -> int:
+        """The size of the stored records of every run held (in flight and finished)."""
+        return self._finished_bytes + sum(self._active_bytes.values())
+
+    def _set_finished(self, run_id: str, finished: FinishedRun | None) -> None:
+        old = self._finished.pop(run_id, None)
+        if old is not None:
+            self._finished_bytes -= len(old.record)
+        if finished is not None:
+            self._finished[run_id] = finished
+            self._finished_bytes += len(finished.record)
+
     # -- writing -------------------------------------------------------------------------------
 
     def install(self, run_id: str, version: int, state: RunState, record: bytes) -> None:
@@ -231,15 +247,17 @@ class PartitionStore:
         self.dirty[run_id] = record
         if state.finished:
             self._active.pop(run_id, None)
-            self._finished[run_id] = FinishedRun(_epoch(state.finished_at), record)
+            self._active_bytes.pop(run_id, None)
+            self._set_finished(run_id, FinishedRun(_epoch(state.finished_at), record))
             self._recent[run_id] = state
             self._recent.move_to_end(run_id)
             while len(self._recent) > RECENT_FINISHED:
                 self._recent.popitem(last=False)
         else:
-            self._finished.pop(run_id, None)
+            self._set_finished(run_id, None)
             self._recent.pop(run_id, None)
             self._active[run_id] = state
+            self._active_bytes[run_id] = len(record)
 
     def load(self, run_id: str, record: bytes, *, written_at: float, journal: bool) -> bool:
         """Take a record a takeover read, unless the store has a newer version of the run.
@@ -265,12 +283,14 @@ class PartitionStore:
             self.dirty[run_id] = record
         if stored.finished:
             self._active.pop(run_id, None)
+            self._active_bytes.pop(run_id, None)
             self._snapshot_at.pop(run_id, None)
             ended = stored.wake_s if stored.wake_s is not None else datetime.now(UTC).timestamp()
-            self._finished[run_id] = FinishedRun(ended, record)
+            self._set_finished(run_id, FinishedRun(ended, record))
         else:
-            self._finished.pop(run_id, None)
+            self._set_finished(run_id, None)
             self._active[run_id] = stored
+            self._active_bytes[run_id] = len(record)
             if not journal:
                 self._snapshot_at[run_id] = written_at
         return True
@@ -287,7 +307,7 @@ class PartitionStore:
             run_id, finished = next(iter(self._finished.items()))
             if finished.finished_at >= horizon:
                 break
-            del self._finished[run_id]
+            self._set_finished(run_id, None)
             self._versions.pop(run_id, None)
             self._recent.pop(run_id, None)
             self.dirty.pop(run_id, None)

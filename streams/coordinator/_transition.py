@@ -87,6 +87,11 @@ class Transition:
 
     def __post_init__(self) -> None:
         self.steps = dict(self.old.steps)
+        paused_at = self.old.paused_at
+        if paused_at is not None and not self.old.finished and not _waits(self.steps, self.now):
+            # A delayed retry's time came before this event: the run went on then, whatever
+            # this event does to it (even end it).
+            self._resume(paused_at)
 
     @property
     def now(self) -> datetime:
@@ -146,9 +151,37 @@ class Transition:
         """The new state and the events, or nothing when nothing changed."""
         from streams.coordinator._decide import Decision
 
+        if "steps" in self.changes or self.get("paused_at") is not None:
+            self._pause_or_resume()
         if not self.changes and not self.emit:
             return Decision()
         return Decision(state=self.old.model_copy(update=self.changes), emit=tuple(self.emit))
+
+    def _pause_or_resume(self) -> None:
+        """Note when the run came to wait, or goes on.
+
+        ``run_paused`` when it came to wait for people or retry tiers only, ``run_resumed``
+        when something of it runs again; a paused run that ends just ends.
+        """
+        paused_at: datetime | None = self.get("paused_at")
+        if not self.running:
+            if paused_at is not None:
+                self.set(paused_at=None)
+            return
+        waits = _waits(self.steps, self.now)
+        if waits and paused_at is None:
+            self.note("run_paused", detail={"waiting_for": waits})
+            self.set(paused_at=self.now)
+        elif not waits and paused_at is not None:
+            self._resume(paused_at)
+
+    def _resume(self, paused_at: datetime) -> None:
+        self.note(
+            "run_resumed",
+            duration_ms=(self.now - paused_at).total_seconds() * 1000,
+            detail={"paused_at": paused_at.isoformat()},
+        )
+        self.set(paused_at=None)
 
     # -- run events ------------------------------------------------------------------------
 
@@ -319,6 +352,12 @@ class Transition:
             return
         step = self.steps[name]
         self.emit.append(request)
+        # Set only when it waits, or waited before: a field never set is not stored.
+        waits: dict[str, Any] = {}
+        if tier is not None:
+            waits = {"not_before": request.not_before, "retry_tier": tier.name}
+        elif step.not_before is not None:
+            waits = {"not_before": None, "retry_tier": None}
         self.set_step(
             name,
             phase=StepPhase.dispatched,
@@ -328,6 +367,7 @@ class Transition:
             deadline_at=request.deadline_at,
             route=step.current_route,
             estimate=estimate,
+            **waits,
         )
         self.set(dispatches=dispatches + 1)
         detail: dict[str, JsonValue] = {"kind": self.spec(name).kind}
@@ -472,6 +512,40 @@ class Transition:
                 finished_at=self.now,
             )
         )
+
+
+def _waits(steps: dict[str, StepState], now: datetime) -> list[JsonValue]:
+    """What a run waits for, when it waits only for people and retry tiers; else empty.
+
+    Empty too when anything of the run is under way: an attempt running (or its result on
+    the way), or a model call's reservation awaiting the spend ledger's verdict.
+    """
+    waits: list[JsonValue] = []
+    for name, step in steps.items():
+        if step.approval is not None:
+            waits.append(
+                {
+                    "reason": "approval",
+                    "step": name,
+                    "approval_id": step.approval.approval_id,
+                    "until": step.approval.deadline.isoformat(),
+                }
+            )
+        elif step.phase == StepPhase.dispatched:
+            if step.not_before is not None and step.not_before > now:
+                waits.append(
+                    {
+                        "reason": "retry",
+                        "step": name,
+                        "retry_tier": step.retry_tier,
+                        "until": step.not_before.isoformat(),
+                    }
+                )
+            elif not step.waiting_on:
+                return []
+        elif step.phase == StepPhase.pending and step.reservation is not None:
+            return []
+    return waits
 
 
 def text_of(value: JsonValue) -> str:

@@ -130,7 +130,8 @@ def test_an_approval_step_asks_and_parks_the_run() -> None:
         "input": {"amount": 120},
         "steps": {"draft": {"output": "refund 120", "status": "succeeded"}},
     }
-    assert [e.type for e in run.last.emit if isinstance(e, RunEvent)][-1] == "approval_requested"
+    noted = [e.type for e in run.last.emit if isinstance(e, RunEvent)]
+    assert noted[-2:] == ["approval_requested", "run_paused"]
     assert not [e for e in run.last.emit if isinstance(e, StepRequested)]
     assert run.state is not None and run.state.next_wake() == T0 + timedelta(hours=1)
 

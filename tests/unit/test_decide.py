@@ -313,7 +313,8 @@ def test_a_step_whose_result_never_comes_is_dispatched_again_then_fails() -> Non
 
     late = T0 + timedelta(seconds=31)
     decision = run.send(TimerFired(run_id="r1", fired_at=late), at=late)
-    assert run.types(decision) == ["step_timed_out", "step_dispatched"]
+    # The next attempt waits in a retry tier, and nothing else of the run runs: it pauses.
+    assert run.types(decision) == ["step_timed_out", "step_dispatched", "run_paused"]
     second = run.request("c")
     assert second.attempt == 2 and second.idempotency_key == first.idempotency_key
     # A timeout is retried after a backoff: 5 s, the shortest retry tier, plus up to 10%.
@@ -377,7 +378,7 @@ def test_a_retryable_failure_is_tried_again_and_a_permanent_one_fails_the_run() 
     run.send(task())
     a1 = run.request("a")
     decision = run.send(failed(a1, "ProviderUnavailable", "503", retryable=True))
-    assert run.types(decision) == ["step_failed", "step_dispatched"]
+    assert run.types(decision) == ["step_failed", "step_dispatched", "run_paused"]
     a2 = run.request("a")
     assert a2.attempt == 2
     run.send(failed(a2, "ProviderRejected", "400 bad request", retryable=False))

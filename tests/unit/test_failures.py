@@ -126,7 +126,8 @@ def test_retryable_errors_wait_in_a_tier_then_the_route_falls_back() -> None:
     assert second.params["route"] == "fast"  # type: ignore[index]
     # attempts: 2 per route: the second failure moves to the fallback, at once.
     decision = run.send(error(second, "ProviderTimeout", retryable=True))
-    assert run.types(decision) == ["step_failed", "step_fallback", "step_dispatched"]
+    # (The retry ran: the run, paused while it waited in its tier, goes on.)
+    assert run.types(decision) == ["step_failed", "step_fallback", "step_dispatched", "run_resumed"]
     third = run.request("ask")
     assert third.params["route"] == "backup" and third.retry_tier is None  # type: ignore[index]
     assert third.idempotency_key == first.idempotency_key
