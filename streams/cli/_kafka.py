@@ -1,7 +1,8 @@
-"""``baton kafka fetch|up|down|status|logs``: the local development broker.
+"""``baton kafka fetch|up|down|status|logs|stop-node|start-node``: the local development broker.
 
 A real Apache Kafka (KRaft, from Maven Central jars) runs detached under baton's home; other
-baton commands find it on their own through the state file ``up`` writes.
+baton commands find it on their own through the state file ``up`` writes. ``stop-node`` and
+``start-node`` take one node of a three-node cluster down and back, for fault drills.
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ from streams.localkafka import (
     read_state,
     running_broker,
     start_broker,
+    start_node,
     stop_broker,
+    stop_node,
 )
 from streams.localkafka import broker_logs as find_broker_logs
+from topics import ConfigurationError
 
 __all__ = ["kafka"]
 
@@ -112,6 +116,48 @@ def down() -> None:
         say(f"Kafka stopped (was at {stopped.bootstrap}, pid {_pids(stopped.pids)}).")
 
 
+@kafka.command("stop-node")
+@click.argument("node_id", metavar="NODE", type=click.IntRange(min=1))
+@click.option("--kill", is_flag=True, help="SIGKILL it (a crash) instead of a controlled shutdown.")
+def stop_node_command(node_id: int, kill: bool) -> None:
+    """Stop one node of the local cluster (1, 2 or 3); the others keep serving."""
+    home = settings().home
+    try:
+        with console.status(f"{'Killing' if kill else 'Stopping'} Kafka node {node_id}..."):
+            was_running = stop_node(home, node_id, kill=kill)
+    except ConfigurationError as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        sys.exit(1)
+    if not was_running:
+        say(f"Kafka node {node_id} is not running.")
+    else:
+        say(
+            f"Kafka node {node_id} {'killed' if kill else 'stopped'}; start it again with "
+            f"`baton kafka start-node {node_id}`."
+        )
+
+
+@kafka.command("start-node")
+@click.argument("node_id", metavar="NODE", type=click.IntRange(min=1))
+def start_node_command(node_id: int) -> None:
+    """Start a stopped node of the local cluster again, with its data and ports."""
+    config = settings()
+    try:
+        with console.status(f"Starting Kafka node {node_id}..."):
+            state = start_node(config.home, node_id, heap=config.kafka_heap)
+    except ConfigurationError as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        sys.exit(1)
+    except KafkaStartError as exc:
+        err_console.print(f"[bold red]error:[/] Kafka node {node_id} did not start.")
+        err_console.print(escape(str(exc)), highlight=False, soft_wrap=True)
+        sys.exit(1)
+    if state is None:
+        say(f"Kafka node {node_id} is already running.")
+    else:
+        say(f"Kafka node {node_id} is up again (pid {state.pids[node_id - 1]}).")
+
+
 @kafka.command("status")
 def status() -> None:
     """Say whether the local broker runs, where, and for how long."""
@@ -135,6 +181,9 @@ def status() -> None:
     table = Table(show_header=False, box=None, padding=(0, 2, 0, 0))
     table.add_row("status", "[green]running[/]")
     table.add_row("pid", _pids(state.live_pids()))
+    stopped = [str(n) for n, pid in enumerate(state.pids, 1) if pid not in state.live_pids()]
+    if stopped:
+        table.add_row("stopped", f"[yellow]node {', '.join(stopped)}[/]")
     table.add_row("bootstrap", state.bootstrap)
     table.add_row("version", state.version)
     table.add_row("brokers", seen)

@@ -161,6 +161,8 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         self._turn: dict[int, int] = {}
         self._last_flush: dict[int, float] = {}
         self._suspended: set[int] = set()
+        #: The group generation of the last assignment, to notice the ones this worker missed.
+        self._generation: int | None = None
         self._restoring: set[int] = set()
         self._restore_queue: asyncio.Queue[int] = asyncio.Queue()
         self._lock = asyncio.Lock()
@@ -246,10 +248,24 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
             self._suspended = partitions
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        """Keep what stays ours; release what left; restore what is new."""
+        """Keep what stays ours; release what left; restore what is new.
+
+        After generations this worker was not part of (it froze past its session timeout,
+        or lost the group), nothing is kept: another member may have owned its partitions
+        meanwhile, fencing their producers and moving their runs on.
+        """
         now_ours = {tp.partition for tp in assigned}
-        for partition in self._suspended - now_ours:
+        generation = self.consumer._coordinator.generation  # aiokafka has no public accessor
+        missed = self._generation is not None and generation != self._generation + 1
+        self._generation = generation
+        for partition in self._suspended - now_ours if not missed else self._suspended:
             await self._release(partition)
+        if missed:
+            log.warning(
+                "coordinator rejoined at generation %d after missing some: taking every "
+                "partition over afresh",
+                generation,
+            )
         self._suspended = set()
         new = now_ours - self.ready - self._restoring
         if new:
@@ -409,6 +425,8 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         for partition, items in by_partition.items():
             batch = await self._batch(partition)
             if batch is None:
+                for tp in {tp for tp, _ in items}:  # read again, or a later commit skips them
+                    self.consumer.seek(tp, min(r.offset for t, r in items if t == tp))
                 continue
             for tp, record in items:
                 await self.handler.record(batch, record)
@@ -471,7 +489,7 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
             )
         try:
             await batch.begin()
-        except KafkaError:
+        except Exception:  # a KafkaError, or aiokafka's assertion on a fenced producer
             log.exception("cannot begin a batch on partition %d", partition)
             return None
         if committing is not None:

@@ -13,6 +13,8 @@ on 127.0.0.1::
 
 ``baton kafka up`` runs the same broker detached under baton's home and records it in a
 state file; ``resolve_bootstrap`` finds it (or ``BATON_BOOTSTRAP``) for every other command.
+``stop_node`` and ``start_node`` (``baton kafka stop-node|start-node``) take one node of that
+cluster down and bring it back, for fault drills.
 
 Errors: a missing ``java``/``mvn`` or a bad heap size is a ``ConfigurationError``;
 a broker that cannot be fetched, formatted or started raises ``KafkaStartError`` with the end
@@ -20,7 +22,13 @@ of its log in the message.
 """
 
 from streams.localkafka._cluster import DEFAULT_KAFKA_VERSION, LocalKafka, LocalKafkaCluster
-from streams.localkafka._detached import broker_logs, start_broker, stop_broker
+from streams.localkafka._detached import (
+    broker_logs,
+    start_broker,
+    start_node,
+    stop_broker,
+    stop_node,
+)
 from streams.localkafka._errors import KafkaStartError
 from streams.localkafka._jars import cached_jars, default_cache_dir, fetch_jars
 from streams.localkafka._metadata import live_brokers
@@ -58,6 +66,8 @@ __all__ = [
     "running_broker",
     "server_properties",
     "start_broker",
+    "start_node",
     "stop_broker",
+    "stop_node",
     "write_state",
 ]

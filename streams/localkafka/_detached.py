@@ -6,6 +6,7 @@ run in their own session, so they outlive the command that started them.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,9 +14,10 @@ from pathlib import Path
 from streams.localkafka._cluster import DEFAULT_KAFKA_VERSION, LocalKafkaCluster
 from streams.localkafka._errors import KafkaStartError
 from streams.localkafka._filelock import file_lock
-from streams.localkafka._node import DEFAULT_START_TIMEOUT
+from streams.localkafka._jars import fetch_jars
+from streams.localkafka._node import DEFAULT_START_TIMEOUT, BrokerNode
 from streams.localkafka._ports import free_ports, port_is_free
-from streams.localkafka._process import BrokerProcess, stop_processes
+from streams.localkafka._process import BrokerProcess, is_kafka_process, stop_processes
 from streams.localkafka._state import (
     BrokerState,
     clear_state,
@@ -26,7 +28,7 @@ from streams.localkafka._state import (
 )
 from topics import ConfigurationError
 
-__all__ = ["broker_logs", "start_broker", "stop_broker"]
+__all__ = ["broker_logs", "start_broker", "start_node", "stop_broker", "stop_node"]
 
 # The ports every Kafka tool assumes when nothing else is said.
 _PREFERRED_PORTS = (9092, 9093)
@@ -115,6 +117,82 @@ def stop_broker(home: Path, timeout: float = 20.0) -> BrokerState | None:
         stop_processes([BrokerProcess(pid) for pid in live], timeout)
         clear_state(home)
         return state if live else None
+
+
+def stop_node(home: Path, node_id: int, *, kill: bool = False, timeout: float = 20.0) -> bool:
+    """Stop one node of the development cluster under ``home``; the others keep serving.
+
+    For fault drills: with three nodes the cluster goes on without it, and
+    :func:`start_node` brings it back with its data.
+
+    Args:
+        home: baton's home directory.
+        node_id: The node (1 to the cluster's size).
+        kill: SIGKILL it (a crash: nothing flushed, no leadership handed over) instead of a
+            controlled shutdown.
+        timeout: Seconds a controlled shutdown may take before the node is killed.
+
+    Returns:
+        Whether the node was running.
+
+    Raises:
+        ConfigurationError: No development broker runs, or it has no such node.
+    """
+    with file_lock(kafka_home(home) / ".lock"):
+        state = _recorded(home, node_id)
+        process = BrokerProcess(state.pids[node_id - 1])
+        if not is_kafka_process(process.pid):
+            return False
+        if kill:
+            process.kill()
+        else:
+            stop_processes([process], timeout)
+        return True
+
+
+def start_node(
+    home: Path,
+    node_id: int,
+    *,
+    start_timeout: float = DEFAULT_START_TIMEOUT,
+    heap: str | None = None,
+) -> BrokerState | None:
+    """Start a stopped node of the development cluster again, on its ports and its data.
+
+    Returns:
+        The state with the node's new pid, or ``None`` if the node was running already.
+
+    Raises:
+        ConfigurationError: No development broker runs, or it has no such node.
+        KafkaStartError: The node did not start (the message holds its log tail).
+    """
+    with file_lock(kafka_home(home) / ".lock"):
+        state = _recorded(home, node_id)
+        if is_kafka_process(state.pids[node_id - 1]):
+            return None
+        node = BrokerNode(
+            state.data_dirs[node_id - 1].parent, node_id, heap=heap, start_timeout=start_timeout
+        )
+        node.reuse_configuration(fetch_jars(state.version))
+        node.start()
+        assert node.pid is not None, "a node that started has a pid"
+        pids = tuple(node.pid if i == node_id - 1 else p for i, p in enumerate(state.pids))
+        state = dataclasses.replace(state, pids=pids)
+        write_state(home, state)
+        return state
+
+
+def _recorded(home: Path, node_id: int) -> BrokerState:
+    """The recorded development broker, if it has ``node_id`` and some node still runs."""
+    state = read_state(home)
+    if state is None or not state.live_pids():
+        raise ConfigurationError("Kafka is not running: start it with `baton kafka up`")
+    if not 1 <= node_id <= len(state.pids):
+        raise ConfigurationError(
+            f"there is no node {node_id}: the local cluster has "
+            f"{len(state.pids)} node{'s' if len(state.pids) > 1 else ''}"
+        )
+    return state
 
 
 def broker_logs(home: Path) -> list[Path]:

@@ -15,7 +15,12 @@ from streams.localkafka._jars import require_tool
 from streams.localkafka._metadata import live_brokers
 from streams.localkafka._ports import port_accepts
 from streams.localkafka._process import BrokerProcess, stop_processes
-from streams.localkafka._properties import NodeSpec, read_cluster_id, render_properties
+from streams.localkafka._properties import (
+    NodeSpec,
+    read_cluster_id,
+    read_node_spec,
+    render_properties,
+)
 from topics import ConfigurationError
 
 __all__ = [
@@ -138,6 +143,29 @@ class BrokerNode:
         self.properties_path.write_text(render_properties(properties), encoding="utf-8")
         log4j = resources.files("streams.localkafka").joinpath("log4j.properties")
         (self.directory / "log4j.properties").write_bytes(log4j.read_bytes())
+
+    def reuse_configuration(self, libs: Path) -> None:
+        """Take the node's listeners from the ``server.properties`` already in its directory.
+
+        For starting one node of a cluster that another process configured and launched
+        (``baton kafka start-node``); the file is left as it is.
+
+        Raises:
+            KafkaStartError: The directory holds no readable ``server.properties``.
+        """
+        try:
+            spec = read_node_spec(self.properties_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise KafkaStartError(
+                f"Kafka node {self.node_id} has no usable configuration in {self.directory}: {exc}"
+            ) from exc
+        if spec.node_id != self.node_id:
+            raise KafkaStartError(
+                f"{self.properties_path} is the configuration of node {spec.node_id}, "
+                f"not {self.node_id}"
+            )
+        self._spec = spec
+        self._libs = libs
 
     def format(self, cluster_id: str) -> None:
         """Format the data directory for ``cluster_id`` unless it is formatted already.

@@ -15,6 +15,7 @@ __all__ = [
     "NodeSpec",
     "new_cluster_id",
     "read_cluster_id",
+    "read_node_spec",
     "render_properties",
     "server_properties",
 ]
@@ -105,6 +106,33 @@ def render_properties(properties: Mapping[str, str]) -> str:
 def _escape(value: str) -> str:
     escaped = value.replace("\\", "\\\\")
     return "\\" + escaped if escaped[:1] in (" ", "\t") else escaped
+
+
+def read_node_spec(text: str) -> NodeSpec:
+    """The listeners of a node, read back from the ``server.properties`` it was started with.
+
+    ``baton kafka start-node`` starts one node of a detached cluster again from its own
+    directory, where nothing but this file remembers the node's controller port.
+
+    Raises:
+        ValueError: The text has no ``node.id`` or no ``PLAINTEXT`` and ``CONTROLLER``
+            listeners.
+    """
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not key.startswith("#"):
+            values[key.strip()] = value.strip()
+    listeners: dict[str, tuple[str, int]] = {}
+    for listener in values.get("listeners", "").split(","):
+        name, sep, address = listener.partition("://")
+        host, _, port = address.rpartition(":")
+        if sep and port.isdigit():
+            listeners[name.strip()] = (host, int(port))
+    if not values.get("node.id", "").isdigit() or {"PLAINTEXT", "CONTROLLER"} - set(listeners):
+        raise ValueError("not the server.properties of a local Kafka node")
+    host, broker_port = listeners["PLAINTEXT"]
+    return NodeSpec(int(values["node.id"]), broker_port, listeners["CONTROLLER"][1], host)
 
 
 def new_cluster_id() -> str:

@@ -35,7 +35,7 @@ from streams.localkafka import (
     server_properties,
     write_state,
 )
-from streams.localkafka._properties import read_cluster_id, render_properties
+from streams.localkafka._properties import read_cluster_id, read_node_spec, render_properties
 from topics import ConfigurationError
 
 ONE = (NodeSpec(1, 9092, 9093),)
@@ -110,6 +110,21 @@ def test_overrides_replace_and_add(tmp_path: Path) -> None:
 def test_rendered_properties_read_back(tmp_path: Path) -> None:
     props = server_properties(ONE[0], ONE, Path("C:\\odd dir") / "data")
     assert parse_properties(render_properties(props)) == props
+
+
+def test_a_node_spec_reads_back_from_its_rendered_properties(tmp_path: Path) -> None:
+    for node in THREE:
+        text = render_properties(server_properties(node, THREE, tmp_path / "data"))
+        assert read_node_spec(text) == node
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "node.id=1\n", "node.id=1\nlisteners=PLAINTEXT://127.0.0.1:9092\n", "listeners=x\n"],
+)
+def test_a_file_that_is_no_node_configuration_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="not the server.properties"):
+        read_node_spec(text)
 
 
 # --- cluster id --------------------------------------------------------------------------------
@@ -402,7 +417,9 @@ def test_public_surface() -> None:
         "running_broker",
         "server_properties",
         "start_broker",
+        "start_node",
         "stop_broker",
+        "stop_node",
         "write_state",
     ]
     assert all(hasattr(streams.localkafka, name) for name in streams.localkafka.__all__)
