@@ -8,9 +8,11 @@ they are skipped, saying so.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from playwright.async_api import Browser, async_playwright
 
 _HERE = Path(__file__).parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -35,3 +37,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                     "(apt-get install -y chromium) to run the browser tests"
                 )
             )
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Chromium: Debian's, never a browser Playwright downloads."""
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            yield launched
+        finally:
+            await launched.close()

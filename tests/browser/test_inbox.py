@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from decimal import Decimal
 
 import pytest
-from playwright.async_api import Browser, Locator, Page, async_playwright, expect
+from playwright.async_api import Browser, Locator, Page, expect
 
-from tests.browser.conftest import CHROMIUM
 from tests.fakes.openai_server import ChatAnswer, FakeOpenAIServer
 from tests.integration.approvals import (
     TOKENS,
@@ -26,10 +25,10 @@ from tests.integration.approvals import (
     events_of,
     new_run,
     result_of,
+    serving_worker,
     submit,
-    wait_serving,
 )
-from tests.integration.workers import Cluster, WorkerProcess, Workers
+from tests.integration.workers import Cluster, WorkerProcess
 from topics import RunStatus
 
 #: How long the page may take to show what the worker knows (it polls every two seconds).
@@ -84,22 +83,8 @@ def cluster(
 
 @pytest.fixture(scope="module")
 def worker(cluster: Cluster) -> Iterator[WorkerProcess]:
-    workers = Workers(cluster)
-    started = workers.start("w1")
-    wait_serving(started, cluster.partitions)
-    yield started
-    workers.stop_all()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        # Debian's chromium, never a browser Playwright downloads.
-        launched = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    with serving_worker(cluster) as started:
+        yield started
 
 
 async def inbox(browser: Browser, worker: WorkerProcess) -> Page:

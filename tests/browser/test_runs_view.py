@@ -8,22 +8,21 @@ inbox card they open the card's run. A principal of another tenant finds none of
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
-from playwright.async_api import Browser, Locator, Page, Route, async_playwright, expect
+from playwright.async_api import Browser, Locator, Page, Route, expect
 
-from tests.browser.conftest import CHROMIUM
 from tests.integration.approvals import (
     TOKENS,
     Reviewers,
     approvals_cluster,
     new_run,
     result_of,
+    serving_worker,
     submit,
-    wait_serving,
 )
-from tests.integration.workers import Cluster, WorkerProcess, Workers
+from tests.integration.workers import Cluster, WorkerProcess
 from topics import RunStatus
 
 #: How long the page may take to show what the workers know (it polls every two seconds).
@@ -38,21 +37,8 @@ def cluster(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> C
 
 @pytest.fixture(scope="module")
 def worker(cluster: Cluster) -> Iterator[WorkerProcess]:
-    workers = Workers(cluster)
-    started = workers.start("w1")
-    wait_serving(started, cluster.partitions)
-    yield started
-    workers.stop_all()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    with serving_worker(cluster) as started:
+        yield started
 
 
 async def signed_in(

@@ -13,7 +13,8 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,14 @@ import httpx
 from aiokafka import AIOKafkaProducer
 
 from streams._client import BatonClient
-from tests.integration.workers import Cluster, WorkerProcess, all_results, has, poll_run_events
+from tests.integration.workers import (
+    Cluster,
+    WorkerProcess,
+    Workers,
+    all_results,
+    has,
+    poll_run_events,
+)
 from topics import (
     ApprovalDecision,
     Codec,
@@ -236,6 +244,18 @@ def wait_serving(worker: WorkerProcess, partitions: int, timeout: float = 60.0) 
             return
         time.sleep(0.2)
     raise AssertionError(f"not serving {partitions} partitions:\n{worker.log_tail()}")
+
+
+@contextmanager
+def serving_worker(cluster: Cluster) -> Iterator[WorkerProcess]:
+    """One worker (``w1``) of the cluster, serving every partition; stopped afterwards."""
+    workers = Workers(cluster)
+    started = workers.start("w1")
+    try:
+        wait_serving(started, cluster.partitions)
+        yield started
+    finally:
+        workers.stop_all()
 
 
 def auth(user: str) -> dict[str, str]:

@@ -28,12 +28,12 @@ from tests.integration.approvals import (
     new_run,
     publish,
     result_of,
+    serving_worker,
     signed,
     submit,
     until,
-    wait_serving,
 )
-from tests.integration.workers import Cluster, WorkerProcess, Workers, decoded
+from tests.integration.workers import Cluster, WorkerProcess, decoded
 from topics import (
     ApprovalDecision,
     ControlAction,
@@ -52,11 +52,8 @@ def cluster(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> C
 
 @pytest.fixture(scope="module")
 def worker(cluster: Cluster) -> Iterator[WorkerProcess]:
-    workers = Workers(cluster)
-    started = workers.start("w1")
-    wait_serving(started, cluster.partitions)
-    yield started
-    workers.stop_all()
+    with serving_worker(cluster) as started:
+        yield started
 
 
 @pytest.fixture

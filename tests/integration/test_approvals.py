@@ -29,10 +29,10 @@ from tests.integration.approvals import (
     new_run,
     publish,
     result_of,
+    serving_worker,
     signed,
     submit,
     until,
-    wait_serving,
 )
 from tests.integration.workers import Cluster, WorkerProcess, Workers, decoded
 from topics import ApprovalDecision, ApprovalVerdict, DeadLetter, RunEvent, RunStatus, partition_for
@@ -82,11 +82,8 @@ def cluster(
 
 @pytest.fixture(scope="module")
 def worker(cluster: Cluster) -> Iterator[WorkerProcess]:
-    workers = Workers(cluster)
-    started = workers.start("w1")
-    wait_serving(started, cluster.partitions)
-    yield started
-    workers.stop_all()
+    with serving_worker(cluster) as started:
+        yield started
 
 
 @pytest.fixture
