@@ -176,9 +176,9 @@ class WorkerProcess(ManagedProcess):
 
     ``settings`` are more ``BATON_*`` variables for it (``BATON_CACHE_TTL``, ...);
     ``processors`` is its ``--processors`` option (all kinds when ``None``), ``coordinator``
-    off adds ``--no-coordinator`` (no HTTP API then); ``web_port`` a port to reuse (a
-    restarted worker keeps its port: with its worker id it names the worker's static group
-    membership).
+    off adds ``--no-coordinator`` (only ``/healthz`` and ``/metrics`` then); ``web_port`` a
+    port to reuse (a restarted worker keeps its port: with its worker id it names the worker's
+    static group membership).
     """
 
     def __init__(

@@ -54,7 +54,7 @@ from faust.web.exceptions import WebError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streams import web as inbox
-from streams._access import ALL_TENANTS, DEFAULT_TENANT, Identity
+from streams._access import ALL_TENANTS, DEFAULT_TENANT, Access, Identity
 from streams._metrics import CONTENT_TYPE, Metrics
 from streams._peers import (
     FORWARDED_HEADER,
@@ -76,7 +76,7 @@ from topics import (
     sign_decision,
 )
 
-__all__ = ["approval_view", "install_api", "run_view"]
+__all__ = ["approval_view", "install_api", "install_processor_api", "run_view"]
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +188,43 @@ def _not_for(identity: Identity, tenant: str) -> _Refused:
     return _Refused(403, f"{identity.principal} may not act for tenant {tenant!r}")
 
 
+def _bearer(access: Access, request: Any) -> Identity:
+    """The principal whose bearer token a request carries.
+
+    Raises:
+        _Refused: 401, without a token or with one nobody holds.
+    """
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _Refused(
+            401,
+            "authentication needed: send Authorization: Bearer <token>",
+            {"WWW-Authenticate": 'Bearer realm="baton"'},
+        )
+    identity = access.authenticate(token.strip())
+    if identity is None:
+        raise _Refused(
+            401,
+            "the bearer token is not valid",
+            {"WWW-Authenticate": 'Bearer realm="baton", error="invalid_token"'},
+        )
+    return identity
+
+
+def _metrics_reader(identity: Identity) -> None:
+    """Metrics hold every tenant's figures: only a principal acting for every tenant reads them.
+
+    Raises:
+        _Refused: 403 for a principal limited to some tenants.
+    """
+    if ALL_TENANTS not in identity.tenants:
+        raise _Refused(
+            403,
+            f"{identity.principal} may not read the metrics: they hold every "
+            'tenant\'s figures, and it does not act for every tenant (tenants: "*")',
+        )
+
+
 class _Endpoints:
     """What the ``/v1/`` endpoints do, apart from the HTTP plumbing.
 
@@ -234,21 +271,7 @@ class _Endpoints:
             if identity is None:
                 raise _Refused(401, f"a worker call for {caller}, whom this worker does not know")
             return _Caller(identity, via=request.headers.get(FORWARDED_HEADER) or "a worker")
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise _Refused(
-                401,
-                "authentication needed: send Authorization: Bearer <token>",
-                {"WWW-Authenticate": 'Bearer realm="baton"'},
-            )
-        identity = access.authenticate(token.strip())
-        if identity is None:
-            raise _Refused(
-                401,
-                "the bearer token is not valid",
-                {"WWW-Authenticate": 'Bearer realm="baton", error="invalid_token"'},
-            )
-        return _Caller(identity)
+        return _Caller(_bearer(access, request))
 
     # -- tasks and runs ------------------------------------------------------------------------
 
@@ -748,12 +771,7 @@ def install_api(
 
         async def get(self, request: Any) -> Any:
             caller = await api.identify(request)
-            if ALL_TENANTS not in caller.identity.tenants:
-                raise _Refused(
-                    403,
-                    f"{caller.identity.principal} may not read the metrics: they hold every "
-                    'tenant\'s figures, and it does not act for every tenant (tenants: "*")',
-                )
+            _metrics_reader(caller.identity)
             return self.bytes(await scraped.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
     @app.page("/v1/runs")
@@ -863,3 +881,27 @@ def install_api(
             return web.json({"error": f"no file {name!r}"}, status=404)
         content, content_type = assets[name]
         return web.bytes(content, headers={"Content-Type": content_type, **_PAGE_HEADERS})
+
+
+def install_processor_api(
+    app: faust.App, access: Access, processing: Callable[[], list[str]], metrics: Metrics
+) -> None:
+    """The pages of a worker that runs processors only (``--no-coordinator``).
+
+    ``GET /healthz`` (open: which step topics it reads) and ``GET /metrics`` (its processors'
+    and cache's metrics, for a principal that acts for every tenant, as on a coordinator).
+    """
+    server: aioweb.Application = app.web.web_app  # type: ignore[attr-defined]
+    server.middlewares.append(_json_errors)
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json({"ok": True, "processing": processing()})
+
+    @app.page("/metrics")
+    class MetricsPage(_View):
+        """The worker's Prometheus metrics."""
+
+        async def get(self, request: Any) -> Any:
+            _metrics_reader(_bearer(access, request))
+            return self.bytes(await metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})

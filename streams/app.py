@@ -39,7 +39,7 @@ from processors import (
 )
 from streams import _faust_fixes
 from streams._access import load_access
-from streams._api import install_api
+from streams._api import install_api, install_processor_api
 from streams._cache import KafkaResponseCache
 from streams._config import Settings
 from streams._metrics import Metrics
@@ -188,7 +188,7 @@ def build_worker(
         datadir=str(datadir),
         store="memory://",
         autodiscover=False,
-        web_enabled=coordinator,
+        web_enabled=True,  # a processors-only worker serves /healthz and /metrics
         web_bind=settings.web_host,
         web_port=settings.web_port,
         canonical_url=url,
@@ -253,6 +253,10 @@ def build_worker(
         )
     if runtime is not None:
         install_api(app, runtime, http, processors.topics if processors else list, metrics)
+    elif processors is not None:
+        install_processor_api(
+            app, load_access(settings.access_file, env), processors.topics, metrics
+        )
     relay = (
         RetryRelay(
             bootstrap,

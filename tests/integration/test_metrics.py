@@ -227,3 +227,50 @@ async def test_two_workers_metrics_add_up_to_the_runs_sent(
     waiting = [s for families in scrapes for s in families["baton_retries_waiting"].samples]
     assert {s.labels["tier"] for s in waiting} == {t.name for t in cluster.catalog.retry_tiers}
     assert all(name.startswith("baton_") for families in scrapes for name in families)
+
+
+async def test_a_processors_only_worker_serves_its_own_metrics(
+    cluster: Cluster, workers: Workers
+) -> None:
+    """The worker that runs the steps (``--no-coordinator``) counts them at its /metrics."""
+    coordinator = workers.start("c1", "--processors", "none")
+    steps = workers.start("p1", "--no-coordinator", ready=False)
+    steps.wait_ready()  # its /healthz answers
+    async with httpx.AsyncClient(timeout=15) as http:
+        assert (await http.get(f"{steps.api}/metrics")).status_code == 401
+        health = (await http.get(f"{steps.api}/healthz")).json()
+    assert health["ok"] is True
+    assert cluster.catalog.steps("llm").name in health["processing"]
+    runs = 6
+    tasks = [
+        TaskSubmitted(task_id=f"split-{n}", workflow="metered", input={"n": n, "text": "ok"})
+        for n in range(runs)
+    ]
+    async with BatonClient(cluster.bootstrap, cluster.catalog) as client:
+        await client.send(tasks)
+        results = await client.wait([t.task_id for t in tasks], timeout_s=120)
+    assert {r.status for r in results.values()} == {RunStatus.completed}
+    # The processors' counters are the step worker's; the coordinator ran none.
+    deadline = time.monotonic() + 30
+    while True:
+        here = await scrape(steps)
+        ran = total([here], "baton_step_duration_seconds", "baton_step_duration_seconds_count")
+        if ran == 2 * runs or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.3)
+    assert ran == 2 * runs
+    assert (
+        total(
+            [here], "baton_step_duration_seconds", "baton_step_duration_seconds_count", kind="llm"
+        )
+        == runs
+    )
+    assert (
+        total(
+            [await scrape(coordinator)],
+            "baton_step_duration_seconds",
+            "baton_step_duration_seconds_count",
+        )
+        == 0
+    )
+    assert total([await scrape(coordinator)], "baton_runs_finished") == runs
