@@ -217,8 +217,7 @@ class Handler:
         if isinstance(effects, Exception):
             log.error("timer of run %s failed %d times: %s", run_id, MAX_TRIES, effects)
             return False
-        started = time.time_ns() if self.tracing is not None else 0
-        await self._apply(batch, run_id, fired, effects, None, started)
+        await self._apply(batch, run_id, fired, effects, None, 0)
         return effects.state is not None
 
     # -- compute, then apply -------------------------------------------------------------------
@@ -332,7 +331,11 @@ class Handler:
     async def _apply_traced(
         self, batch: Batch, run_id: str, effects: _Effects, record: Any | None, started: int
     ) -> None:
-        """Send the outputs with their ``traceparent`` headers; record the event's spans."""
+        """Send the outputs with their ``traceparent`` headers; record the event's spans.
+
+        ``record`` is ``None`` for a wake-up: no ``process`` span, the sends are children
+        of the run's span. ``started`` is when the record's handling began.
+        """
         assert self.tracing is not None
         state = effects.state if effects.state is not None else batch.get(run_id)
         run = state.trace if state is not None else None
