@@ -85,6 +85,10 @@ class Settings(BaseModel):
             calls (temperature 0, steps that did not opt out), shared by every worker
             through the ``llm-cache`` topic. ``0`` turns the cache off. At most 7 days, how
             long the topic keeps entries.
+        tracing: ``off``, or ``otlp``: OpenTelemetry traces, one per run, exported over
+            OTLP/HTTP to where the ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`` variables say.
+        tracing_content: Put prompts, completions and tool arguments and results in spans
+            (they may hold personal data; off by default).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -118,6 +122,8 @@ class Settings(BaseModel):
     retry_tiers: str = Field(
         default="5s,1m,10m", pattern=r"^\s*\d+(ms|s|m|h)\s*(,\s*\d+(ms|s|m|h)\s*)*$"
     )
+    tracing: Literal["off", "otlp"] = "off"
+    tracing_content: bool = False
 
     @field_validator("retry_tiers")
     @classmethod

@@ -19,6 +19,10 @@ tries it again at once instead of waiting out its timeout.
 
 No Faust here: a plain aiokafka loop costs a fraction of Faust's per-event stream machinery
 (see docs/decisions/0003).
+
+With tracing on, a request whose record carries a ``traceparent`` header is traced: a
+``process`` span, its ``chat``/``execute_tool`` span, and the ``send`` of its result, whose
+context goes on the result's record (``streams._tracing``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -49,6 +53,9 @@ from topics import (
     TopicCatalog,
     partition_for,
 )
+
+if TYPE_CHECKING:
+    from streams._tracing import Headers, Tracing
 
 __all__ = ["ProcessorService"]
 
@@ -81,6 +88,7 @@ class ProcessorService:
         session_timeout: Seconds before a silent worker's partitions move.
         metrics: The worker's metrics (step durations, dead letters, lag).
         clock: The time.
+        tracing: Traces the requests that carry a trace (``None``: tracing is off).
     """
 
     def __init__(
@@ -98,8 +106,10 @@ class ProcessorService:
         session_timeout: float = 15.0,
         metrics: Metrics | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        tracing: Tracing | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.tracing = tracing
         self.metrics = metrics if metrics is not None else Metrics()
         self.metrics.lag_of("processors", self._lag)
         self.catalog = catalog
@@ -229,11 +239,11 @@ class ProcessorService:
         if kind in _INLINE:
             # No outside call, and bounded by the template budget: run now, no task to
             # schedule (most steps of most workflows are these).
-            await self._run(self.processors[kind], request, None)
+            await self._run(self.processors[kind], request, None, record)
             return
         slots = self._slots[kind]
         await slots.acquire()
-        task = asyncio.create_task(self._run(self.processors[kind], request, slots))
+        task = asyncio.create_task(self._run(self.processors[kind], request, slots, record))
         self.in_flight[task] = request
         task.add_done_callback(self._done)
 
@@ -241,8 +251,13 @@ class ProcessorService:
         self.in_flight.pop(task, None)
 
     async def _run(
-        self, processor: Processor, request: StepRequested, slots: asyncio.Semaphore | None
+        self,
+        processor: Processor,
+        request: StepRequested,
+        slots: asyncio.Semaphore | None,
+        record: Any,
     ) -> None:
+        started = time.time_ns() if self.tracing is not None else 0
         try:
             result = await execute(processor, request, worker=self.worker, now=self.clock)
             self.metrics.step_ran(
@@ -250,7 +265,10 @@ class ProcessorService:
                 result.usage.route if result.usage is not None else None,
                 (result.finished_at - result.started_at).total_seconds(),
             )
-            await self._report(result)
+            if self.tracing is None:
+                await self._report(result)
+            else:
+                await self._report_traced(record, request, result, started)
             self.completed += 1
         except asyncio.CancelledError:
             raise
@@ -260,7 +278,31 @@ class ProcessorService:
             if slots is not None:
                 slots.release()
 
-    async def _report(self, result: StepResult) -> None:
+    async def _report_traced(
+        self, record: Any, request: StepRequested, result: StepResult, started: int
+    ) -> None:
+        """Report a result, traced when the request's record carried a trace."""
+        assert self.tracing is not None
+        parent = self.tracing.carried(record.headers)
+        if parent is None:
+            await self._report(result)
+            return
+        topic = self.catalog.step_results
+        spans = self.tracing.step(
+            parent,
+            record,
+            request,
+            result,
+            started,
+            topic.name,
+            partition_for(result.run_id, topic.partitions),
+        )
+        try:
+            await self._report(result, spans.headers)
+        finally:
+            spans.end()
+
+    async def _report(self, result: StepResult, headers: Headers | None = None) -> None:
         value = self.codec.encode(result)
         if len(value) > MAX_RECORD_BYTES:
             result = _failed(
@@ -277,6 +319,7 @@ class ProcessorService:
             value,
             key=result.run_id.encode(),
             partition=partition_for(result.run_id, topic.partitions),
+            headers=headers,
         )
 
     async def _hand_back(self, request: StepRequested) -> None:

@@ -154,8 +154,13 @@ class RetryRelay(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
             while queue and queue[0][0] <= now:
                 _, record, request = queue.popleft()
                 topic = self.catalog.steps(request.kind)
+                # Its headers too: a traced request keeps its trace through the tier.
                 await self._producer.send(
-                    topic.name, record.value, key=record.key, partition=record.partition
+                    topic.name,
+                    record.value,
+                    key=record.key,
+                    partition=record.partition,
+                    headers=record.headers or None,
                 )
                 done[tp] = record.offset + 1
                 self.released += 1

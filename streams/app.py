@@ -19,11 +19,13 @@ processors take requests.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faust
 import httpx
@@ -48,7 +50,10 @@ from streams._processing import ProcessorService
 from streams._relay import RetryRelay
 from streams._workflows import WorkflowBook, WorkflowFeed
 from streams.coordinator import CoordinatorRuntime
-from topics import Codec, StepKind, TopicCatalog
+from topics import Codec, ConfigurationError, StepKind, TopicCatalog
+
+if TYPE_CHECKING:
+    from streams._tracing import Tracing
 
 __all__ = ["PROCESSOR_KINDS", "Worker", "build_worker"]
 
@@ -74,8 +79,10 @@ class _Resources(mode.Service):
         relay: RetryRelay | None,
         processors: ProcessorService | None,
         cache: KafkaResponseCache | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         super().__init__()
+        self.tracing = tracing
         self.feed = feed
         self.http = http
         self.runtime = runtime
@@ -109,6 +116,9 @@ class _Resources(mode.Service):
         if self.cache is not None:
             await self.cache.stop()
         await self.http.aclose()
+        if self.tracing is not None:
+            # The last spans export in the SDK's thread, not on the event loop.
+            await asyncio.to_thread(self.tracing.shutdown)
 
 
 @dataclass
@@ -121,6 +131,7 @@ class Worker:
         processors: The step processors, if this worker runs any.
         book: The deployed workflows, kept current.
         metrics: The worker's metrics (served at ``/metrics``).
+        tracing: The worker's tracing, when on.
     """
 
     app: faust.App
@@ -128,6 +139,7 @@ class Worker:
     processors: ProcessorService | None
     book: WorkflowBook
     metrics: Metrics
+    tracing: Tracing | None = None
     loglevel: str = "info"
 
     def run(self) -> None:
@@ -161,6 +173,7 @@ def build_worker(
     coordinator: bool = True,
     kinds: Iterable[StepKind] | None = None,
     environ: dict[str, str] | None = None,
+    tracing: Tracing | None = None,
 ) -> Worker:
     """Build a worker from the settings.
 
@@ -170,9 +183,15 @@ def build_worker(
         coordinator: Run the coordinator (and serve the HTTP API).
         kinds: Step kinds to run processors for (default: all; empty: none).
         environ: Where provider API keys are read from (default ``os.environ``).
+        tracing: Trace runs with this (default: as ``settings.tracing`` says).
+
+    Raises:
+        ConfigurationError: A setting is invalid (tracing's ``OTEL_*`` variables included).
     """
     _faust_fixes.apply()
     env = dict(os.environ if environ is None else environ)
+    if tracing is None and settings.tracing != "off":
+        tracing = _configured_tracing(settings, env)
     catalog: TopicCatalog = settings.catalog()
     codec = Codec()
     metrics = Metrics()
@@ -225,6 +244,7 @@ def build_worker(
             models=models,
             tools=tools,
             metrics=metrics,
+            tracing=tracing,
         )
     processors = None
     cache = None
@@ -250,6 +270,7 @@ def build_worker(
             stop_grace=settings.stop_grace,
             session_timeout=settings.session_timeout,
             metrics=metrics,
+            tracing=tracing,
         )
     if runtime is not None:
         install_api(app, runtime, http, processors.topics if processors else list, metrics)
@@ -268,8 +289,27 @@ def build_worker(
         if coordinator
         else None
     )
-    app.add_dependency(_Resources(feed, http, runtime, relay, processors, cache))
-    return Worker(app=app, runtime=runtime, processors=processors, book=book, metrics=metrics)
+    app.add_dependency(_Resources(feed, http, runtime, relay, processors, cache, tracing))
+    return Worker(
+        app=app,
+        runtime=runtime,
+        processors=processors,
+        book=book,
+        metrics=metrics,
+        tracing=tracing,
+    )
+
+
+def _configured_tracing(settings: Settings, environ: dict[str, str]) -> Tracing | None:
+    """Tracing as the settings say; the SDK is imported only when tracing is on."""
+    try:
+        from streams._tracing import tracing_from
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"invalid configuration: tracing ({settings.tracing}): OpenTelemetry is not "
+            f"installed ({exc.name}); pip install 'baton[tracing]'"
+        ) from None
+    return tracing_from(settings, environ)
 
 
 def _measure_breakers(metrics: Metrics, processors: Iterable[object]) -> None:

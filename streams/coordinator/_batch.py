@@ -35,7 +35,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -50,6 +50,9 @@ from topics import (
     RunJournal,
     TopicCatalog,
 )
+
+if TYPE_CHECKING:
+    from streams._tracing import Headers, PendingSpan
 
 __all__ = ["AtLeastOnceBatch", "Batch", "ExactlyOnceBatch", "Prepared"]
 
@@ -105,6 +108,8 @@ class Batch:
         self.approvals: list[ApprovalRequested] = []
         #: What the batch did, for the metrics (counted once committed).
         self.tally = Tally()
+        #: The spans of the traced runs' events (emitted once committed; tracing on only).
+        self.spans: list[PendingSpan] = []
         #: Whether this commit also flushes the store to ``run-state``.
         self.flush = False
         #: Records and timers handled.
@@ -140,9 +145,14 @@ class Batch:
         """Start the batch (before its first send)."""
 
     async def send(
-        self, topic: str, key: bytes | None, value: bytes, partition: int
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int,
+        headers: Headers | None = None,
     ) -> Awaitable[Any]:
-        """Send one output record."""
+        """Send one output record (``headers``: its ``traceparent``, when traced)."""
         raise NotImplementedError
 
     async def commit(self) -> Prepared:
@@ -152,6 +162,7 @@ class Batch:
     async def abort(self) -> None:
         """Drop the batch."""
         self._pending.clear()
+        self.spans.clear()
 
     def prepare(self) -> Prepared:
         """Stored records for every changed run, and the batch records to write."""
@@ -227,10 +238,15 @@ class ExactlyOnceBatch(Batch):
         await self._producer.begin_transaction()
 
     async def send(
-        self, topic: str, key: bytes | None, value: bytes, partition: int
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int,
+        headers: Headers | None = None,
     ) -> Awaitable[Any]:
         future: Awaitable[Any] = await self._producer.send(
-            topic, value, key=key, partition=partition
+            topic, value, key=key, partition=partition, headers=headers
         )
         return future
 
@@ -271,10 +287,15 @@ class AtLeastOnceBatch(Batch):
         self._deliveries: list[Awaitable[Any]] = []
 
     async def send(
-        self, topic: str, key: bytes | None, value: bytes, partition: int
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int,
+        headers: Headers | None = None,
     ) -> Awaitable[Any]:
         future: Awaitable[Any] = await self._producer.send(
-            topic, value, key=key, partition=partition
+            topic, value, key=key, partition=partition, headers=headers
         )
         self._deliveries.append(future)
         return future

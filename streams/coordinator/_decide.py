@@ -29,7 +29,7 @@ from streams.coordinator._budgets import MODEL_KINDS, budget_for, settle
 from streams.coordinator._failures import after_failure, check_deadlines, redrive
 from streams.coordinator._flow import advance
 from streams.coordinator._ledger import SpendLedger
-from streams.coordinator._state import RunState, StepPhase, StepState
+from streams.coordinator._state import RunState, RunTrace, StepPhase, StepState
 from streams.coordinator._transition import Transition, add_usage
 from streams.workflow import Workflow
 from topics import (
@@ -74,6 +74,7 @@ class Context:
             tenant has a ceiling.
         tools: The tool registry (it describes an agent's tools to its model); ``None``
             when the coordinator has no ``tools.yaml``.
+        trace: The trace a run this event starts is traced in; ``None`` with tracing off.
     """
 
     now: datetime
@@ -86,6 +87,7 @@ class Context:
     models: ModelCatalog | None = None
     ledger: SpendLedger | None = None
     tools: ToolRegistry | None = None
+    trace: RunTrace | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,8 @@ def _on_task(state: RunState | None, task: TaskSubmitted, context: Context) -> D
         steps=dict.fromkeys(workflow.order, _PENDING),
         started_at=context.now,
     )
+    if context.trace is not None:
+        state = state.model_copy(update={"trace": context.trace})
     t = Transition(state, workflow, context)
     t.note("run_started", detail={"workflow_version": workflow.content_hash})
     advance(t)
@@ -319,6 +323,8 @@ def _reject(
         input=task.input,
         started_at=context.now,
     )
+    if context.trace is not None:
+        state = state.model_copy(update={"trace": context.trace})
     t = Transition(state, workflow, context)
     t.finish(RunStatus.rejected, reason)
     return t.decision()

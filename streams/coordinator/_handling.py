@@ -15,15 +15,20 @@ Nothing a record contains can stop its partition:
 
 Kafka errors while sending are not the record's fault: they fail the whole batch, which is
 aborted and read again.
+
+With tracing on (``streams._tracing``), a task that starts a run gets the run's trace, and
+every event of a traced run records its spans in the batch and sends its outputs with a
+``traceparent`` header; with it off, ``tracing`` is ``None`` and none of that happens.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from processors import ModelCatalog, ToolRegistry, template_budget
 from streams._access import Access
@@ -34,7 +39,7 @@ from streams._workflows import WorkflowBook, WorkflowFeed
 from streams.coordinator._batch import Batch
 from streams.coordinator._decide import Context, Decision, Inbound, decide, too_large
 from streams.coordinator._ledger import SpendLedger
-from streams.coordinator._state import RunState
+from streams.coordinator._state import RunState, RunTrace
 from streams.coordinator._wakeups import WakeIndex
 from streams.workflow import Workflow
 from topics import (
@@ -57,6 +62,9 @@ from topics import (
     partition_for,
     run_id_of,
 )
+
+if TYPE_CHECKING:
+    from streams._tracing import Tracing
 
 __all__ = ["MAX_TRIES", "Handler"]
 
@@ -94,6 +102,7 @@ class Handler:
         ledger: The tenants' spend ledger, when a tenant has a ceiling.
         tools: The tool registry.
         clock: The time.
+        tracing: Traces runs (``None``: tracing is off).
     """
 
     def __init__(
@@ -109,8 +118,10 @@ class Handler:
         ledger: SpendLedger | None,
         tools: ToolRegistry | None,
         clock: Callable[[], datetime],
+        tracing: Tracing | None = None,
     ) -> None:
         self.catalog = catalog
+        self.tracing = tracing
         self.codec = codec
         self.feed = feed
         self.book: WorkflowBook = feed.book
@@ -151,6 +162,7 @@ class Handler:
     async def record(self, batch: Batch, record: Any) -> None:
         """Handle one consumed record (its offset is noted in the batch by the caller)."""
         now = self.clock()
+        started = time.time_ns() if self.tracing is not None else 0
         oversized = record_too_large(record)
         if oversized is not None:
             await self._dead_letter(batch, record, "RecordTooLarge", oversized, now)
@@ -169,9 +181,11 @@ class Handler:
         home = partition_for(run_id, self.catalog.partitions)
         if home != record.partition:
             # Published with another partitioner: move it to where its run lives.
-            await batch.send(record.topic, run_id.encode(), record.value, home)
+            await batch.send(
+                record.topic, run_id.encode(), record.value, home, record.headers or None
+            )
             return
-        effects = await self._compute(batch, run_id, inbound, now)
+        effects = await self._compute(batch, run_id, inbound, now, record.headers)
         if isinstance(effects, Exception):
             await self._dead_letter(
                 batch,
@@ -193,30 +207,33 @@ class Handler:
                 run_id=run_id,
                 payload_type=type(inbound).__name__,
             )
-        await self._apply(batch, run_id, inbound, effects)
+        await self._apply(batch, run_id, inbound, effects, record, started)
 
     async def timer(self, batch: Batch, run_id: str) -> bool:
         """Look at a run whose wake-up is due; whether its state changed."""
         now = self.clock()
         fired = TimerFired(run_id=run_id, fired_at=now)
-        effects = await self._compute(batch, run_id, fired, now)
+        effects = await self._compute(batch, run_id, fired, now, None)
         if isinstance(effects, Exception):
             log.error("timer of run %s failed %d times: %s", run_id, MAX_TRIES, effects)
             return False
-        await self._apply(batch, run_id, fired, effects)
+        await self._apply(batch, run_id, fired, effects, None, 0)
         return effects.state is not None
 
     # -- compute, then apply -------------------------------------------------------------------
 
     async def _compute(
-        self, batch: Batch, run_id: str, inbound: Inbound, now: datetime
+        self, batch: Batch, run_id: str, inbound: Inbound, now: datetime, headers: Any
     ) -> _Effects | Exception:
         state = batch.get(run_id)
+        trace = None
+        if self.tracing is not None and state is None and isinstance(inbound, TaskSubmitted):
+            trace = self.tracing.run_trace(headers)
         error: Exception | None = None
         for attempt in range(1, MAX_TRIES + 1):
             try:
                 workflow = await self._workflow_for(state, inbound)
-                context = self._context(now, workflow)
+                context = self._context(now, workflow, trace)
                 # Every template this event renders shares one budget (docs/decisions/0004).
                 with template_budget():
                     decision = decide(state, inbound, context)
@@ -289,9 +306,20 @@ class Handler:
         assert run_id is not None, "everything the coordinator emits belongs to a run"
         return topic.name, run_id.encode(), value, partition_for(run_id, topic.partitions)
 
-    async def _apply(self, batch: Batch, run_id: str, inbound: Inbound, effects: _Effects) -> None:
-        for topic, key, value, partition in effects.outputs:
-            await batch.send(topic, key, value, partition)
+    async def _apply(
+        self,
+        batch: Batch,
+        run_id: str,
+        inbound: Inbound,
+        effects: _Effects,
+        record: Any | None,
+        started: int,
+    ) -> None:
+        if self.tracing is None:
+            for topic, key, value, partition in effects.outputs:
+                await batch.send(topic, key, value, partition)
+        else:
+            await self._apply_traced(batch, run_id, effects, record, started)
         batch.events.extend(effects.events)
         batch.approvals.extend(effects.approvals)
         state = effects.state
@@ -300,7 +328,30 @@ class Handler:
             batch.put(run_id, state, effects.body)
             self.wakeups.schedule(run_id, state.next_wake())
 
-    def _context(self, now: datetime, workflow: Workflow | None) -> Context:
+    async def _apply_traced(
+        self, batch: Batch, run_id: str, effects: _Effects, record: Any | None, started: int
+    ) -> None:
+        """Send the outputs with their ``traceparent`` headers; record the event's spans.
+
+        ``record`` is ``None`` for a wake-up: no ``process`` span, the sends are children
+        of the run's span. ``started`` is when the record's handling began.
+        """
+        assert self.tracing is not None
+        state = effects.state if effects.state is not None else batch.get(run_id)
+        run = state.trace if state is not None else None
+        if run is None:  # started with tracing off: not traced
+            for topic, key, value, partition in effects.outputs:
+                await batch.send(topic, key, value, partition)
+            return
+        headers = self.tracing.handled(batch.spans, run, run_id, record, effects.outputs, started)
+        for (topic, key, value, partition), sent in zip(effects.outputs, headers, strict=True):
+            await batch.send(topic, key, value, partition, sent)
+        if effects.state is not None and any(type(e) is RunResult for e in effects.emitted):
+            self.tracing.ended(batch.spans, effects.state)
+
+    def _context(
+        self, now: datetime, workflow: Workflow | None, trace: RunTrace | None = None
+    ) -> Context:
         return Context(
             now=now,
             workflow=workflow,
@@ -312,6 +363,7 @@ class Handler:
             models=self.models,
             ledger=self.ledger,
             tools=self.tools,
+            trace=trace,
         )
 
     async def _dead_letter(

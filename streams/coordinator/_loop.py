@@ -30,7 +30,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
@@ -46,6 +46,9 @@ from streams.coordinator._state import RunState
 from streams.coordinator._store import PartitionStore, StoredRun
 from streams.coordinator._wakeups import WakeIndex
 from topics import BATCH_BYTES, ApprovalRequested, Codec, TopicCatalog, partition_for
+
+if TYPE_CHECKING:
+    from streams._tracing import Tracing
 
 __all__ = ["CoordinatorLoop", "LoopSettings"]
 
@@ -112,6 +115,7 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         poison: Sends a record read outside a batch (restores) to the dead-letter topic.
         on_request: Told about each approval request once it is committed.
         metrics: Counts what each batch did once it committed, and the commit's duration.
+        tracing: Emits each committed batch's spans (``None``: tracing is off).
     """
 
     def __init__(
@@ -129,11 +133,13 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         poison: Callable[[Any, str], Awaitable[None]],
         on_request: Callable[[ApprovalRequested], None] | None = None,
         metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.catalog = catalog
         self.codec = codec
         self.handler = handler
+        self.tracing = tracing
         self.wakeups = wakeups
         self.approvals = approvals
         self.settings = settings
@@ -570,6 +576,8 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
             self.metrics.commit_failed()
             return False
         self.metrics.committed(batch.tally, batch.handled, time.monotonic() - started)
+        if batch.spans and self.tracing is not None:
+            self.tracing.emit(batch.spans)
         self.events_processed += batch.handled
         for run_id, _, state, _ in prepared.installs:
             self.approvals.update(run_id, state)

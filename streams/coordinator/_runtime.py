@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer
 
@@ -40,6 +40,9 @@ from streams.coordinator._state import RunState
 from streams.coordinator._store import PartitionStore, pack
 from streams.coordinator._wakeups import WakeIndex
 from topics import BATCH_BYTES, ApprovalRequested, Codec, TopicCatalog, partition_for
+
+if TYPE_CHECKING:
+    from streams._tracing import Tracing
 
 __all__ = ["CoordinatorRuntime"]
 
@@ -66,6 +69,7 @@ class CoordinatorRuntime:
         tools: The tool registry.
         metrics: The worker's metrics (the runtime adds its own to them).
         clock: The time.
+        tracing: Traces runs (``None``: tracing is off).
     """
 
     def __init__(
@@ -87,8 +91,10 @@ class CoordinatorRuntime:
         tools: ToolRegistry | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        tracing: Tracing | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.tracing = tracing
         self.metrics = metrics if metrics is not None else Metrics()
         self.catalog = catalog
         self.codec = Codec()
@@ -115,6 +121,7 @@ class CoordinatorRuntime:
             ledger=self.ledger,
             tools=tools,
             clock=clock,
+            tracing=tracing,
         )
         self.loop = CoordinatorLoop(
             bootstrap=bootstrap,
@@ -134,6 +141,7 @@ class CoordinatorRuntime:
             poison=self.dead_letter_record,
             on_request=self.notifier.notify if self.notifier else None,
             metrics=self.metrics,
+            tracing=tracing,
         )
         measure(self, self.metrics)
         self.spend: SpendFollower | None = None

@@ -28,6 +28,7 @@ __all__ = [
     "ApprovalState",
     "Reservation",
     "RunState",
+    "RunTrace",
     "StepPhase",
     "StepState",
     "Vote",
@@ -143,6 +144,29 @@ class AgentCall(BaseModel):
     key: str
 
 
+class RunTrace(BaseModel):
+    """Where a run's spans go when tracing is on (docs/decisions/0005).
+
+    Chosen when the run starts and kept with it, so every later hop, on any worker and
+    after any takeover, parents its spans to the same run span.
+
+    Attributes:
+        trace_id: The trace (32 hex digits): the caller's, when the task carried a
+            ``traceparent`` header, else a new one.
+        span_id: The run's ``invoke_workflow`` span (16 hex digits), emitted when the run
+            ends, with the run's start time.
+        parent_id: The caller's span the run continues, or ``None`` (a trace of its own).
+        sampled: Whether the trace is recorded (the caller's flag, else yes).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    trace_id: str
+    span_id: str
+    parent_id: str | None = None
+    sampled: bool = True
+
+
 class StepState(BaseModel):
     """One step of one run.
 
@@ -241,6 +265,8 @@ class RunState(BaseModel):
         finished_at: When it ended.
         paused_at: When the run last paused (``run_paused``): nothing of it runs, it waits
             for people or retry tiers only; ``None`` while it runs.
+        trace: Where its spans go; ``None`` when it started with tracing off (it is then
+            not traced).
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -263,6 +289,7 @@ class RunState(BaseModel):
     started_at: Timestamp
     finished_at: Timestamp | None = None
     paused_at: Timestamp | None = None
+    trace: RunTrace | None = None
 
     @property
     def finished(self) -> bool:

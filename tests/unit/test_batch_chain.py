@@ -27,7 +27,14 @@ class Producer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes | None]] = []
 
-    async def send(self, topic: str, value: bytes, key: bytes | None, partition: int) -> Any:
+    async def send(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        partition: int,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Any:
         self.sent.append((topic, key))
         future: asyncio.Future[Metadata] = asyncio.get_running_loop().create_future()
         future.set_result(Metadata(len(self.sent)))
