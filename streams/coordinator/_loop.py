@@ -160,6 +160,8 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         self._producers: dict[int, tuple[AIOKafkaProducer, ...]] = {}
         self._turn: dict[int, int] = {}
         self._last_flush: dict[int, float] = {}
+        #: Per partition, the input offsets this worker's commits last moved to.
+        self._offsets: dict[int, dict[TopicPartition, int]] = {}
         self._suspended: set[int] = set()
         #: The group generation of the last assignment, to notice the ones this worker missed.
         self._generation: int | None = None
@@ -288,6 +290,7 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         self.ready.discard(partition)
         self._restoring.discard(partition)
         self.stores.pop(partition, None)
+        self._offsets.pop(partition, None)
         batch = self._batches.pop(partition, None)
         if batch is not None:
             with contextlib.suppress(Exception):
@@ -525,6 +528,7 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
             if partition in self._committing or partition not in self._batches:
                 continue
             batch = self._batches.pop(partition)
+            batch.fence = dict(self._offsets.get(partition, {}))
             task = asyncio.create_task(self._commit_one(batch), name=f"commit-{partition}")
             self._committing[partition] = (batch, task)
 
@@ -571,6 +575,8 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
             return False
         self.metrics.committed(batch.tally, batch.handled, time.monotonic() - started)
         self.events_processed += batch.handled
+        if batch.offsets and partition in self.ready:
+            self._offsets.setdefault(partition, {}).update(batch.offsets)
         for run_id, _, state, _ in prepared.installs:
             self.approvals.update(run_id, state)
         if self._on_request is not None:
@@ -578,7 +584,10 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
                 self._on_request(request)
         if batch.flush:
             self._last_flush[partition] = time.monotonic()
-            if batch.journal_end is not None:
+            # Only a commit that proved this worker still owns the partition: a zombie's
+            # flush would delete the entries its interim owner wrote meanwhile, runs that
+            # are nowhere else (found by the fault suite, at-least-once).
+            if batch.journal_end is not None and batch.owned:
                 self._truncate(partition, batch.journal_end)
         return True
 
