@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 # Under load the responses are large anyway: records gather while a pass is handled.
 FETCH_MIN_BYTES = 1
 FETCH_WAIT_MS = 100
+#: Seconds a takeover's producers may take to start (InitProducerId, fencing the last owner).
+PRODUCER_START_S = 30.0
 
 
 async def _let_the_next_fetch_go() -> None:
@@ -325,7 +327,7 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         # whatever it left open, so the runs read next are final. Under at-least-once each
         # partition has a producer of its own too: a producer has one request in flight at
         # a time, and one shared by every partition made each wait for the others' writes.
-        starting: list[AIOKafkaProducer] = []
+        starting: dict[int, tuple[AIOKafkaProducer, ...]] = {}
         for partition in partitions:
             if partition not in self._producers:
                 own: tuple[AIOKafkaProducer, ...]
@@ -333,9 +335,24 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
                     own = (self._producer(partition, "a"), self._producer(partition, "b"))
                 else:
                     own = (self._producer(partition, None),)
-                starting += own
+                starting[partition] = own
                 self._producers[partition] = own
-        await asyncio.gather(*(producer.start() for producer in starting))
+        try:
+            # aiokafka's start retries InitProducerId against the coordinator it found first
+            # for as long as a connection error repeats: a takeover once stood "restoring"
+            # forever. Past the deadline the producers are dropped and the retry starts anew
+            # (kept, unstarted, the retry would have used them as they were).
+            await asyncio.wait_for(
+                asyncio.gather(*(p.start() for own in starting.values() for p in own)),
+                PRODUCER_START_S,
+            )
+        except BaseException:
+            for partition, own in starting.items():
+                self._producers.pop(partition, None)
+                for producer in own:
+                    with contextlib.suppress(Exception):
+                        await producer.stop()
+            raise
         stores = {p: PartitionStore(p, self.catalog.run_retention_s) for p in partitions}
         restored = await restore_partitions(
             self._reader, self.catalog, self.codec, stores, self._poison
