@@ -59,6 +59,8 @@ FETCH_MIN_BYTES = 1
 FETCH_WAIT_MS = 100
 #: Seconds a takeover's producers may take to start (InitProducerId, fencing the last owner).
 PRODUCER_START_S = 30.0
+#: Seconds a revocation waits for the revoked partitions' commits before rejoining regardless.
+REVOKE_SETTLE_S = 20.0
 
 
 async def _let_the_next_fetch_go() -> None:
@@ -251,7 +253,18 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         self._rebalances += 1
         async with self._lock:
             partitions = {tp.partition for tp in revoked}
-            await self._settle(partitions)
+            try:
+                await asyncio.wait_for(self._settle(partitions), REVOKE_SETTLE_S)
+            except TimeoutError:
+                # A commit that does not end must not keep this member out of the group
+                # (once, in a rolling restart, a worker never rejoined). Safe to go on: the
+                # next owner fences this worker's producers, so what is still in flight
+                # either commits before it reads or not at all.
+                log.warning(
+                    "partitions %s still committing %gs into a revocation; rejoining anyway",
+                    sorted(p for p in self._committing if p in partitions),
+                    REVOKE_SETTLE_S,
+                )
             self._suspended = partitions
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
