@@ -119,6 +119,13 @@ class Batch:
         #: The partition's batch still committing when this one opened: this one reads its
         #: runs through it, and is dropped with it if that commit fails.
         self.parent: Batch | None = None
+        #: The input offsets this worker last committed for the partition (set by the loop
+        #: before the commit): an at-least-once flush that consumed nothing commits them
+        #: again, which the group refuses unless this worker still owns the partition.
+        self.fence: dict[TopicPartition, int] = {}
+        #: Whether the commit proved this worker still owned the partition (a transaction,
+        #: or an offset commit the group accepted): only then may the journal be deleted.
+        self.owned = False
 
     def get(self, run_id: str) -> RunState | None:
         """A run's state as of this point of the batch (and of the commit before it)."""
@@ -261,6 +268,7 @@ class ExactlyOnceBatch(Batch):
         if self.offsets:
             await self._producer.send_offsets_to_transaction(self.offsets, self._group_id)
         await self._producer.commit_transaction()
+        self.owned = True  # a fenced producer's transaction does not commit
         self._installed(prepared, journal)
         return prepared
 
@@ -307,8 +315,13 @@ class AtLeastOnceBatch(Batch):
         sent, _ = await self._write(prepared)
         await asyncio.gather(*self._deliveries)
         self._deliveries.clear()
-        if self.offsets:
-            await self._consumer.commit(self.offsets)
+        # Nothing fences a plain producer: a zombie (frozen past its session timeout) writes
+        # on as if it owned the partition. Only an offset commit asks the group, so a flush
+        # that consumed nothing commits the last offsets again before the journal goes.
+        offsets = self.offsets or (self.fence if self.flush else {})
+        if offsets:
+            await self._consumer.commit(offsets)
+            self.owned = True
         self._installed(prepared, [await f for f in sent])
         return prepared
 

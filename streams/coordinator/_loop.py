@@ -60,6 +60,10 @@ log = logging.getLogger(__name__)
 # Under load the responses are large anyway: records gather while a pass is handled.
 FETCH_MIN_BYTES = 1
 FETCH_WAIT_MS = 100
+#: Seconds a takeover's producers may take to start (InitProducerId, fencing the last owner).
+PRODUCER_START_S = 30.0
+#: Seconds a revocation waits for the revoked partitions' commits before rejoining regardless.
+REVOKE_SETTLE_S = 20.0
 
 
 async def _let_the_next_fetch_go() -> None:
@@ -166,6 +170,8 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         self._producers: dict[int, tuple[AIOKafkaProducer, ...]] = {}
         self._turn: dict[int, int] = {}
         self._last_flush: dict[int, float] = {}
+        #: Per partition, the input offsets this worker's commits last moved to.
+        self._offsets: dict[int, dict[TopicPartition, int]] = {}
         self._suspended: set[int] = set()
         #: The group generation of the last assignment, to notice the ones this worker missed.
         self._generation: int | None = None
@@ -253,7 +259,18 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         self._rebalances += 1
         async with self._lock:
             partitions = {tp.partition for tp in revoked}
-            await self._settle(partitions)
+            try:
+                await asyncio.wait_for(self._settle(partitions), REVOKE_SETTLE_S)
+            except TimeoutError:
+                # A commit that does not end must not keep this member out of the group
+                # (once, in a rolling restart, a worker never rejoined). Safe to go on: the
+                # next owner fences this worker's producers, so what is still in flight
+                # either commits before it reads or not at all.
+                log.warning(
+                    "partitions %s still committing %gs into a revocation; rejoining anyway",
+                    sorted(p for p in self._committing if p in partitions),
+                    REVOKE_SETTLE_S,
+                )
             self._suspended = partitions
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -294,6 +311,7 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         self.ready.discard(partition)
         self._restoring.discard(partition)
         self.stores.pop(partition, None)
+        self._offsets.pop(partition, None)
         batch = self._batches.pop(partition, None)
         if batch is not None:
             with contextlib.suppress(Exception):
@@ -328,7 +346,7 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         # whatever it left open, so the runs read next are final. Under at-least-once each
         # partition has a producer of its own too: a producer has one request in flight at
         # a time, and one shared by every partition made each wait for the others' writes.
-        starting: list[AIOKafkaProducer] = []
+        starting: dict[int, tuple[AIOKafkaProducer, ...]] = {}
         for partition in partitions:
             if partition not in self._producers:
                 own: tuple[AIOKafkaProducer, ...]
@@ -336,9 +354,24 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
                     own = (self._producer(partition, "a"), self._producer(partition, "b"))
                 else:
                     own = (self._producer(partition, None),)
-                starting += own
+                starting[partition] = own
                 self._producers[partition] = own
-        await asyncio.gather(*(producer.start() for producer in starting))
+        try:
+            # aiokafka's start retries InitProducerId against the coordinator it found first
+            # for as long as a connection error repeats: a takeover once stood "restoring"
+            # forever. Past the deadline the producers are dropped and the retry starts anew
+            # (kept, unstarted, the retry would have used them as they were).
+            await asyncio.wait_for(
+                asyncio.gather(*(p.start() for own in starting.values() for p in own)),
+                PRODUCER_START_S,
+            )
+        except BaseException:
+            for partition, own in starting.items():
+                self._producers.pop(partition, None)
+                for producer in own:
+                    with contextlib.suppress(Exception):
+                        await producer.stop()
+            raise
         stores = {p: PartitionStore(p, self.catalog.run_retention_s) for p in partitions}
         restored = await restore_partitions(
             self._reader, self.catalog, self.codec, stores, self._poison
@@ -531,6 +564,7 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
             if partition in self._committing or partition not in self._batches:
                 continue
             batch = self._batches.pop(partition)
+            batch.fence = dict(self._offsets.get(partition, {}))
             task = asyncio.create_task(self._commit_one(batch), name=f"commit-{partition}")
             self._committing[partition] = (batch, task)
 
@@ -579,6 +613,8 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         if batch.spans and self.tracing is not None:
             self.tracing.emit(batch.spans)
         self.events_processed += batch.handled
+        if batch.offsets and partition in self.ready:
+            self._offsets.setdefault(partition, {}).update(batch.offsets)
         for run_id, _, state, _ in prepared.installs:
             self.approvals.update(run_id, state)
         if self._on_request is not None:
@@ -586,7 +622,10 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
                 self._on_request(request)
         if batch.flush:
             self._last_flush[partition] = time.monotonic()
-            if batch.journal_end is not None:
+            # Only a commit that proved this worker still owns the partition: a zombie's
+            # flush would delete the entries its interim owner wrote meanwhile, runs that
+            # are nowhere else (found by the fault suite, at-least-once).
+            if batch.journal_end is not None and batch.owned:
                 self._truncate(partition, batch.journal_end)
         return True
 

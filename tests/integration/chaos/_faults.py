@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -23,7 +23,25 @@ from streams.localkafka import LocalKafkaCluster, live_brokers
 from tests.integration.chaos._live import Reviewer
 from tests.integration.workers import Cluster, WorkerProcess, Workers
 
-__all__ = ["FAULT_KINDS", "Fault", "Fleet", "inject", "schedule"]
+__all__ = ["FAULT_KINDS", "Fault", "Fleet", "inject", "schedule", "within"]
+
+T = TypeVar("T")
+
+#: The longest one fault may take, its recovery included (a rolling restart of four workers
+#: is the longest: about 40 s measured).
+FAULT_DEADLINE_S = 240.0
+
+
+async def within(awaitable: Awaitable[T], seconds: float, what: str) -> T:
+    """Await ``awaitable``, or fail with a message naming what it waited for.
+
+    Every wait of the suite goes through a deadline: a hang is a failure that says where.
+    """
+    try:
+        return await asyncio.wait_for(awaitable, seconds)
+    except TimeoutError:
+        raise AssertionError(f"still waiting after {seconds:g}s for {what}") from None
+
 
 #: Every kind of fault, in the order one round of the schedule injects them.
 FAULT_KINDS = (
@@ -118,12 +136,14 @@ class Fleet:
         tps = [TopicPartition(t.name, p) for t in topics for p in range(t.partitions)]
         admin = AIOKafkaAdminClient(bootstrap_servers=self.cluster.bootstrap)
         consumer = AIOKafkaConsumer(bootstrap_servers=self.cluster.bootstrap, group_id=None)
-        await admin.start()
-        await consumer.start()
         try:
-            ends = await consumer.end_offsets(tps)
-            committed = await admin.list_consumer_group_offsets(
-                f"{self.cluster.prefix}-retry-relay"
+            await within(admin.start(), 30, "an admin client to start (retry tiers)")
+            await within(consumer.start(), 30, "a consumer to start (retry tiers)")
+            ends = await within(consumer.end_offsets(tps), 30, "the retry tiers' end offsets")
+            committed = await within(
+                admin.list_consumer_group_offsets(f"{self.cluster.prefix}-retry-relay"),
+                30,
+                "the retry relay's committed offsets",
             )
             return sum(ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in tps)
         finally:
@@ -264,7 +284,12 @@ async def inject(fault: Fault, fleet: Fleet, reviewer: Reviewer) -> Fault:
     """Inject ``fault`` and wait until the fleet is whole again."""
     fault.started_at = time.time()
     try:
-        await ACTIONS[fault.kind](fleet, reviewer, fault)
+        await within(
+            ACTIONS[fault.kind](fleet, reviewer, fault),
+            FAULT_DEADLINE_S,
+            f"fault {fault.kind} on {fault.target} to end and the fleet to be whole "
+            f"(so far: {fault.details})",
+        )
     finally:
         fault.ended_at = time.time()
     return fault

@@ -119,6 +119,22 @@ def figures(
         "runs_with_duplicates": sum(1 for n in counts.values() if n > 1),
         "runs_differing_from_fault_free": len(differing),
         "differing": differing[:20],
+        # What the first few differing results carried, beside what they should have.
+        "differing_results": [
+            {
+                "run_id": r.run_id,
+                "status": r.status.value,
+                "reason": r.reason,
+                "output": r.output,
+                "expected": {
+                    "status": expected[r.run_id].status.value,
+                    "reason": expected[r.run_id].reason,
+                    "output": expected[r.run_id].output,
+                },
+            }
+            for r in committed
+            if r.run_id in set(differing[:5]) and Outcome.of(r) != expected[r.run_id]
+        ],
         "tool_requests_per_key_max": max(ledger.requests_per_key.values(), default=0),
         "tool_effects_per_key_max": max(ledger.effects_per_key.values(), default=0),
         "tool_effects_per_call_max": max(ledger.effects_per_call.values(), default=0),
