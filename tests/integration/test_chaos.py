@@ -16,7 +16,8 @@ Bounded by default (1,000 runs in about 3 minutes, each kind of fault once or mo
 minutes in all), run with ``BATON_CHAOS=1`` or ``make chaos`` (both guarantees); not yet in
 ``make test``, until the soak's processor stall is fixed (docs/operations.md). A soak:
 ``make chaos BATON_CHAOS_RUNS=5000 BATON_CHAOS_MINUTES=16`` (``BATON_CHAOS_FAULTS`` faults;
-``BATON_CHAOS_GUARANTEES=exactly_once,at_least_once``, the default of ``make chaos``). Every wait has a deadline: a hang fails, naming what it waited for.
+``BATON_CHAOS_GUARANTEES=exactly_once,at_least_once``, the default of ``make chaos``).
+Every wait has a deadline: a hang fails, naming what it waited for.
 """
 
 from __future__ import annotations
