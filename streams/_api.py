@@ -211,20 +211,6 @@ def _bearer(access: Access, request: Any) -> Identity:
     return identity
 
 
-def _metrics_reader(identity: Identity) -> None:
-    """Metrics hold every tenant's figures: only a principal acting for every tenant reads them.
-
-    Raises:
-        _Refused: 403 for a principal limited to some tenants.
-    """
-    if ALL_TENANTS not in identity.tenants:
-        raise _Refused(
-            403,
-            f"{identity.principal} may not read the metrics: they hold every "
-            'tenant\'s figures, and it does not act for every tenant (tenants: "*")',
-        )
-
-
 class _Endpoints:
     """What the ``/v1/`` endpoints do, apart from the HTTP plumbing.
 
@@ -763,16 +749,10 @@ def install_api(
             }
         )
 
-    scraped = metrics if metrics is not None else runtime.metrics
+    async def identify(request: Any) -> Identity:
+        return (await api.identify(request)).identity
 
-    @app.page("/metrics")
-    class MetricsPage(_View):
-        """The worker's Prometheus metrics."""
-
-        async def get(self, request: Any) -> Any:
-            caller = await api.identify(request)
-            _metrics_reader(caller.identity)
-            return self.bytes(await scraped.exposition(), headers={"Content-Type": CONTENT_TYPE})
+    _install_metrics(app, identify, metrics if metrics is not None else runtime.metrics)
 
     @app.page("/v1/runs")
     class Runs(_View):
@@ -898,10 +878,27 @@ def install_processor_api(
     async def healthz(web: Any, request: Any) -> Any:
         return web.json({"ok": True, "processing": processing()})
 
+    async def identify(request: Any) -> Identity:
+        return _bearer(access, request)
+
+    _install_metrics(app, identify, metrics)
+
+
+def _install_metrics(
+    app: faust.App, identify: Callable[[Any], Awaitable[Identity]], metrics: Metrics
+) -> None:
+    """``GET /metrics``, for a principal that acts for every tenant (403 for any other)."""
+
     @app.page("/metrics")
     class MetricsPage(_View):
-        """The worker's Prometheus metrics."""
+        """The worker's Prometheus metrics: they hold every tenant's figures."""
 
         async def get(self, request: Any) -> Any:
-            _metrics_reader(_bearer(access, request))
+            identity = await identify(request)
+            if ALL_TENANTS not in identity.tenants:
+                raise _Refused(
+                    403,
+                    f"{identity.principal} may not read the metrics: they hold every "
+                    'tenant\'s figures, and it does not act for every tenant (tenants: "*")',
+                )
             return self.bytes(await metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})

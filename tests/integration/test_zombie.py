@@ -60,15 +60,7 @@ output: {n: "{{ input.n }}", answer: "{{ steps.shape.output }}"}
 async def test_a_zombie_coordinator_is_fenced_then_takes_its_partitions_over_afresh(
     kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
 ) -> None:
-    models = tmp_path / "models.yaml"
-    models.write_text(MODELS)
-    cluster = Cluster(
-        kafka_bootstrap,
-        topic_prefix,
-        tmp_path / "home",
-        models_file=models,
-        extra_env={"BATON_SESSION_TIMEOUT": "6", **api_access(tmp_path / "access")},
-    )
+    cluster = _cluster(kafka_bootstrap, topic_prefix, tmp_path, MODELS)
     cluster.deploy(sleepy=WORKFLOW)
     workers = Workers(cluster)
     try:
@@ -132,18 +124,12 @@ output: {n: "{{ input.n }}", answer: "{{ steps.ask.output }}"}
 async def test_an_at_least_once_zombie_deletes_none_of_its_interim_owners_journal(
     kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
 ) -> None:
-    models = tmp_path / "models.yaml"
-    models.write_text(SLOW_MODELS)
-    cluster = Cluster(
+    cluster = _cluster(
         kafka_bootstrap,
         topic_prefix,
-        tmp_path / "home",
-        models_file=models,
-        extra_env={
-            "BATON_SESSION_TIMEOUT": "6",
-            "BATON_PROCESSING_GUARANTEE": "at_least_once",
-            **api_access(tmp_path / "access"),
-        },
+        tmp_path,
+        SLOW_MODELS,
+        BATON_PROCESSING_GUARANTEE="at_least_once",
     )
     cluster.deploy(before=BEFORE, during=DURING)
     workers = Workers(cluster)
@@ -183,6 +169,21 @@ async def test_an_at_least_once_zombie_deletes_none_of_its_interim_owners_journa
         assert "taking every partition over afresh" in w2.log_path.read_text(errors="replace")
     finally:
         workers.stop_all()
+
+
+def _cluster(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, models: str, **env: str
+) -> Cluster:
+    """Workers with these models, a 6 s session timeout (a frozen one is out soon) and the API."""
+    models_file = tmp_path / "models.yaml"
+    models_file.write_text(models)
+    return Cluster(
+        kafka_bootstrap,
+        topic_prefix,
+        tmp_path / "home",
+        models_file=models_file,
+        extra_env={"BATON_SESSION_TIMEOUT": "6", **api_access(tmp_path / "access"), **env},
+    )
 
 
 async def _partitions(worker: WorkerProcess) -> list[int]:

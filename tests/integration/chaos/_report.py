@@ -82,6 +82,7 @@ def figures(
     differing = sorted(
         {r.run_id for r in committed if r.run_id in ids and Outcome.of(r) != expected[r.run_id]}
     )
+    first_differing = set(differing[:5])
     statuses = Counter(r.status.value for r in _first_each(committed) if r.run_id in ids)
     first_seen = {s.result.run_id: s.at for s in seen}
     latencies = sorted(first_seen[s.run_id] - s.at for s in submitted if s.run_id in first_seen)
@@ -133,7 +134,7 @@ def figures(
                 },
             }
             for r in committed
-            if r.run_id in set(differing[:5]) and Outcome.of(r) != expected[r.run_id]
+            if r.run_id in first_differing and Outcome.of(r) != expected[r.run_id]
         ],
         "tool_requests_per_key_max": max(ledger.requests_per_key.values(), default=0),
         "tool_effects_per_key_max": max(ledger.effects_per_key.values(), default=0),
