@@ -476,11 +476,15 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         for partition, items in by_partition.items():
             batch = await self._batch(partition)
             if batch is None:
-                for tp in {tp for tp, _ in items}:  # read again, or a later commit skips them
-                    self.consumer.seek(tp, min(r.offset for t, r in items if t == tp))
+                self._read_again(items)
                 continue
-            for tp, record in items:
-                await self.handler.record(batch, record)
+            for n, (tp, record) in enumerate(items):
+                try:
+                    await self.handler.record(batch, record)
+                except Exception as exc:  # a send refused (a fenced or failed producer)
+                    await self._drop(batch, exc)
+                    self._read_again([(t, r) for t, r in items[n:] if t not in batch.first])
+                    break
                 batch.consumed(tp, record.offset)
                 batch.handled += 1
         await self._fire_timers()
@@ -511,7 +515,12 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
             if batch is None:
                 self.wakeups.schedule(run_id, now + 1)
                 continue
-            changed = await self.handler.timer(batch, run_id)
+            try:
+                changed = await self.handler.timer(batch, run_id)
+            except Exception as exc:
+                await self._drop(batch, exc)
+                self.wakeups.schedule(run_id, now + 1)
+                continue
             batch.handled += 1
             if changed:
                 self.wakeups.moved(run_id)
@@ -553,6 +562,28 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
             batch.flush = True
         self._batches[partition] = batch
         return batch
+
+    def _read_again(self, items: list[tuple[TopicPartition, Any]]) -> None:
+        """Seek back to these records: unhandled, they would be skipped by a later commit."""
+        for tp in {tp for tp, _ in items}:
+            self.consumer.seek(tp, min(r.offset for t, r in items if t == tp))
+
+    async def _drop(self, batch: Batch, exc: Exception) -> None:
+        """A batch that failed while open: undo it, alone, and let the pass go on.
+
+        Its partition's inputs are read again; the other partitions' records in the same
+        fetch are handled as usual (a failure that ended the whole pass skipped them).
+        """
+        log.warning(
+            "partition %d: a batch failed before its commit (%s: %s); its inputs are read again",
+            batch.partition,
+            type(exc).__name__,
+            exc,
+        )
+        self.metrics.commit_failed()
+        if self._batches.get(batch.partition) is batch:
+            del self._batches[batch.partition]
+        await self._undo(batch)
 
     def _commit(self, partitions: list[int]) -> None:
         """Start committing these partitions' open batches, in the background.

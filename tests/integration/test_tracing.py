@@ -17,13 +17,11 @@ import asyncio
 import threading
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -33,12 +31,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from processors import build_processors, load_model_catalog, load_tools
-from streams._processing import ProcessorService
 from streams._tracing import Tracing
-from streams._workflows import WorkflowBook, WorkflowFeed
-from streams.coordinator import CoordinatorRuntime
-from tests.integration.workers import CODEC, Cluster, Workers, free_port, poll_decoded
+from tests.integration.inprocess import in_process_worker
+from tests.integration.workers import CODEC, Cluster, Workers, poll_decoded
 from topics import RunResult, RunStatus, StepKind, TaskSubmitted, partition_for
 
 MODELS = """
@@ -91,50 +86,6 @@ def cluster(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> Cluster:
     )
     cluster.deploy(traced=WORKFLOW)
     return cluster
-
-
-@asynccontextmanager
-async def in_process_worker(cluster: Cluster, tracing: Tracing) -> AsyncIterator[None]:
-    """A coordinator and every processor, in this process, traced by ``tracing``."""
-    env = cluster.env()
-    catalog = cluster.catalog
-    feed = WorkflowFeed(cluster.bootstrap, catalog, CODEC, WorkflowBook())
-    models = load_model_catalog(Path(env["BATON_MODELS_FILE"]))
-    tools = load_tools(Path(env["BATON_TOOLS_FILE"]))
-    http = httpx.AsyncClient()
-    runtime = CoordinatorRuntime(
-        bootstrap=cluster.bootstrap,
-        catalog=catalog,
-        feed=feed,
-        url=f"http://127.0.0.1:{free_port()}",
-        worker_id="traced",
-        exactly_once=True,
-        models=models,
-        tools=tools,
-        tracing=tracing,
-    )
-    processors = ProcessorService(
-        bootstrap=cluster.bootstrap,
-        catalog=catalog,
-        codec=CODEC,
-        processors=build_processors(models, http, {}, tools),
-        worker="traced",
-        instance_id=None,
-        concurrency=16,
-        tracing=tracing,
-    )
-    await runtime.start()
-    feed.on_poison = runtime.dead_letter_record
-    await feed.start()
-    await processors.start()
-    try:
-        yield
-    finally:
-        await processors.stop()
-        await runtime.stop()
-        await feed.stop()
-        await http.aclose()
-        tracing.shutdown()
 
 
 async def submit(cluster: Cluster, runs: dict[str, str | None]) -> None:
