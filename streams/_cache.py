@@ -28,6 +28,7 @@ from aiokafka.errors import KafkaError
 
 from processors import MemoryResponseCache
 from streams._deadletters import letter_for, too_large
+from streams._kafka import kafka_consumer
 from streams._metrics import Metrics
 from topics import (
     CacheEntry,
@@ -98,7 +99,7 @@ class KafkaResponseCache:
             RetryableError: The cluster cannot be reached.
             ConfigurationError: The cluster has no cache topic.
         """
-        consumer = AIOKafkaConsumer(
+        consumer = kafka_consumer(
             bootstrap_servers=self._bootstrap,
             group_id=None,
             enable_auto_commit=False,

@@ -9,8 +9,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 
+from streams._kafka import kafka_consumer
 from topics import (
     BATCH_BYTES,
     Codec,
@@ -45,7 +46,7 @@ class BatonClient:
             linger_ms=5,
             max_batch_size=BATCH_BYTES,
         )
-        self._results = AIOKafkaConsumer(
+        self._results = kafka_consumer(
             bootstrap_servers=bootstrap,
             enable_auto_commit=False,
             group_id=None,

@@ -21,6 +21,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from streams._kafka import kafka_consumer
 from topics import (
     MAX_RECORD_BYTES,
     Codec,
@@ -196,7 +197,7 @@ async def consumer(bootstrap: str) -> AsyncIterator[AIOKafkaConsumer]:
     Raises:
         RetryableError: The cluster cannot be reached.
     """
-    client = AIOKafkaConsumer(
+    client = kafka_consumer(
         bootstrap_servers=bootstrap,
         group_id=None,
         enable_auto_commit=False,

@@ -35,10 +35,11 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from processors import Processor, execute
 from streams._deadletters import letter_for, too_large
+from streams._kafka import kafka_consumer
 from streams._metrics import Metrics, consumer_lag
 from topics import (
     BATCH_BYTES,
@@ -151,7 +152,7 @@ class ProcessorService:
             max_batch_size=BATCH_BYTES,
         )
         await self._producer.start()
-        self._consumer = AIOKafkaConsumer(
+        self._consumer = kafka_consumer(
             *self._kinds,
             bootstrap_servers=self.bootstrap,
             group_id=f"{self.catalog.prefix}-processors",

@@ -22,9 +22,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from streams._deadletters import letter_for, too_large
+from streams._kafka import kafka_consumer
 from streams._metrics import Metrics, consumer_lag
 from topics import Codec, DecodeError, StepRequested, TopicCatalog
 
@@ -93,7 +94,7 @@ class RetryRelay(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
             bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True
         )
         await self._producer.start()
-        self._consumer = AIOKafkaConsumer(
+        self._consumer = kafka_consumer(
             bootstrap_servers=self.bootstrap,
             group_id=f"{self.catalog.prefix}-retry-relay",
             group_instance_id=self.instance_id,

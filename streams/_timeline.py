@@ -23,6 +23,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams._kafka import kafka_consumer
 from streams.coordinator import RunState
 from topics import Codec, DecodeError, RunEvent, TopicCatalog, partition_for
 
@@ -78,7 +79,7 @@ class TimelineReader:
         topic = self.catalog.run_events
         tp = TopicPartition(topic.name, partition_for(state.run_id, topic.partitions))
         async with self._reads:
-            consumer = AIOKafkaConsumer(
+            consumer = kafka_consumer(
                 bootstrap_servers=self.bootstrap,
                 group_id=None,
                 enable_auto_commit=False,

@@ -19,6 +19,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams._deadletters import too_large
+from streams._kafka import kafka_consumer
 from streams.workflow import Workflow, WorkflowError, parse_workflow
 from topics import Codec, DecodeError, RetryableError, TopicCatalog, WorkflowDefinition
 
@@ -109,7 +110,7 @@ class WorkflowFeed:
 
     async def start(self) -> None:
         """Start reading in the background."""
-        self._consumer = AIOKafkaConsumer(
+        self._consumer = kafka_consumer(
             bootstrap_servers=self._bootstrap, enable_auto_commit=False, group_id=None
         )
         await self._consumer.start()

@@ -32,10 +32,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.errors import KafkaError
 
+from streams._kafka import kafka_consumer
 from streams._metrics import Metrics
 from streams.coordinator._approvals_index import ApprovalsIndex
 from streams.coordinator._assignor import CopartitionedAssignor
@@ -190,7 +191,7 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         self.plain = plain
         self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
         await self._admin.start()
-        self._reader = AIOKafkaConsumer(
+        self._reader = kafka_consumer(
             bootstrap_servers=self.bootstrap,
             group_id=None,
             enable_auto_commit=False,
@@ -199,7 +200,7 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         await self._reader.start()
         port = self.url.rsplit(":", 1)[-1]
         session = self.settings.session_timeout
-        self.consumer = AIOKafkaConsumer(
+        self.consumer = kafka_consumer(
             bootstrap_servers=self.bootstrap,
             group_id=self.group_id,
             # Static membership: restarted under the same id (and address), a worker takes

@@ -15,9 +15,10 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from streams._deadletters import too_large
+from streams._kafka import kafka_consumer
 from streams.coordinator._ledger import SpendLedger
 from topics import Codec, DecodeError, SpendRecorded, TopicCatalog
 
@@ -64,7 +65,7 @@ class SpendFollower:
 
     async def start(self) -> None:
         """Seek to the start of the window and start following."""
-        self._reader = AIOKafkaConsumer(
+        self._reader = kafka_consumer(
             bootstrap_servers=self._bootstrap,
             group_id=None,
             enable_auto_commit=False,

@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 
+from streams._kafka import kafka_consumer
 from streams.localkafka import KafkaStartError, LocalKafka, LocalKafkaCluster, live_brokers
 
 DEADLINE = 60.0
@@ -196,3 +198,83 @@ async def test_three_nodes_survive_losing_the_leader(
         await producer.stop()
 
     assert await consume(bootstrap, topic, 3) == [b"before", b"after", b"rejoined"]
+
+
+async def test_a_consumer_finds_the_new_leader_when_it_resets_a_position(
+    kafka_cluster3: LocalKafkaCluster, topic_prefix: str
+) -> None:
+    """A position reset sent to a node that no longer leads reaches the new leader in seconds.
+
+    aiokafka retries a refused ListOffsets at the node it last knew as leader until its next
+    metadata refresh; with the default five-minute age the partition (and every partition
+    that node leads) is not fetched meanwhile. The soak found it after a broker restart.
+    """
+    cluster = kafka_cluster3
+    bootstrap = cluster.bootstrap
+    topic = f"{topic_prefix}.leader-moves"
+    tp = TopicPartition(topic, 0)
+    await create_topic(bootstrap, topic, replication_factor=3, configs={"min.insync.replicas": "2"})
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for value in (b"one", b"two", b"three"):
+            await producer.send_and_wait(topic, value)
+    finally:
+        await producer.stop()
+
+    consumer = kafka_consumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        assert await read(consumer, 3) == [b"one", b"two", b"three"]
+        consumer.pause(tp)
+        old = (await partition_state(bootstrap, topic))["leader"]
+        assert consumer._client.cluster.leader_for_partition(tp) == old
+
+        # The leader dies and comes back as a follower: the consumer, paused, still has it
+        # as the leader.
+        victim = cluster.nodes[old - 1]
+        victim.kill()
+
+        async def leader_and_isr() -> tuple[int, int]:
+            try:
+                state = await partition_state(bootstrap, topic)
+            except KafkaError:  # the admin client asked the dead node
+                return -1, 0
+            return state["leader"], len(state["isr"])
+
+        async def moved() -> bool:
+            return (await leader_and_isr())[0] not in (old, -1)
+
+        async def back_in_sync() -> bool:
+            return (await leader_and_isr())[1] == 3
+
+        await eventually(moved, "a new leader")
+        await asyncio.to_thread(victim.start)
+        await eventually(back_in_sync, "the old leader to rejoin the ISR")
+        assert (await partition_state(bootstrap, topic))["leader"] != old
+
+        try:
+            await asyncio.wait_for(consumer.seek_to_beginning(tp), 30.0)
+        except TimeoutError:
+            pytest.fail("the position reset was still sent to the old leader after 30 s")
+        consumer.resume(tp)
+        assert await read(consumer, 3) == [b"one", b"two", b"three"]
+    finally:
+        await consumer.stop()
+
+
+async def read(consumer: AIOKafkaConsumer, count: int, *, within: float = DEADLINE) -> list[bytes]:
+    """The next ``count`` values ``consumer`` reads, or fewer if ``within`` seconds passed."""
+    values: list[bytes] = []
+    deadline = time.monotonic() + within
+    while len(values) < count and time.monotonic() < deadline:
+        batches = await consumer.getmany(timeout_ms=200)
+        for records in batches.values():
+            values.extend(record.value for record in records)
+    return values
