@@ -10,7 +10,8 @@ sit out, or the step's deadline would pass, the failure is reported at once with
 
 With a response cache (``processors._cache``), ``ModelClient.answer`` serves a repeated call
 from it: no provider call, no tokens, no cost, and the original call's cost reported as
-``saved_usd``.
+``saved_usd`` -- unless the entry is the same step attempt's own answer (its worker died
+after caching it): then the hit is charged as the call it was, once.
 """
 
 from __future__ import annotations
@@ -181,7 +182,8 @@ class ModelClient:
 
         A hit makes no provider call; its usage has no tokens and no cost, ``cached`` set,
         ``saved_usd`` what the original call cost, and the provider and model that answered
-        it. After a miss, the answer is cached once ``read`` has accepted it, so an answer
+        it; a hit on this same attempt's own entry is charged instead (``_hit_usage``).
+        After a miss, the answer is cached once ``read`` has accepted it, so an answer
         that breaks the output schema is never served again.
 
         Args:
@@ -222,19 +224,7 @@ class ModelClient:
             )
             entry = await store.get(key)
             if entry is not None:
-                logger.debug(
-                    "run %s step %s: answered from the cache (saved $%s)",
-                    request.run_id,
-                    request.step,
-                    entry.cost_usd,
-                )
-                usage = Usage(
-                    route=route_name,
-                    provider=entry.provider,
-                    model=entry.model,
-                    cached=True,
-                    saved_usd=entry.cost_usd,
-                )
+                usage = _hit_usage(entry, request, route_name)
                 return read(_completion_of(entry), usage), usage
         completion, usage = await self.complete(
             request,
@@ -247,7 +237,7 @@ class ModelClient:
         )
         output = read(completion, usage)
         if store is not None and key is not None:
-            await store.put(_entry_of(key, completion, usage, self._clock()))
+            await store.put(_entry_of(key, completion, usage, self._clock(), origin_of(request)))
         return output, usage
 
     async def complete(
@@ -368,7 +358,54 @@ class ModelClient:
         return backoff + random.uniform(0, _BACKOFF_JITTER)
 
 
-def _entry_of(key: str, completion: Completion, usage: Usage, now: datetime) -> CacheEntry:
+def origin_of(request: StepRequested) -> str:
+    """The step attempt a call is made for, as a cache entry records it."""
+    return f"{request.idempotency_key}@{request.attempt}"
+
+
+def _hit_usage(entry: CacheEntry, request: StepRequested, route_name: str) -> Usage:
+    """What a cache hit used: nothing (a saving), or the call itself when it was this attempt's.
+
+    An entry this very attempt made means the attempt is running again: the worker that
+    called the model cached the answer and then died or was fenced before its result
+    counted. That call was made and paid for once, for this run, and nothing has charged it
+    yet; the hit charges it (``cached``, nothing saved), so the run's usage and budget are
+    the same as if the worker had not died. Any other hit was paid for by another call.
+    """
+    if entry.origin == origin_of(request):
+        logger.info(
+            "run %s step %s: its attempt %d runs again; the answer it paid for is in the cache",
+            request.run_id,
+            request.step,
+            request.attempt,
+        )
+        return Usage(
+            input_tokens=entry.input_tokens,
+            output_tokens=entry.output_tokens,
+            cost_usd=entry.cost_usd,
+            route=route_name,
+            provider=entry.provider,
+            model=entry.model,
+            cached=True,
+        )
+    logger.debug(
+        "run %s step %s: answered from the cache (saved $%s)",
+        request.run_id,
+        request.step,
+        entry.cost_usd,
+    )
+    return Usage(
+        route=route_name,
+        provider=entry.provider,
+        model=entry.model,
+        cached=True,
+        saved_usd=entry.cost_usd,
+    )
+
+
+def _entry_of(
+    key: str, completion: Completion, usage: Usage, now: datetime, origin: str
+) -> CacheEntry:
     return CacheEntry(
         key=key,
         route=usage.route or "",
@@ -380,6 +417,7 @@ def _entry_of(key: str, completion: Completion, usage: Usage, now: datetime) -> 
         output_tokens=completion.output_tokens,
         cost_usd=usage.cost_usd,
         created_at=now,
+        origin=origin,
     )
 
 

@@ -472,3 +472,9 @@ class CacheEntry(Event):
         default=Decimal(0), description="What the original call cost: what each hit saves."
     )
     created_at: Timestamp = Field(description="When the model answered; the TTL counts from it.")
+    origin: str | None = Field(
+        default=None,
+        description="The step attempt whose call this is (`<idempotency key>@<attempt>`): "
+        "when that same attempt runs again (its result lost with a worker), the hit is its "
+        "own answer, charged as the call it was, not a saving.",
+    )

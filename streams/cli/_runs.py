@@ -38,6 +38,7 @@ from topics import (
     RunResult,
     RunStatus,
     TaskSubmitted,
+    Usage,
     describe_validation_error,
 )
 
@@ -173,7 +174,7 @@ def print_result(result: RunResult) -> None:
         duration = f"{step.duration_ms:.0f} ms" if step.duration_ms is not None else "-"
         tokens = step.usage.input_tokens + step.usage.output_tokens
         route = f" via {step.usage.route}" if step.usage.route else ""
-        cached = f" (cached, saved {usd(step.usage.saved_usd)})" if step.usage.cached else ""
+        cached = _cached_note(step.usage) if step.usage.cached else ""
         console.print(
             f"  {escape(step.step):<16} {step.outcome.value:<10} attempts {step.attempts}  "
             f"{duration:>8}  {tokens:>5} tokens  {usd(step.usage.cost_usd)}"
@@ -471,9 +472,18 @@ def steps_table(view: dict[str, Any]) -> Table:
     return table
 
 
+def _cached_note(usage: Usage) -> str:
+    """A cached step's note: what it saved, or that it was its own call recovered."""
+    if usage.cost_usd and not usage.saved_usd:
+        return " (recovered from the cache)"
+    return f" (cached, saved {usd(usage.saved_usd)})"
+
+
 def _cache_cell(usage: dict[str, Any]) -> str:
     saved = Decimal(str(usage.get("saved_usd", 0)))
     if usage.get("cached"):
+        if Decimal(str(usage.get("cost_usd", 0))) and not saved:
+            return "recovered"
         return f"hit, saved {usd(saved)}"
     return f"saved {usd(saved)}" if saved else ""
 

@@ -224,12 +224,24 @@ def _on_result(state: RunState | None, result: StepResult, context: Context) -> 
 
 
 def _late(state: RunState, result: StepResult, context: Context, reason: str) -> Decision:
-    """A result too late to use (or a second one): recorded, and its money accounted for."""
+    """A result too late to use (or a second one): recorded, and its money accounted for.
+
+    Money a result reports is charged, with one exception: a cached answer for an attempt
+    already settled. That is the attempt's own call, run again after its worker cached the
+    answer and died before its offsets were committed (at-least-once); the call was charged
+    when the first result settled.
+    """
     t = Transition(state, context.workflow, context)
     usage = result.usage
-    if usage is not None and (usage.cost_usd or usage.input_tokens):
+    step = state.steps.get(result.step)
+    settled = (
+        step is not None
+        and step.attempt == result.attempt
+        and (step.phase != StepPhase.dispatched or bool(step.waiting_on))
+    )
+    paid = usage is not None and bool(usage.cost_usd or usage.input_tokens)
+    if usage is not None and paid and not (usage.cached and settled):
         t.set(usage=add_usage(t.get("usage"), usage))
-        step = state.steps.get(result.step)
         if step is not None:
             t.set_step(result.step, usage=add_usage(step.usage, usage))
         if t.workflow is not None and _is_model_step(t, result.step):

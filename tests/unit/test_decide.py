@@ -285,6 +285,46 @@ def test_a_second_result_for_a_settled_attempt_changes_nothing() -> None:
     assert ignored.detail == {"reason": "a result for this attempt was already settled"}
 
 
+PAID = Usage(input_tokens=10, output_tokens=2, cost_usd=Decimal("0.01"), route="fast")
+#: The same call's answer, served from the cache to the same attempt run again.
+RECOVERED = PAID.model_copy(update={"cached": True})
+
+
+def test_a_cached_repeat_of_a_settled_attempt_is_not_charged_twice() -> None:
+    # At-least-once: the worker published the result, cached the answer and died before its
+    # offsets were committed; the attempt ran again and was answered from its own entry.
+    run = Run(LINEAR)
+    run.send(task())
+    a = run.request("a")
+    run.send(ok(a, "first", usage=PAID))
+    decision = run.send(ok(a, "first", usage=RECOVERED))
+    assert run.types(decision) == ["result_ignored"]
+    assert run.state is not None
+    assert run.state.usage.input_tokens == 10 and run.state.usage.cost_usd == Decimal("0.01")
+    assert run.state.steps["a"].usage.cost_usd == Decimal("0.01")
+
+
+def test_a_late_paid_repeat_of_a_settled_attempt_is_charged() -> None:
+    # A second real call (the attempt ran again and missed the cache) was paid for too.
+    run = Run(LINEAR)
+    run.send(task())
+    a = run.request("a")
+    run.send(ok(a, "first", usage=PAID))
+    run.send(ok(a, "first", usage=PAID))
+    assert run.state is not None
+    assert run.state.usage.input_tokens == 20 and run.state.usage.cost_usd == Decimal("0.02")
+
+
+def test_a_recovered_answer_settles_the_attempt_at_the_price_of_its_call() -> None:
+    # The first result never counted (its worker was fenced): the recovered one is charged.
+    run = Run(LINEAR)
+    run.send(task())
+    a = run.request("a")
+    run.send(ok(a, "first", usage=RECOVERED))
+    assert run.state is not None
+    assert run.state.usage.input_tokens == 10 and run.state.usage.cost_usd == Decimal("0.01")
+
+
 def test_a_result_for_a_finished_run_is_ignored_and_a_result_for_no_run_is_dead_lettered() -> None:
     run = Run(DIAMOND)
     run.send(task())

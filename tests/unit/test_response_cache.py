@@ -114,10 +114,12 @@ def _catalog(base_url: str) -> ModelCatalog:
     )
 
 
-def _request(route: str = "fast", *, step: str = "classify", **params: Any) -> StepRequested:
+def _request(
+    route: str = "fast", *, step: str = "classify", attempt: int = 1, **params: Any
+) -> StepRequested:
     fields: dict[str, Any] = {"route": route, "messages": MESSAGES, "max_tokens": 50}
     fields.update(params)
-    return step_request(StepKind.llm, fields, step=step)
+    return step_request(StepKind.llm, fields, step=step, attempt=attempt)
 
 
 def _llm(
@@ -230,12 +232,33 @@ async def test_a_hit_becomes_an_ok_result_with_the_cached_usage(
     processor = _llm(fake_openai, http_client, cache)
     await processor.run(_request())
 
-    result = await execute(processor, _request(), worker="w2", now=lambda: DISPATCHED_AT)
+    retried = _request(attempt=2)
+    result = await execute(processor, retried, worker="w2", now=lambda: DISPATCHED_AT)
 
     assert result.status == StepStatus.ok and result.output == "Sorry to hear that."
     assert result.usage is not None and result.usage.cached
     assert result.usage.saved_usd == Decimal("0.00006")
     assert len(fake_openai.requests) == 1
+
+
+async def test_the_same_attempt_run_again_is_charged_its_own_call_once_more_saves_nothing(
+    fake_openai: FakeOpenAIServer, http_client: httpx.AsyncClient
+) -> None:
+    # At-least-once: a worker called the model, cached the answer and died before its result
+    # counted; the same attempt runs again on another worker and finds its own answer.
+    fake_openai.reply(ChatAnswer("Sorry to hear that.", prompt_tokens=1000, completion_tokens=50))
+    cache = MemoryResponseCache(ttl_s=60, clock=Clock(DISPATCHED_AT))
+    first = await _llm(fake_openai, http_client, cache).run(_request())
+    again = await _llm(fake_openai, http_client, cache).run(_request())
+    other_attempt = await _llm(fake_openai, http_client, cache).run(_request(attempt=2))
+
+    assert len(fake_openai.requests) == 1
+    assert first.usage is not None and again.usage is not None
+    assert again.output == first.output
+    assert again.usage == first.usage.model_copy(update={"cached": True})
+    assert again.usage.cost_usd == Decimal("0.0024") and again.usage.saved_usd == 0
+    assert other_attempt.usage is not None
+    assert other_attempt.usage.cost_usd == 0 and other_attempt.usage.saved_usd == Decimal("0.0024")
 
 
 async def test_a_call_that_differs_in_any_way_goes_to_the_model(
@@ -383,7 +406,7 @@ async def test_an_agent_turn_with_tool_calls_is_cached_with_its_calls(
     turn = step_request(StepKind.agent, {"route": "fast", "messages": MESSAGES, "tools": TOOLS})
 
     first = await processor.run(turn)
-    again = await processor.run(turn)
+    again = await processor.run(turn.model_copy(update={"attempt": 2}))
     other_tools = await processor.run(
         step_request(StepKind.agent, {"route": "fast", "messages": MESSAGES, "tools": []})
     )
@@ -454,7 +477,7 @@ def test_a_ttl_must_be_positive() -> None:
 
 def test_an_entry_with_tool_calls_round_trips_through_the_codec() -> None:
     call = CachedToolCall(id="c1", name="lookup_order", arguments={"order_id": 7})
-    entry = _entry("k").model_copy(update={"tool_calls": [call]})
+    entry = _entry("k").model_copy(update={"tool_calls": [call], "origin": "run-1/classify@2"})
     codec = Codec()
     assert codec.decode(codec.encode(entry), CacheEntry) == entry
 

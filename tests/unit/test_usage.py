@@ -183,6 +183,16 @@ def test_runs_show_lists_tokens_cost_route_and_cache_per_step_with_totals() -> N
     )
 
 
+def test_a_step_that_recovered_its_own_call_from_the_cache_is_not_shown_as_a_saving() -> None:
+    usage = {"input_tokens": 10, "output_tokens": 2, "cost_usd": "0.01", "cached": True}
+    view = {"steps": [{"step": "draft", "phase": "succeeded", "attempt": 1, "usage": usage}]}
+    console = Console(record=True, width=160)
+    console.print(steps_table(view))
+    lines = [" ".join(line.split()) for line in console.export_text().splitlines()]
+
+    assert any("draft │ succeeded │ 1 │ - │ 10 │ 2 │ $0.01 │ │ recovered" in line for line in lines)
+
+
 def test_usage_refuses_a_bad_window_before_reading_anything() -> None:
     result = CliRunner().invoke(main, ["usage", "--window", "yesterday"])
     assert result.exit_code == 2
