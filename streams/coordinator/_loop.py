@@ -320,6 +320,15 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         count = self.catalog.partitions
         self.wakeups.retain(lambda run_id: partition_for(run_id, count) != partition)
         self.approvals.forget_partition(partition)
+        flight = self._committing.pop(partition, None)
+        if flight is not None:
+            # A commit still in flight: a revocation stopped waiting for it. Its producers
+            # stop below, and a stopped producer never ends the transaction the commit
+            # awaits: left, it would hang this worker's stop and hold back every later
+            # batch of the partition should it come back. The next owner fences it, so it
+            # committed before that owner read, or not at all.
+            log.warning("partition %d left with a commit in flight; abandoning it", partition)
+            flight[1].cancel()
         for producer in self._producers.pop(partition, ()):
             with contextlib.suppress(KafkaError):
                 await producer.stop()
