@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
+from aiokafka import AIOKafkaProducer
 
 from processors import build_processors, load_model_catalog, load_tools
 from streams._processing import ProcessorService
@@ -18,6 +19,54 @@ from streams._tracing import Tracing
 from streams._workflows import WorkflowBook, WorkflowFeed
 from streams.coordinator import CoordinatorRuntime
 from tests.integration.workers import CODEC, Cluster, free_port
+from topics import TaskSubmitted, partition_for
+
+#: One free scripted route, for tests that need runs to flow and nothing else.
+SCRIPTED_MODELS = """
+routes:
+  quick:
+    provider: scripted
+    model: scripted-quick
+    script:
+      - reply: "an answer to {{ prompt }}"
+"""
+
+#: One llm step on that route: ``steady-<n>`` runs of it.
+STEADY = """
+workflow: steady
+version: 1
+steps:
+  ask: {kind: llm, model: quick, prompt: "question {{ input.n }}"}
+output: {n: "{{ input.n }}", answer: "{{ steps.ask.output }}"}
+"""
+
+
+def steady_cluster(bootstrap: str, prefix: str, tmp_path: Path, workflow: str = STEADY) -> Cluster:
+    """A cluster with the scripted route and ``workflow`` (named ``steady``) deployed."""
+    models = tmp_path / "models.yaml"
+    models.write_text(SCRIPTED_MODELS)
+    cluster = Cluster(bootstrap, prefix, tmp_path / "home", models_file=models)
+    cluster.deploy(steady=workflow)
+    return cluster
+
+
+async def publish_steady(cluster: Cluster, runs: int) -> None:
+    """Publish tasks ``steady-0`` .. ``steady-<runs - 1>``, each to its run's partition."""
+    producer = AIOKafkaProducer(bootstrap_servers=cluster.bootstrap, acks="all")
+    await producer.start()
+    try:
+        for n in range(runs):
+            run_id = f"steady-{n}"
+            task = TaskSubmitted(task_id=run_id, workflow="steady", input={"n": n})
+            await producer.send(
+                cluster.catalog.tasks.name,
+                CODEC.encode(task),
+                key=run_id.encode(),
+                partition=partition_for(run_id, cluster.catalog.partitions),
+            )
+        await producer.flush()
+    finally:
+        await producer.stop()
 
 
 @asynccontextmanager

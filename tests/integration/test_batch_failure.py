@@ -14,21 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import IllegalOperation
 
-from tests.integration.inprocess import in_process_worker
-from tests.integration.workers import CODEC, Cluster, poll_decoded
-from topics import RunResult, RunStatus, TaskSubmitted, partition_for
-
-MODELS = """
-routes:
-  quick:
-    provider: scripted
-    model: scripted-quick
-    script:
-      - reply: "an answer to {{ prompt }}"
-"""
+from tests.integration.inprocess import in_process_worker, publish_steady, steady_cluster
+from tests.integration.workers import poll_decoded
+from topics import RunResult, RunStatus
 
 WORKFLOW = """
 workflow: steady
@@ -50,28 +40,11 @@ async def test_a_send_refused_mid_pass_loses_no_record_of_any_partition(
     monkeypatch: pytest.MonkeyPatch,
     exactly_once: bool,
 ) -> None:
-    models = tmp_path / "models.yaml"
-    models.write_text(MODELS)
-    cluster = Cluster(kafka_bootstrap, topic_prefix, tmp_path / "home", models_file=models)
-    cluster.deploy(steady=WORKFLOW)
+    cluster = steady_cluster(kafka_bootstrap, topic_prefix, tmp_path, WORKFLOW)
     catalog = cluster.catalog
     # Every task is waiting before the worker starts, so its first fetches bring records of
     # several partitions at once, and the failure falls in the middle of one.
-    producer = AIOKafkaProducer(bootstrap_servers=cluster.bootstrap, acks="all")
-    await producer.start()
-    try:
-        for n in range(RUNS):
-            run_id = f"steady-{n}"
-            task = TaskSubmitted(task_id=run_id, workflow="steady", input={"n": n})
-            await producer.send(
-                catalog.tasks.name,
-                CODEC.encode(task),
-                key=run_id.encode(),
-                partition=partition_for(run_id, catalog.partitions),
-            )
-        await producer.flush()
-    finally:
-        await producer.stop()
+    await publish_steady(cluster, RUNS)
 
     async with in_process_worker(cluster, exactly_once=exactly_once) as runtime:
         handler = runtime.loop.handler

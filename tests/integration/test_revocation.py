@@ -22,29 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from streams.coordinator import _loop
-from tests.integration.inprocess import in_process_worker
-from tests.integration.workers import CODEC, Cluster, WorkerProcess, poll_decoded
-from topics import RunResult, RunStatus, TaskSubmitted, partition_for
-
-MODELS = """
-routes:
-  quick:
-    provider: scripted
-    model: scripted-quick
-    script:
-      - reply: "an answer to {{ prompt }}"
-"""
-
-WORKFLOW = """
-workflow: steady
-version: 1
-steps:
-  ask: {kind: llm, model: quick, prompt: "question {{ input.n }}"}
-output: {n: "{{ input.n }}", answer: "{{ steps.ask.output }}"}
-"""
+from tests.integration.inprocess import in_process_worker, publish_steady, steady_cluster
+from tests.integration.workers import WorkerProcess, poll_decoded
+from topics import RunResult, RunStatus
 
 RUNS = 40
 
@@ -57,10 +39,7 @@ async def test_a_commit_that_does_not_end_does_not_keep_a_worker_out_of_the_grou
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    models = tmp_path / "models.yaml"
-    models.write_text(MODELS)
-    cluster = Cluster(kafka_bootstrap, topic_prefix, tmp_path / "home", models_file=models)
-    cluster.deploy(steady=WORKFLOW)
+    cluster = steady_cluster(kafka_bootstrap, topic_prefix, tmp_path)
     catalog = cluster.catalog
     monkeypatch.setattr(_loop, "REVOKE_SETTLE_S", 2.0)
     caplog.set_level(logging.WARNING, logger=_loop.__name__)
@@ -92,7 +71,7 @@ async def test_a_commit_that_does_not_end_does_not_keep_a_worker_out_of_the_grou
 
         monkeypatch.setattr(loop, "_commit_one", hang_once)
         monkeypatch.setattr(loop, "on_partitions_assigned", noting_assigned)
-        await _publish(cluster)
+        await publish_steady(cluster, RUNS)
         await _until(lambda: bool(hung), "a commit to hang")
 
         second.start()  # a rebalance while that commit hangs
@@ -117,24 +96,6 @@ async def test_a_commit_that_does_not_end_does_not_keep_a_worker_out_of_the_grou
     assert any(f"partition {moving} left with a commit in flight" in m for m in messages)
     assert len(results) == RUNS, "a run has more than one committed result"
     assert {r.status for r in results} == {RunStatus.completed}
-
-
-async def _publish(cluster: Cluster) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=cluster.bootstrap, acks="all")
-    await producer.start()
-    try:
-        for n in range(RUNS):
-            run_id = f"steady-{n}"
-            task = TaskSubmitted(task_id=run_id, workflow="steady", input={"n": n})
-            await producer.send(
-                cluster.catalog.tasks.name,
-                CODEC.encode(task),
-                key=run_id.encode(),
-                partition=partition_for(run_id, cluster.catalog.partitions),
-            )
-        await producer.flush()
-    finally:
-        await producer.stop()
 
 
 async def _until(condition: Any, what: str, timeout: float = 60.0) -> None:

@@ -17,26 +17,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from streams.coordinator import _loop
-from tests.integration.inprocess import in_process_worker
-from tests.integration.workers import CODEC, Cluster, poll_decoded
-from topics import RunResult, RunStatus, TaskSubmitted, partition_for
-
-MODELS = """
-routes:
-  quick:
-    provider: scripted
-    model: scripted-quick
-    script:
-      - reply: "an answer to {{ prompt }}"
-"""
-
-WORKFLOW = """
-workflow: steady
-version: 1
-steps:
-  ask: {kind: llm, model: quick, prompt: "question {{ input.n }}"}
-output: {n: "{{ input.n }}", answer: "{{ steps.ask.output }}"}
-"""
+from tests.integration.inprocess import in_process_worker, publish_steady, steady_cluster
+from tests.integration.workers import poll_decoded
+from topics import RunResult, RunStatus, partition_for
 
 RUNS = 20
 
@@ -47,26 +30,9 @@ async def test_a_producer_start_that_never_ends_is_dropped_and_the_takeover_retr
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    models = tmp_path / "models.yaml"
-    models.write_text(MODELS)
-    cluster = Cluster(kafka_bootstrap, topic_prefix, tmp_path / "home", models_file=models)
-    cluster.deploy(steady=WORKFLOW)
+    cluster = steady_cluster(kafka_bootstrap, topic_prefix, tmp_path)
     catalog = cluster.catalog
-    producer = AIOKafkaProducer(bootstrap_servers=cluster.bootstrap, acks="all")
-    await producer.start()
-    try:
-        for n in range(RUNS):
-            run_id = f"steady-{n}"
-            task = TaskSubmitted(task_id=run_id, workflow="steady", input={"n": n})
-            await producer.send(
-                catalog.tasks.name,
-                CODEC.encode(task),
-                key=run_id.encode(),
-                partition=partition_for(run_id, catalog.partitions),
-            )
-        await producer.flush()
-    finally:
-        await producer.stop()
+    await publish_steady(cluster, RUNS)
 
     # The first transactional start of partition 0's coordinator producers never returns,
     # as a start retrying InitProducerId at an unreachable coordinator does not.
