@@ -472,9 +472,14 @@ def steps_table(view: dict[str, Any]) -> Table:
     return table
 
 
+def _recovered(cost: Decimal, saved: Decimal) -> bool:
+    """Whether a cached step's answer was its own paid call, recovered (docs/cost.md)."""
+    return bool(cost) and not saved
+
+
 def _cached_note(usage: Usage) -> str:
     """A cached step's note: what it saved, or that it was its own call recovered."""
-    if usage.cost_usd and not usage.saved_usd:
+    if _recovered(usage.cost_usd, usage.saved_usd):
         return " (recovered from the cache)"
     return f" (cached, saved {usd(usage.saved_usd)})"
 
@@ -482,7 +487,7 @@ def _cached_note(usage: Usage) -> str:
 def _cache_cell(usage: dict[str, Any]) -> str:
     saved = Decimal(str(usage.get("saved_usd", 0)))
     if usage.get("cached"):
-        if Decimal(str(usage.get("cost_usd", 0))) and not saved:
+        if _recovered(Decimal(str(usage.get("cost_usd", 0))), saved):
             return "recovered"
         return f"hit, saved {usd(saved)}"
     return f"saved {usd(saved)}" if saved else ""

@@ -179,15 +179,10 @@ def _on_result(state: RunState | None, result: StepResult, context: Context) -> 
     if result.step not in state.steps:
         return Decision(dead_letter=f"step result for unknown step {result.step!r}")
     step = state.steps[result.step]
-    if (
-        step.phase != StepPhase.dispatched
-        or bool(step.waiting_on)
-        or (step.attempt != result.attempt)
-    ):
-        if result.attempt == step.attempt:
-            reason = "a result for this attempt was already settled"
-        else:
-            reason = f"attempt {result.attempt} is not the one in flight ({step.attempt})"
+    if _settled(step, result):
+        return _late(state, result, context, "a result for this attempt was already settled")
+    if step.attempt != result.attempt:
+        reason = f"attempt {result.attempt} is not the one in flight ({step.attempt})"
         return _late(state, result, context, reason)
     t = Transition(state, context.workflow, context)
     if t.workflow is None:
@@ -223,6 +218,15 @@ def _on_result(state: RunState | None, result: StepResult, context: Context) -> 
     return t.decision()
 
 
+def _settled(step: StepState | None, result: StepResult) -> bool:
+    """Whether ``result``'s attempt was already settled: this is a repeat of its result."""
+    return (
+        step is not None
+        and step.attempt == result.attempt
+        and (step.phase != StepPhase.dispatched or bool(step.waiting_on))
+    )
+
+
 def _late(state: RunState, result: StepResult, context: Context, reason: str) -> Decision:
     """A result too late to use (or a second one): recorded, and its money accounted for.
 
@@ -234,13 +238,8 @@ def _late(state: RunState, result: StepResult, context: Context, reason: str) ->
     t = Transition(state, context.workflow, context)
     usage = result.usage
     step = state.steps.get(result.step)
-    settled = (
-        step is not None
-        and step.attempt == result.attempt
-        and (step.phase != StepPhase.dispatched or bool(step.waiting_on))
-    )
     paid = usage is not None and bool(usage.cost_usd or usage.input_tokens)
-    if usage is not None and paid and not (usage.cached and settled):
+    if usage is not None and paid and not (usage.cached and _settled(step, result)):
         t.set(usage=add_usage(t.get("usage"), usage))
         if step is not None:
             t.set_step(result.step, usage=add_usage(step.usage, usage))
