@@ -28,7 +28,7 @@ from aiokafka.errors import KafkaError
 
 from processors import MemoryResponseCache
 from streams._deadletters import letter_for, too_large
-from streams._kafka import kafka_consumer
+from streams._kafka import kafka_consumer, kafka_producer
 from streams._metrics import Metrics
 from topics import (
     CacheEntry,
@@ -37,6 +37,7 @@ from topics import (
     DecodeError,
     RetryableError,
     TopicCatalog,
+    client_source,
 )
 
 __all__ = ["KafkaResponseCache"]
@@ -60,6 +61,7 @@ class KafkaResponseCache:
         load_timeout_s: How long ``start`` waits to read the topic to its end before it lets
             the worker start anyway (the rest is read in the background).
         metrics: The worker's metrics (dead letters written).
+        source: The ``ce_source`` of the entries it writes.
     """
 
     def __init__(
@@ -72,7 +74,9 @@ class KafkaResponseCache:
         clock: Callable[[], datetime] = _utcnow,
         load_timeout_s: float = 60.0,
         metrics: Metrics | None = None,
+        source: str | None = None,
     ) -> None:
+        self._source = source or client_source("workers")
         self.entries = MemoryResponseCache(ttl_s, clock)
         self._metrics = metrics
         self._topic = catalog.llm_cache
@@ -105,8 +109,13 @@ class KafkaResponseCache:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        producer = kafka_producer(
+            self._source,
+            self._codec,
+            bootstrap_servers=self._bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
         )
         try:
             await consumer.start()

@@ -9,9 +9,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
-from streams._kafka import kafka_consumer
+from streams._kafka import kafka_consumer, kafka_producer
 from topics import (
     BATCH_BYTES,
     Codec,
@@ -21,6 +21,7 @@ from topics import (
     RunResult,
     TaskSubmitted,
     TopicCatalog,
+    client_source,
     partition_for,
 )
 
@@ -39,7 +40,9 @@ class BatonClient:
     def __init__(self, bootstrap: str, catalog: TopicCatalog, codec: Codec | None = None) -> None:
         self.catalog = catalog
         self.codec = codec or Codec()
-        self._producer = AIOKafkaProducer(
+        self._producer = kafka_producer(
+            client_source(),
+            self.codec,
             bootstrap_servers=bootstrap,
             acks="all",
             enable_idempotence=True,

@@ -1,4 +1,7 @@
-"""How baton builds its Kafka consumers: one place for the settings every consumer needs.
+"""How baton builds its Kafka clients: the settings every consumer needs, and CloudEvents.
+
+Every producer is an ``EventProducer``: it puts CloudEvents headers on every record baton
+writes (``topics._cloudevents``).
 
 ``metadata_max_age_ms``: aiokafka 0.14 does not refresh its metadata when a ListOffsets
 request (the position reset of a partition with no committed offset, or a seek to an end)
@@ -12,11 +15,14 @@ consumer per period. docs/decisions/0006-consumer-metadata-age.md.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-__all__ = ["METADATA_MAX_AGE_MS", "kafka_consumer"]
+from topics import CloudEvents, Codec
+
+__all__ = ["METADATA_MAX_AGE_MS", "EventProducer", "kafka_consumer", "kafka_producer"]
 
 METADATA_MAX_AGE_MS = 5_000
 
@@ -25,3 +31,34 @@ def kafka_consumer(*topics: str, **config: Any) -> AIOKafkaConsumer:
     """An ``AIOKafkaConsumer`` with baton's settings; ``config`` as aiokafka takes it."""
     config.setdefault("metadata_max_age_ms", METADATA_MAX_AGE_MS)
     return AIOKafkaConsumer(*topics, **config)
+
+
+class EventProducer(AIOKafkaProducer):  # type: ignore[misc]  # aiokafka is untyped
+    """An ``AIOKafkaProducer`` whose records carry CloudEvents headers (``send_and_wait`` too).
+
+    Args:
+        events: Builds the headers of this producer's source.
+        **config: As aiokafka takes it.
+    """
+
+    def __init__(self, events: CloudEvents, **config: Any) -> None:
+        super().__init__(**config)
+        self.events = events
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> Any:
+        """Queue a record, its CloudEvents headers added; the delivery future, as aiokafka's."""
+        headers = self.events.headers(key, value, headers)
+        return await super().send(topic, value, key, partition, timestamp_ms, headers)
+
+
+def kafka_producer(source: str, codec: Codec, **config: Any) -> EventProducer:
+    """A producer writing as ``source`` (its ``ce_source``); ``codec`` names the event types."""
+    return EventProducer(CloudEvents(source, codec.type_name), **config)

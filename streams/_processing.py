@@ -35,11 +35,11 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
 from processors import Processor, execute
 from streams._deadletters import letter_for, too_large
-from streams._kafka import kafka_consumer
+from streams._kafka import kafka_consumer, kafka_producer
 from streams._metrics import Metrics, consumer_lag
 from topics import (
     BATCH_BYTES,
@@ -53,6 +53,7 @@ from topics import (
     StepStatus,
     TopicCatalog,
     partition_for,
+    worker_source,
 )
 
 if TYPE_CHECKING:
@@ -144,7 +145,9 @@ class ProcessorService:
 
     async def start(self) -> None:
         """Join the group and start taking requests."""
-        self._producer = AIOKafkaProducer(
+        self._producer = kafka_producer(
+            worker_source(self.worker),
+            self.codec,
             bootstrap_servers=self.bootstrap,
             acks="all",
             enable_idempotence=True,

@@ -22,12 +22,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from streams._deadletters import letter_for, too_large
-from streams._kafka import kafka_consumer
+from streams._kafka import kafka_consumer, kafka_producer
 from streams._metrics import Metrics, consumer_lag
-from topics import Codec, DecodeError, StepRequested, TopicCatalog
+from topics import Codec, DecodeError, StepRequested, TopicCatalog, client_source
 
 __all__ = ["RetryRelay"]
 
@@ -45,6 +45,8 @@ class RetryRelay(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         session_timeout: Seconds before a silent relay's partitions move.
         metrics: The worker's metrics (the relay adds the retries it holds, and its lag).
         clock: The time, in seconds since the epoch.
+        source: The ``ce_source`` of the dead letters it writes (relayed requests keep
+            their own).
     """
 
     def __init__(
@@ -56,8 +58,10 @@ class RetryRelay(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         session_timeout: float = 15.0,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
+        source: str | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.source = source or client_source("workers")
         self.instance_id = instance_id
         self.session_timeout = session_timeout
         self.catalog = catalog
@@ -90,8 +94,12 @@ class RetryRelay(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
 
     async def start(self) -> None:
         """Join the relay's consumer group and start relaying."""
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True
+        self._producer = kafka_producer(
+            self.source,
+            self.codec,
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            enable_idempotence=True,
         )
         await self._producer.start()
         self._consumer = kafka_consumer(

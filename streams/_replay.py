@@ -39,6 +39,7 @@ from streams._deadletters import (
     ranges_since,
     scan,
 )
+from streams._kafka import kafka_producer
 from topics import (
     Codec,
     ConfigurationError,
@@ -50,6 +51,7 @@ from topics import (
     TaskSubmitted,
     Topic,
     TopicCatalog,
+    client_source,
     partition_for,
 )
 
@@ -225,9 +227,14 @@ class _Sender:
         self._pending: list[asyncio.Future[Any]] = []
 
     @classmethod
-    async def start(cls, bootstrap: str) -> _Sender:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+    async def start(cls, bootstrap: str, codec: Codec) -> _Sender:
+        producer = kafka_producer(
+            client_source("replay"),
+            codec,
+            bootstrap_servers=bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
         )
         try:
             await producer.start()
@@ -286,7 +293,7 @@ async def replay_letters(
     if dry_run or not plans:
         return plans
     codec = codec or Codec()
-    sender = await _Sender.start(bootstrap)
+    sender = await _Sender.start(bootstrap, codec)
     try:
         for plan in plans:
             if isinstance(plan, Redrive):
@@ -445,7 +452,7 @@ async def replay_range(
     replayed: dict[int, int] = {}
     new_runs: dict[str, None] = {}
     skipped = repeats = 0
-    sender = None if dry_run else await _Sender.start(bootstrap)
+    sender = None if dry_run else await _Sender.start(bootstrap, codec)
     try:
         async with consumer(bootstrap) as client:
             tps = await partitions_of(client, topic)

@@ -16,12 +16,19 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams._deadletters import too_large
-from streams._kafka import kafka_consumer
+from streams._kafka import kafka_consumer, kafka_producer
 from streams.workflow import Workflow, WorkflowError, parse_workflow
-from topics import Codec, DecodeError, RetryableError, TopicCatalog, WorkflowDefinition
+from topics import (
+    Codec,
+    DecodeError,
+    RetryableError,
+    TopicCatalog,
+    WorkflowDefinition,
+    client_source,
+)
 
 __all__ = ["WorkflowBook", "WorkflowFeed", "deploy_workflows", "read_workflows"]
 
@@ -193,7 +200,13 @@ async def deploy_workflows(
     Deploying the same content again is harmless: the key (``name@hash``) is the same, and
     that version becomes the latest again.
     """
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = kafka_producer(
+        client_source("cli"),
+        codec,
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+    )
     await producer.start()
     deployed = []
     try:

@@ -50,7 +50,7 @@ from streams._processing import ProcessorService
 from streams._relay import RetryRelay
 from streams._workflows import WorkflowBook, WorkflowFeed
 from streams.coordinator import CoordinatorRuntime
-from topics import Codec, ConfigurationError, StepKind, TopicCatalog
+from topics import Codec, ConfigurationError, StepKind, TopicCatalog, worker_source
 
 if TYPE_CHECKING:
     from streams._tracing import Tracing
@@ -254,7 +254,12 @@ def build_worker(
         # No cache (no consumer, no producer) when no route's calls could be cached.
         if settings.cache_ttl > 0 and calls_models and _any_cacheable(models):
             cache = KafkaResponseCache(
-                bootstrap, catalog, codec, ttl_s=settings.cache_ttl, metrics=metrics
+                bootstrap,
+                catalog,
+                codec,
+                ttl_s=settings.cache_ttl,
+                metrics=metrics,
+                source=worker_source(settings.worker_id),
             )
         built = build_processors(models, http, env, tools, cache=cache)
         _measure_breakers(metrics, built.values())
@@ -285,6 +290,7 @@ def build_worker(
             instance_id=f"{settings.worker_id}-{settings.web_port}",
             session_timeout=settings.session_timeout,
             metrics=metrics,
+            source=worker_source(settings.worker_id),
         )
         if coordinator
         else None

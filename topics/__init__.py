@@ -13,6 +13,7 @@ from topics._catalog import (
     Topic,
     TopicCatalog,
 )
+from topics._cloudevents import CloudEvents, client_source, worker_source
 from topics._codec import BATCH_BYTES, MAX_RECORD_BYTES, Codec, describe_validation_error
 from topics._errors import (
     BatonError,
@@ -85,6 +86,8 @@ __all__ = [
     "DECISION_FORM",
     "ID_CHARACTERS",
     "check_task_id",
+    "client_source",
+    "worker_source",
     "check_tenant",
     "MAX_JSON_BYTES",
     "MAX_RECORD_BYTES",
@@ -110,6 +113,7 @@ __all__ = [
     "Budget",
     "CacheEntry",
     "CachedToolCall",
+    "CloudEvents",
     "Codec",
     "ConfigurationError",
     "ControlAction",

@@ -107,6 +107,13 @@ class Codec:
         header, _ = self._writers[event_type]
         return int(_HEADER.unpack(header)[1])
 
+    def type_name(self, data: bytes) -> str | None:
+        """The Avro full name of the event a value holds, by its schema id (``None``: unknown)."""
+        if len(data) < _HEADER.size or data[0] != _MAGIC:
+            return None
+        reader = self._readers.get(_HEADER.unpack_from(data)[1])
+        return full_name(reader[0]) if reader is not None else None
+
     def encode(self, event: Event) -> bytes:
         """The wire bytes of an event."""
         header, schema = self._writers[type(event)]

@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.errors import KafkaError
 
-from streams._kafka import kafka_consumer
+from streams._kafka import kafka_consumer, kafka_producer
 from streams._metrics import Metrics
 from streams.coordinator._approvals_index import ApprovalsIndex
 from streams.coordinator._assignor import CopartitionedAssignor
@@ -46,7 +46,14 @@ from streams.coordinator._restore import Restored, restore_partitions
 from streams.coordinator._state import RunState
 from streams.coordinator._store import PartitionStore, StoredRun
 from streams.coordinator._wakeups import WakeIndex
-from topics import BATCH_BYTES, ApprovalRequested, Codec, TopicCatalog, partition_for
+from topics import (
+    BATCH_BYTES,
+    ApprovalRequested,
+    Codec,
+    TopicCatalog,
+    partition_for,
+    worker_source,
+)
 
 if TYPE_CHECKING:
     from streams._tracing import Tracing
@@ -420,7 +427,9 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
 
     def _producer(self, partition: int, side: str | None) -> AIOKafkaProducer:
         """A partition's producer: transactional (``side`` a or b) or only idempotent."""
-        return AIOKafkaProducer(
+        return kafka_producer(
+            worker_source(self.worker_id),
+            self.codec,
             bootstrap_servers=self.bootstrap,
             transactional_id=f"{self.group_id}-{partition}-{side}" if side else None,
             enable_idempotence=True,

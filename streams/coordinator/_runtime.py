@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaProducer
 from processors import ModelCatalog, ToolRegistry
 from streams._access import Access
 from streams._deadletters import letter_for
+from streams._kafka import kafka_producer
 from streams._metrics import Metrics
 from streams._policies import Policies
 from streams._workflows import WorkflowBook, WorkflowFeed
@@ -39,7 +40,14 @@ from streams.coordinator._spend import SpendFollower
 from streams.coordinator._state import RunState
 from streams.coordinator._store import PartitionStore, pack
 from streams.coordinator._wakeups import WakeIndex
-from topics import BATCH_BYTES, ApprovalRequested, Codec, TopicCatalog, partition_for
+from topics import (
+    BATCH_BYTES,
+    ApprovalRequested,
+    Codec,
+    TopicCatalog,
+    partition_for,
+    worker_source,
+)
 
 if TYPE_CHECKING:
     from streams._tracing import Tracing
@@ -94,6 +102,7 @@ class CoordinatorRuntime:
         tracing: Tracing | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.worker_id = worker_id
         self.tracing = tracing
         self.metrics = metrics if metrics is not None else Metrics()
         self.catalog = catalog
@@ -161,7 +170,9 @@ class CoordinatorRuntime:
 
     async def start(self) -> None:
         """Start every service and join the group."""
-        self.plain = AIOKafkaProducer(
+        self.plain: AIOKafkaProducer = kafka_producer(
+            worker_source(self.worker_id),
+            self.codec,
             bootstrap_servers=self.bootstrap,
             acks="all",
             enable_idempotence=True,
