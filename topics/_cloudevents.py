@@ -84,17 +84,22 @@ class CloudEvents:
 
     def headers(
         self, key: bytes | None, value: bytes | None, headers: Sequence[Header] | None
-    ) -> Sequence[Header] | None:
-        """``headers`` with the CloudEvents ones added (unchanged when not an event)."""
+    ) -> list[Header] | None:
+        """``headers`` with the CloudEvents ones added (the same ones when not an event).
+
+        Always a list or ``None``: aiokafka's record builder refuses a tuple, which is what a
+        consumed record's headers are (a relayed retry forwards them).
+        """
+        kept = list(headers) if headers else None
         if not value or value[0] != 0 or len(value) < 5:
-            return headers
-        if headers and any(name == "ce_specversion" for name, _ in headers):
-            return headers
+            return kept
+        if kept and any(name == "ce_specversion" for name, _ in kept):
+            return kept
         kind = self._types.get(value[1:5])
         if kind is None:
             name = self._type_of(value)
             if name is None:
-                return headers
+                return kept
             kind = self._types.setdefault(value[1:5], ("ce_type", name.encode()))
         added = [
             _SPEC,
@@ -106,8 +111,8 @@ class CloudEvents:
         ]
         if key:
             added.append(("ce_partitionkey", key))
-        if headers:
-            added.extend(headers)
+        if kept:
+            added.extend(kept)
         return added
 
     def _time(self) -> bytes:
