@@ -20,11 +20,13 @@ from streams.workflow import parse_duration
 from topics import (
     DEFAULT_RUN_RETENTION_S,
     LLM_CACHE_RETENTION_MS,
+    Codec,
     ConfigurationError,
     RetryTier,
     TopicCatalog,
     load_yaml,
 )
+from topics._confluent import RegistryClient, register_schemas
 
 __all__ = ["Settings", "load_settings"]
 
@@ -89,6 +91,10 @@ class Settings(BaseModel):
             OTLP/HTTP to where the ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`` variables say.
         tracing_content: Put prompts, completions and tool arguments and results in spans
             (they may hold personal data; off by default).
+        schema_registry_url: A Confluent-compatible Schema Registry (Apicurio's is under
+            ``/apis/ccompat/v7``): baton registers its schemas under ``<topic>-value`` at
+            start, writes the registry's ids and reads ids through it. Unset, the static ids
+            of ``topics/schemas/registry.json`` are used. Credentials may be in the URL.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -124,6 +130,7 @@ class Settings(BaseModel):
     )
     tracing: Literal["off", "otlp"] = "off"
     tracing_content: bool = False
+    schema_registry_url: str | None = Field(default=None, pattern=r"^https?://[^/\s]+")
 
     @field_validator("retry_tiers")
     @classmethod
@@ -150,6 +157,23 @@ class Settings(BaseModel):
             retry_tiers=self.tiers(),
             run_retention_s=self.run_retention,
         )
+
+    def codec(self) -> Codec:
+        """The codec these settings describe: with a schema registry, registered in it.
+
+        Raises:
+            ConfigurationError: The registry is unreachable, or holds a schema baton's
+                cannot follow (``topics._confluent.register_schemas``).
+        """
+        if self.schema_registry_url is None:
+            return Codec()
+        client = RegistryClient(self.schema_registry_url)
+        try:
+            ids = register_schemas(client, self.catalog())
+        except ConfigurationError as exc:
+            client.close()
+            raise ConfigurationError(f"schema_registry_url: {exc}") from None
+        return Codec(remote=(client, ids))
 
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}

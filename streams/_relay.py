@@ -47,6 +47,7 @@ class RetryRelay(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         clock: The time, in seconds since the epoch.
         source: The ``ce_source`` of the dead letters it writes (relayed requests keep
             their own).
+        codec: The worker's codec (Schema Registry mode needs the one registered at start).
     """
 
     def __init__(
@@ -59,13 +60,14 @@ class RetryRelay(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
         source: str | None = None,
+        codec: Codec | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.source = source or client_source("workers")
         self.instance_id = instance_id
         self.session_timeout = session_timeout
         self.catalog = catalog
-        self.codec = Codec()
+        self.codec = codec or Codec()
         self.clock = clock
         self.released = 0
         self._tiers = {catalog.retry(t.name).name: t for t in catalog.retry_tiers}

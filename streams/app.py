@@ -50,7 +50,7 @@ from streams._processing import ProcessorService
 from streams._relay import RetryRelay
 from streams._workflows import WorkflowBook, WorkflowFeed
 from streams.coordinator import CoordinatorRuntime
-from topics import Codec, ConfigurationError, StepKind, TopicCatalog, worker_source
+from topics import ConfigurationError, StepKind, TopicCatalog, worker_source
 
 if TYPE_CHECKING:
     from streams._tracing import Tracing
@@ -193,7 +193,7 @@ def build_worker(
     if tracing is None and settings.tracing != "off":
         tracing = _configured_tracing(settings, env)
     catalog: TopicCatalog = settings.catalog()
-    codec = Codec()
+    codec = settings.codec()
     metrics = Metrics()
     book = WorkflowBook()
     feed = WorkflowFeed(bootstrap, catalog, codec, book)
@@ -245,6 +245,7 @@ def build_worker(
             tools=tools,
             metrics=metrics,
             tracing=tracing,
+            codec=codec,
         )
     processors = None
     cache = None
@@ -291,6 +292,7 @@ def build_worker(
             session_timeout=settings.session_timeout,
             metrics=metrics,
             source=worker_source(settings.worker_id),
+            codec=codec,
         )
         if coordinator
         else None

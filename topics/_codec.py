@@ -29,6 +29,7 @@ from topics._avro_writer import (
     compile_writer,
 )
 from topics._catalog import Topic
+from topics._confluent import RegistryClient, RegistryUnavailable, schema_name
 from topics._errors import DecodeError
 from topics._events import Event, RunEvent, RunEventBatch, RunJournal, TaskSubmitted
 from topics._json import JsonLimitExceeded, loads_json
@@ -66,11 +67,24 @@ class Codec:
 
     Args:
         registry: The released schemas (defaults to the ones shipped in ``topics/schemas``).
+        remote: Schema Registry mode: the registry, and the id it gave each event type
+            (``topics._confluent.register_schemas``). Events are written with those ids and
+            any other id is read by asking the registry for its schema, once; the static
+            ids of ``registry`` are not read at all (they would collide with the registry's).
     """
 
-    def __init__(self, registry: SchemaRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: SchemaRegistry | None = None,
+        *,
+        remote: tuple[RegistryClient, dict[type[Event], int]] | None = None,
+    ) -> None:
         self._registry = registry or SchemaRegistry.load()
+        self._remote = remote[0] if remote is not None else None
         self._writers: dict[type[Event], tuple[bytes, Any]] = {}
+        #: The newest schema of every type, parsed: an item of a batch has no id of its own
+        #: (``RunEvent`` in Schema Registry mode has none at all).
+        self._bodies: dict[type[Event], Any] = {}
         # Top-level JSON fields per type: kept out of pydantic's dump and validation (their
         # values are JSON by construction, parsed by orjson within the limits, see decode).
         self._json_fields: dict[type[Event], frozenset[str]] = {
@@ -86,9 +100,20 @@ class Codec:
         self._compiled: dict[type[Event], Writer] = {}
         for event_type in EVENT_TYPES:
             latest = self._registry.latest(full_name(event_type))
-            self._writers[event_type] = (_HEADER.pack(_MAGIC, latest.id), latest.parsed)
+            written_id = latest.id if remote is None else remote[1].get(event_type)
+            self._bodies[event_type] = latest.parsed
+            if written_id is not None:
+                self._writers[event_type] = (_HEADER.pack(_MAGIC, written_id), latest.parsed)
             with contextlib.suppress(Unsupported):
                 self._compiled[event_type] = compile_writer(latest.schema)
+        self._types_by_name = types_by_name
+        if remote is not None:
+            for event_type, schema_id in remote[1].items():
+                latest = self._registry.latest(full_name(event_type))
+                self._readers[schema_id] = (event_type, latest.parsed, None)
+                with contextlib.suppress(Unsupported):
+                    self._compiled_readers[schema_id] = compile_reader(latest.schema)
+            return
         for entry in self._registry.entries:
             known = types_by_name.get(entry.name)
             if known is None:
@@ -129,7 +154,7 @@ class Codec:
 
     def encode_item(self, event: Event) -> bytes:
         """An event's Avro body alone, to be framed into a batch by ``batch``."""
-        _, schema = self._writers[type(event)]
+        schema = self._bodies[type(event)]
         write = self._compiled.get(type(event))
         if write is not None:
             out = bytearray()
@@ -190,7 +215,7 @@ class Codec:
         _, schema_id = _HEADER.unpack_from(data)
         reader = self._readers.get(schema_id)
         if reader is None:
-            raise DecodeError(f"unknown schema id {schema_id}", data)
+            reader = self._fetched_reader(schema_id, data)
         event_type, writer_schema, reader_schema = reader
         if event_type not in allowed:
             names = ", ".join(t.__name__ for t in allowed)
@@ -236,6 +261,46 @@ class Codec:
         event = _validate(event_type, fields, data)
         event.__dict__.update(values)
         return event
+
+    def _fetched_reader(self, schema_id: int, data: bytes) -> tuple[type[Event], Any, Any]:
+        """The reader of an id the registry gave someone else (Schema Registry mode).
+
+        Asked once per id (the client caches), then kept: an upstream producer's own
+        registration of ``TaskSubmitted``, or an older baton's version of an event, is read by
+        Avro resolution against baton's newest schema, as a static older id would be.
+
+        Raises:
+            DecodeError: Not in Schema Registry mode, an id the registry does not have, a
+                schema that is not one of baton's events, or the registry is unreachable
+                (after the client's bounded retries: the record is dead-lettered with its
+                bytes, to be replayed once the registry is back).
+        """
+        if self._remote is None:
+            raise DecodeError(f"unknown schema id {schema_id}", data)
+        try:
+            writer = self._remote.schema(schema_id)
+        except RegistryUnavailable as exc:
+            raise DecodeError(f"schema id {schema_id}: {exc}", data) from None
+        if writer is None:
+            raise DecodeError(f"unknown schema id {schema_id} (not in the schema registry)", data)
+        name = schema_name(writer)
+        event_type = self._types_by_name.get(name or "")
+        if event_type is None:
+            raise DecodeError(f"schema id {schema_id} is {name}, not a baton event", data)
+        latest = self._registry.latest(full_name(event_type))
+        try:
+            writer_parsed = fastavro.parse_schema(writer)
+            if writer == latest.schema:
+                reader: tuple[type[Event], Any, Any] = (event_type, writer_parsed, None)
+            else:
+                reader = (event_type, writer_parsed, latest.parsed)
+                self._older[schema_id] = (latest.schema, writer)
+        except Exception as exc:  # fastavro's schema errors have several types
+            raise DecodeError(
+                f"schema id {schema_id} ({name}) is not a usable Avro schema: {exc}", data
+            ) from None
+        self._readers[schema_id] = reader
+        return reader
 
     def run_events(self, data: bytes | None) -> list[RunEvent]:
         """The run events in a ``run-events`` record: a batch, or one event (older releases).

@@ -164,7 +164,7 @@ async def _run(bootstrap: str, config: Settings, count: int) -> list[RunResult]:
     ]
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    async with BatonClient(bootstrap, config.catalog()) as client:
+    async with BatonClient(bootstrap, config.catalog(), codec=config.codec()) as client:
         started = time.monotonic()
         await client.send(tasks)
         with Progress(

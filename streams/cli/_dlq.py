@@ -313,7 +313,7 @@ def show(dead_letter_id: str, as_json: bool) -> None:
     """Show one dead letter whole: origin, key, error, every attempt, cost, the payload."""
     config = settings()
     catalog = config.catalog()
-    codec = Codec()
+    codec = config.codec()
     found = asyncio.run(read_dead_letters(resolve_bootstrap(config), catalog, codec=codec))
     letter = next((x for x in found.letters if x.dead_letter_id == dead_letter_id), None)
     if letter is None:

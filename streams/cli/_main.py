@@ -47,6 +47,7 @@ def _register() -> None:
         _dlq,
         _kafka,
         _runs,
+        _schemas,
         _topics,
         _usage,
         _worker,
@@ -55,6 +56,7 @@ def _register() -> None:
 
     main.add_command(_kafka.kafka)
     main.add_command(_topics.topics_group)
+    main.add_command(_schemas.schemas_group)
     main.add_command(_worker.worker)
     main.add_command(_workflows.workflows_group)
     main.add_command(_runs.submit)

@@ -129,7 +129,7 @@ def submit(
 async def _submit(
     config: Any, bootstrap: str, tasks: list[TaskSubmitted], wait: bool, timeout: float
 ) -> dict[str, RunResult]:
-    async with BatonClient(bootstrap, config.catalog()) as client:
+    async with BatonClient(bootstrap, config.catalog(), codec=config.codec()) as client:
         await client.send(tasks)
         if not wait:
             return {}
@@ -516,7 +516,7 @@ def cancel(run_ids: tuple[str, ...], reason: str | None) -> None:
 
 
 async def _send(config: Any, bootstrap: str, commands: list[ControlCommand]) -> None:
-    async with BatonClient(bootstrap, config.catalog()) as client:
+    async with BatonClient(bootstrap, config.catalog(), codec=config.codec()) as client:
         await client.send(commands)
 
 

@@ -16,7 +16,7 @@ from streams._workflows import deploy_workflows, read_workflows
 from streams.cli._main import console, settings
 from streams.localkafka import resolve_bootstrap
 from streams.workflow import LlmStep, Workflow, WorkflowError, WorkflowSpec, load_workflow
-from topics import Codec, ConfigurationError
+from topics import ConfigurationError
 
 __all__ = ["check_routes", "workflows_group"]
 
@@ -87,7 +87,7 @@ def deploy(files: tuple[Path, ...]) -> None:
     workflows = _load_all(files, config)
     bootstrap = resolve_bootstrap(config)
     for definition in asyncio.run(
-        deploy_workflows(bootstrap, config.catalog(), Codec(), workflows)
+        deploy_workflows(bootstrap, config.catalog(), config.codec(), workflows)
     ):
         console.print(
             f"[green]deployed[/]  {escape(definition.name)} v{definition.version} "
@@ -99,7 +99,7 @@ def deploy(files: tuple[Path, ...]) -> None:
 def list_() -> None:
     """Every deployed version, newest first; the latest of each name is marked."""
     config = settings()
-    book = asyncio.run(read_workflows(resolve_bootstrap(config), config.catalog(), Codec()))
+    book = asyncio.run(read_workflows(resolve_bootstrap(config), config.catalog(), config.codec()))
     table = Table(title="deployed workflows", title_justify="left")
     for column in ("workflow", "version", "content hash", "deployed", "by", ""):
         table.add_column(column, no_wrap=column == "workflow")

@@ -78,6 +78,7 @@ class CoordinatorRuntime:
         metrics: The worker's metrics (the runtime adds its own to them).
         clock: The time.
         tracing: Traces runs (``None``: tracing is off).
+        codec: The worker's codec (default: the static schema ids).
     """
 
     def __init__(
@@ -100,13 +101,14 @@ class CoordinatorRuntime:
         metrics: Metrics | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         tracing: Tracing | None = None,
+        codec: Codec | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.worker_id = worker_id
         self.tracing = tracing
         self.metrics = metrics if metrics is not None else Metrics()
         self.catalog = catalog
-        self.codec = Codec()
+        self.codec = codec or Codec()
         self.feed = feed
         self.book: WorkflowBook = feed.book
         self.url = url
