@@ -10,8 +10,8 @@ and no ``previous_response_id`` is needed.
   (``call_id``, ``name``, JSON-text ``arguments``) and each tool result a
   ``function_call_output`` item naming the same ``call_id``;
 - tools are flat ``{type: function, name, description, parameters, strict}``; ``strict`` is
-  true only when the schema already keeps OpenAI's strict rules (``fits_strict``), as the API
-  rejects a strict schema that does not and its default is strict;
+  true only when the schema already keeps OpenAI's strict rules (``fits_strict``), and always
+  sent: a tool's default is strict, and the API refuses a strict schema that breaks them;
 - an output schema is ``text.format = {type: json_schema, name, schema, strict}``;
 - ``max_output_tokens`` caps visible and reasoning tokens together; ``temperature`` is sent
   only when the route ``accepts_temperature`` (reasoning models refuse one).
