@@ -40,6 +40,7 @@ from processors._provider import (
     ToolDefinition,
     ToolResultMessage,
 )
+from processors._responses import ResponsesProvider
 from processors._retrieve import RetrieveParams, RetrieveProcessor
 from processors._sandbox import (
     MAX_TEMPLATE_CALL_DEPTH,
@@ -115,6 +116,7 @@ __all__ = [
     "PythonToolSpec",
     "RetrieveParams",
     "ResponseCache",
+    "ResponsesProvider",
     "RetrieveProcessor",
     "RouteSpec",
     "ScriptRule",

@@ -136,10 +136,10 @@ def _compile_all(value: JsonValue) -> None:
 class RouteSpec(_Config):
     """Where one route's calls go and what they cost."""
 
-    provider: Literal["openai", "anthropic", "scripted"] = Field(
+    provider: Literal["openai", "openai-responses", "anthropic", "scripted"] = Field(
         description="`openai`: any OpenAI-compatible chat-completions API (OpenAI, vLLM, "
-        "Ollama, LM Studio). `anthropic`: the Anthropic Messages API. `scripted`: a "
-        "deterministic built-in model for demos and tests."
+        "Ollama, LM Studio). `openai-responses`: the OpenAI Responses API. `anthropic`: the "
+        "Anthropic Messages API. `scripted`: a deterministic built-in model for demos and tests."
     )
     model: str = Field(min_length=1, description="The provider's model id, e.g. gpt-4o-mini.")
     base_url: str | None = Field(
@@ -158,6 +158,17 @@ class RouteSpec(_Config):
     )
     output_usd_per_mtok: Decimal = Field(
         default=Decimal(0), ge=0, description="US dollars per million completion tokens."
+    )
+    cached_input_usd_per_mtok: Decimal | None = Field(
+        default=None,
+        ge=0,
+        description="US dollars per million prompt tokens the provider served from its prompt "
+        "cache (and says so: openai-responses). Null prices them as ordinary prompt tokens.",
+    )
+    accepts_temperature: bool = Field(
+        default=True,
+        description="openai-responses only: false for models that refuse a `temperature` "
+        "(reasoning models), so none is sent.",
     )
     context_window: int | None = Field(
         default=None, ge=1, description="Tokens the model accepts in total; null if unknown."
@@ -213,15 +224,35 @@ class RouteSpec(_Config):
                 raise ValueError("`script`, `latency_ms` and `latency_sigma` are for scripted")
         elif not self.script:
             raise ValueError("a scripted route needs at least one `script` rule")
+        if not self.accepts_temperature and self.provider != "openai-responses":
+            # The other providers always send one: a false here would silently do nothing.
+            raise ValueError("`accepts_temperature: false` is for openai-responses routes")
         return self
 
     def output_cap(self, max_tokens: int | None) -> int | None:
         """The completion cap a call sends: the step's, else the route's ``max_output_tokens``."""
         return max_tokens if max_tokens is not None else self.max_output_tokens
 
-    def cost(self, input_tokens: int, output_tokens: int) -> Decimal:
-        """What a call with these token counts costs, in US dollars, exactly."""
-        per_mtok = input_tokens * self.input_usd_per_mtok + output_tokens * self.output_usd_per_mtok
+    def cost(
+        self, input_tokens: int, output_tokens: int, *, cached_input_tokens: int = 0
+    ) -> Decimal:
+        """What a call with these token counts costs, in US dollars, exactly.
+
+        Args:
+            input_tokens: Every prompt token billed, cached ones included.
+            output_tokens: Every completion token billed, reasoning ones included.
+            cached_input_tokens: How many of ``input_tokens`` the provider served from its
+                prompt cache: priced at ``cached_input_usd_per_mtok`` when the route sets it.
+        """
+        cached = min(cached_input_tokens, input_tokens)
+        cached_price = self.cached_input_usd_per_mtok
+        if cached_price is None:
+            cached, cached_price = 0, self.input_usd_per_mtok
+        per_mtok = (
+            (input_tokens - cached) * self.input_usd_per_mtok
+            + cached * cached_price
+            + output_tokens * self.output_usd_per_mtok
+        )
         return per_mtok.scaleb(_PER_MTOK)
 
 

@@ -44,6 +44,7 @@ from processors._provider import (
     ToolCall,
     ToolDefinition,
 )
+from processors._responses import ResponsesProvider
 from processors._schema import check_schema, schema_problems
 from processors._scripted import ScriptedProvider
 from topics import (
@@ -112,6 +113,7 @@ def default_providers(
     """Every provider baton ships, by the catalog's ``provider`` name."""
     return {
         "openai": OpenAIProvider(http_client, environ),
+        "openai-responses": ResponsesProvider(http_client, environ),
         "anthropic": AnthropicProvider(http_client, environ),
         "scripted": ScriptedProvider(),
     }
@@ -342,7 +344,11 @@ class ModelClient:
         usage = Usage(
             input_tokens=completion.input_tokens,
             output_tokens=completion.output_tokens,
-            cost_usd=route.cost(completion.input_tokens, completion.output_tokens),
+            cost_usd=route.cost(
+                completion.input_tokens,
+                completion.output_tokens,
+                cached_input_tokens=completion.cached_input_tokens,
+            ),
             route=route_name,
             provider=route.provider,
             model=route.model,

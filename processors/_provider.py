@@ -44,6 +44,7 @@ __all__ = [
     "api_key",
     "call_id",
     "check_status",
+    "error_code",
     "estimate_prompt_tokens",
     "estimate_tokens",
     "excerpt",
@@ -161,15 +162,21 @@ class Completion:
 
     Attributes:
         text: The answer as the model wrote it (``""`` when it only asked for tool calls).
-        input_tokens: Prompt tokens billed.
-        output_tokens: Completion tokens billed.
+        input_tokens: Prompt tokens billed, cached ones included.
+        output_tokens: Completion tokens billed, reasoning ones included.
         tool_calls: The tool calls the model asked for, in its order.
+        cached_input_tokens: How many of ``input_tokens`` the provider's prompt cache served
+            (priced at the route's ``cached_input_usd_per_mtok``); 0 when it does not say.
+        reasoning_tokens: How many of ``output_tokens`` the model spent reasoning, unseen;
+            0 when it does not say.
     """
 
     text: str
     input_tokens: int
     output_tokens: int
     tool_calls: tuple[ToolCall, ...] = ()
+    cached_input_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 class Provider(Protocol):
@@ -440,6 +447,17 @@ def provider_message(response: httpx.Response, key: str | None) -> str:
         elif isinstance(data.get("detail"), str):
             text = data["detail"]
     return redact(excerpt(text), key) or "(no message)"
+
+
+def error_code(response: httpx.Response) -> str | None:
+    """The ``error.code`` of OpenAI's error shape (e.g. ``insufficient_quota``), if any."""
+    try:
+        data = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:

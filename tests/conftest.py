@@ -14,6 +14,7 @@ import pytest
 from streams.localkafka import LocalKafka
 from tests.fakes import fake_openai as fake_openai
 from tests.fakes.anthropic_server import fake_anthropic as fake_anthropic
+from tests.fakes.responses_server import fake_responses as fake_responses
 from tests.fakes.tool_server import tool_server as tool_server
 
 

@@ -118,7 +118,8 @@ def test_a_bad_provider_names_the_file_and_the_field(
 ) -> None:
     message = _load_error(tmp_path, monkeypatch, "routes:\n  fast: {provider: gemini, model: m}\n")
     assert message == (
-        "models.yaml: routes.fast.provider: Input should be 'openai', 'anthropic' or 'scripted'"
+        "models.yaml: routes.fast.provider: "
+        "Input should be 'openai', 'openai-responses', 'anthropic' or 'scripted'"
     )
 
 
@@ -192,7 +193,8 @@ def test_every_problem_is_reported_at_once(tmp_path: Path, monkeypatch: pytest.M
         "routes:\n  a: {provider: openai, model: ''}\n  b: {provider: nope, model: m}\n",
     )
     assert "routes.a.model: String should have at least 1 character" in message
-    assert "routes.b.provider: Input should be 'openai', 'anthropic' or 'scripted'" in message
+    expected = "Input should be 'openai', 'openai-responses', 'anthropic' or 'scripted'"
+    assert f"routes.b.provider: {expected}" in message
 
 
 @pytest.mark.parametrize(

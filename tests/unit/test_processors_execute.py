@@ -215,6 +215,7 @@ def test_the_public_surface_is_pinned() -> None:
         "ProviderUnavailable",
         "PythonToolSpec",
         "ResponseCache",
+        "ResponsesProvider",
         "RetrieveParams",
         "RetrieveProcessor",
         "RouteSpec",
