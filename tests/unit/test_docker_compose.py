@@ -287,8 +287,13 @@ def _routes(coordinator: bool, home: Path) -> set[tuple[str, str]]:
     settings = load_settings({"BATON_HOME": str(home)})
     # Building connects to nothing; the bootstrap is never dialled.
     worker = build_worker(settings, "127.0.0.1:9", coordinator=coordinator, environ={})
-    router = worker.app.web.web_app.router  # type: ignore[attr-defined]
-    return {(route.method, route.resource.canonical) for route in router.routes()}
+    try:
+        router = worker.app.web.web_app.router  # type: ignore[attr-defined]
+        return {(route.method, route.resource.canonical) for route in router.routes()}
+    finally:
+        # the app made an event loop (and its self-pipe) that nothing will run: close it
+        # here, not in whichever later test the garbage collector happens to meet it
+        worker.app.loop.close()
 
 
 def test_the_image_health_check_asks_a_route_every_worker_serves(tmp_path: Path) -> None:
