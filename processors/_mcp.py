@@ -392,10 +392,13 @@ class _Server:
                 raise ToolUnavailable(f"{what}: {message}") from None
             raise ToolRejected(f"{what}: JSON-RPC error {exc.code}: {message}") from None
         except RuntimeError as exc:
-            if "output schema" not in str(exc) and "structured content" not in str(exc):
-                self._mark_broken()
-                raise ToolUnavailable(_excerpt(redact(f"{what}: {exc}", self._secrets))) from None
-            raise ToolFailed(_excerpt(redact(f"{what}: {exc}", self._secrets))) from None
+            message = _excerpt(redact(f"{what}: {exc}", self._secrets))
+            # The SDK checks structured content against the tool's outputSchema; it says so
+            # only in the message. Any other RuntimeError is the connection's.
+            if "schema" in str(exc) or "structured content" in str(exc):
+                raise ToolFailed(message) from None
+            self._mark_broken()
+            raise ToolUnavailable(message) from None
         except Exception as exc:  # transports raise what they raise (OSError, httpx2, anyio)
             self._mark_broken()
             detail = _excerpt(redact(str(exc), self._secrets))
