@@ -28,9 +28,14 @@ from processors._tools import (
     UnknownTool,
     load_tools,
 )
+from streams._access import Access
+from streams._policies import Policies
+from streams.workflow import parse_workflow
 from tests.fakes.steps import DISPATCHED_AT, step_request
 from tests.mcp_server import TTL_MS, http_app
-from topics import ConfigurationError, StepKind, StepStatus
+from tests.unit.test_agents import calls
+from tests.unit.test_decide import Run, ok, task
+from topics import ApprovalRequested, ConfigurationError, StepKind, StepStatus
 
 SERVER = str(Path(__file__).resolve().parents[1] / "mcp_server.py")
 PROTOCOLS = ["2025-11-25", "2026-07-28"]
@@ -346,3 +351,50 @@ def test_servers_without_the_sdk_fail_at_start_naming_the_extra(
     with pytest.raises(ConfigurationError, match=r"baton\[mcp\]"):
         load_tools(path)
     assert load_tools(write(tmp_path, "tools: {}\n")).mcp is None, "no servers, no SDK needed"
+
+
+# -- agents ---------------------------------------------------------------------------------
+
+AGENT = """
+workflow: w
+version: 1
+steps:
+  help:
+    kind: agent
+    model: fast
+    prompt: "{{ input.text }}"
+    tools: [calc.add, calc.echo]
+    max_turns: 3
+"""
+
+
+async def test_an_agent_is_offered_the_servers_tools_and_its_calls_are_tool_steps(
+    calc: ToolRegistry, http_client: httpx.AsyncClient
+) -> None:
+    run = Run(parse_workflow(AGENT), tools=calc)
+    run.send(task(input={"text": "add 2 and 3"}))
+    turn = run.request("help")
+    offered = turn.params["tools"]  # type: ignore[index]
+    assert [t["name"] for t in offered] == ["calc.add", "calc.echo"]
+    assert offered[0]["parameters"] == calc.tool("calc.add").args_schema
+
+    run.send(ok(turn, calls(("c1", "calc.add", {"a": 2, "b": 3}))))
+    [call] = run.requests()
+    assert call.kind is StepKind.tool
+    assert call.params == {"tool": "calc.add", "args": {"a": 2, "b": 3}}
+    answer = await ToolProcessor(calc, http_client, {}).run(call)
+    run.send(ok(call, answer.output))
+    [turn2] = run.requests()
+    assert turn2.params["messages"][-1]["content"] == '{"sum":5}'  # type: ignore[index]
+
+
+async def test_an_approval_policy_on_a_servers_tools_gates_its_calls(calc: ToolRegistry) -> None:
+    policies = Policies.model_validate(
+        {"approvals": [{"name": "calc", "tools": ["calc.*"], "approvers": ["group:finance"]}]}
+    )
+    run = Run(parse_workflow(AGENT), tools=calc, policies=policies, access=Access())
+    run.send(task(input={"text": "add"}))
+    run.send(ok(run.request("help"), calls(("c1", "calc.add", {"a": 1, "b": 1}))))
+    assert not run.requests(), "the call waits for an approval"
+    [asked] = [e for e in run.last.emit if isinstance(e, ApprovalRequested)]
+    assert asked.context["call"]["tool"] == "calc.add"  # type: ignore[index]
