@@ -13,7 +13,8 @@ them, so each connection is held open by a task of its own.
 
 The listing (``tools/list``) is kept for the ``ttlMs`` the server gives (2026-07-28), else for
 the server's ``list_ttl_s``, and made again when stale: before a call (``fresh``) or in the
-background (``keep_fresh``). A stale listing that cannot be refreshed is used as it is.
+background (``keep_fresh``). A stale listing that cannot be refreshed is used as it is, and
+tried again a few seconds later.
 
 Each call carries, in its request's ``_meta``, the step's idempotency key
 (``io.baton/idempotency-key``, the same on every attempt) and, when the step is traced, its W3C
@@ -197,6 +198,10 @@ class _Server:
             except BatonError as exc:
                 if self._listed_at is None:
                     raise
+                # The last listing serves a few seconds more, so calls do not each wait on
+                # a server that is down before trying it themselves.
+                self._listed_at = self._clock()
+                self._ttl_s = min(self.spec.list_ttl_s, _MIN_REFRESH_WAIT_S)
                 logger.warning("%s: using its last tool listing: %s", self._what, exc)
 
     async def fresh_or_log(self) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,9 @@ TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 TOKEN = "s3cret-token-value"
 
 
-@pytest.fixture
-async def mcp_url() -> AsyncIterator[str]:
+@asynccontextmanager
+async def serving() -> AsyncIterator[str]:
+    """The test MCP server over Streamable HTTP on a random loopback port, until left."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -55,10 +57,18 @@ async def mcp_url() -> AsyncIterator[str]:
     while not server.started:
         assert asyncio.get_running_loop().time() < deadline, "uvicorn did not start"
         await asyncio.sleep(0.02)
-    yield f"http://127.0.0.1:{port}/mcp"
-    server.should_exit = True
-    await task
-    sock.close()
+    try:
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+@pytest.fixture
+async def mcp_url() -> AsyncIterator[str]:
+    async with serving() as url:
+        yield url
 
 
 @pytest.fixture(params=["stdio", "http"])
@@ -282,6 +292,23 @@ async def test_a_server_that_cannot_be_reached_is_retryable_and_named(
     assert result.error.error_class in ("ToolUnavailable", "ToolTimeout"), result.error.message
     assert result.error.retryable
     assert "down" in result.error.message
+
+
+async def test_a_server_gone_after_listing_keeps_its_tools_and_fails_calls_retryably(
+    make_registry: Callable[..., ToolRegistry], http_client: httpx.AsyncClient
+) -> None:
+    async with serving() as url:
+        # 2025-11-25 gives no lifetime, and list_ttl_s 0 makes every call list again.
+        registry = make_registry({"calc": server_config("http", "2025-11-25", url, list_ttl_s=0)})
+        await registry.start()
+        assert "calc.add" in registry.tools
+    assert isinstance(await registry.lookup("calc.add"), McpToolSpec), "the last listing"
+    result = await attempt(
+        ToolProcessor(registry, http_client, {}), tool_step("calc.add", {"a": 1, "b": 2})
+    )
+    assert result.status is StepStatus.failed and result.error is not None
+    assert result.error.error_class in ("ToolUnavailable", "ToolTimeout"), result.error.message
+    assert result.error.retryable
 
 
 async def test_a_missing_secret_is_a_configuration_error(
