@@ -50,7 +50,7 @@ from pydantic import JsonValue, ValidationError
 from processors._errors import ToolFailed, ToolRejected, ToolTimeout, ToolUnavailable
 from processors._templates import compile_template, is_template
 from processors._tool import redact
-from processors._tools import McpServerSpec, McpToolSpec, secret_names
+from processors._tools import McpServerSpec, McpToolSpec
 from topics import MAX_JSON_BYTES, BatonError, ConfigurationError, JsonLimitExceeded
 
 __all__ = ["IDEMPOTENCY_KEY_META", "RETRYABLE_META", "McpServers"]
@@ -359,7 +359,6 @@ class _Server:
     def _render(self, template: str, secrets: Mapping[str, str], field: str) -> str:
         if not is_template(template):
             return template
-        secret_names(template)  # checked when loaded; cheap (cached)
         value = compile_template(template).render({"secrets": secrets})
         text = "" if value is None else str(value)
         if any(c in text for c in "\r\n\0"):
