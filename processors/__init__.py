@@ -30,7 +30,7 @@ from processors._errors import (
 )
 from processors._llm import LlmParams, LlmProcessor, ModelClient
 from processors._openai import OpenAIProvider
-from processors._processor import INTERNAL_ERROR, Processor, StepOutput, execute
+from processors._processor import INTERNAL_ERROR, STEP_TRACE, Processor, StepOutput, execute
 from processors._provider import (
     ChatMessage,
     Completion,
@@ -71,6 +71,8 @@ from processors._tools import (
     HttpSourceSpec,
     HttpToolSpec,
     LocalSourceSpec,
+    McpServerSpec,
+    McpToolSpec,
     PythonToolSpec,
     ToolRegistry,
     ToolsConfig,
@@ -98,10 +100,13 @@ __all__ = [
     "HttpSourceSpec",
     "HttpToolSpec",
     "INTERNAL_ERROR",
+    "STEP_TRACE",
     "InvalidParams",
     "LlmParams",
     "LlmProcessor",
     "LocalSourceSpec",
+    "McpServerSpec",
+    "McpToolSpec",
     "MemoryResponseCache",
     "ModelCatalog",
     "ModelClient",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, JsonValue, ValidationError
@@ -22,10 +24,17 @@ from topics import (
     Usage,
 )
 
-__all__ = ["INTERNAL_ERROR", "Processor", "StepOutput", "execute"]
+__all__ = ["INTERNAL_ERROR", "STEP_TRACE", "Processor", "StepOutput", "execute"]
 
 #: ``StepError.error_class`` of a failure that is a bug rather than one of baton's errors.
 INTERNAL_ERROR = "InternalError"
+
+#: The W3C trace context (``traceparent``, and ``tracestate`` when there is one) of the step
+#: request being run, for processors that pass it on (an MCP call puts it in its ``_meta``).
+#: Set by the shell that consumes the requests, only when tracing is on; empty otherwise.
+STEP_TRACE: ContextVar[Mapping[str, str]] = ContextVar(
+    "baton_step_trace", default=MappingProxyType({})
+)
 
 _MAX_INTERNAL_MESSAGE = 500
 

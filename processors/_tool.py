@@ -6,6 +6,10 @@ never sent, if it would leave it), and sent with the step's idempotency key as
 Secrets are read from the environment when the call is made and redacted from every error,
 log line and answer, even when the far side echoes them back.
 
+An MCP tool (``SERVER.TOOL``) is called over its server's connection (``processors._mcp``),
+after the same argument check and through the same retry layer, its idempotency key in the
+request's ``_meta``.
+
 The one retry layer of a tool call lives here, as in the llm processor: retryable errors are
 tried again in-process (tenacity) a few times, waiting what ``Retry-After`` asked for or
 backing off exponentially with jitter; a longer wait than this processor sits out, or one
@@ -37,13 +41,14 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from processors._errors import InvalidParams
 from processors._http import read_at_most
 from processors._openai import parse_retry_after
-from processors._processor import StepOutput, parse_params
+from processors._processor import STEP_TRACE, StepOutput, parse_params
 from processors._schema import schema_problems
 from processors._templates import compile_template, is_template, render_value
 from processors._tools import (
     PATH_PARAMETER,
     HttpEndpoint,
     HttpToolSpec,
+    McpToolSpec,
     ToolFailed,
     ToolRateLimited,
     ToolRegistry,
@@ -133,6 +138,7 @@ class ToolProcessor:
             InvalidParams: The params are not a tool step's, or the arguments break the
                 tool's ``args_schema`` (the message names each field).
             UnknownTool: The tool is not registered (the message lists the known ones).
+            ToolUnavailable: The tool's MCP server has not been listed and cannot be now.
             ToolRequestRefused: The rendered request would leave the tool's ``base_url``.
             ConfigurationError: A secret's variable is unset.
             RetryableError: Still failing after the in-process retries (its subclasses say how).
@@ -140,7 +146,7 @@ class ToolProcessor:
                 ``ToolFailed``, a python tool's own baton error).
         """
         params = parse_params(ToolParams, request)
-        spec = self._registry.tool(params.tool)
+        spec = await self._registry.lookup(params.tool)
         what = f"tool {params.tool!r}"
         problems = schema_problems(spec.args_schema, params.args, "args")
         if problems:
@@ -150,6 +156,13 @@ class ToolProcessor:
             context = {"args": params.args, "idempotency_key": request.idempotency_key}
             prepared = HttpCall.prepare(spec, context, self._environ, request.idempotency_key, what)
             call = lambda: self._call_http(spec, prepared)  # noqa: E731
+        elif isinstance(spec, McpToolSpec):
+            servers = self._registry.mcp
+            assert servers is not None  # an MCP tool comes from the registry's servers
+            trace = STEP_TRACE.get()
+            call = lambda: servers.call(  # noqa: E731
+                spec, params.args, request.idempotency_key, trace
+            )
         else:
             function = self._registry.function(params.tool)
             secrets = tuple(v for v in (self._environ.get(n) for n in spec.secrets) if v)

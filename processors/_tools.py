@@ -7,9 +7,14 @@ anywhere else. A ``python`` tool is a callable registered under the entry-point 
 ``baton.tools``. Sources (``sources:``) feed ``retrieve`` steps: a ``local`` directory of
 documents, or an ``http`` search endpoint with the same pinning rules as tools.
 
+MCP servers (``mcp_servers:``) add the tools they list: each server is a command baton spawns
+(stdio) or a Streamable HTTP ``url`` fixed by configuration, and its tool ``add`` is the baton
+tool ``SERVER.add`` (``McpToolSpec``), called like any other. Their listing and calls live in
+``processors._mcp``, which needs the optional ``mcp`` extra.
+
 Secrets never live in the file: a header template reads one by the name of its environment
 variable (``{{ secrets.TICKETS_TOKEN }}``), resolved when the call is made, and only headers
-may. See ``docs/tools.md`` for the format.
+(and an MCP server's ``env``) may. See ``docs/tools.md`` for the format.
 
 Their errors (``ToolTimeout``, ``ToolRejected``, ``UnknownTool``, ...) sit in baton's one
 exception tree with the rest, in ``processors._errors``. Arguments that break a tool's
@@ -20,12 +25,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import inspect
+import logging
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from urllib.parse import quote, unquote
 
 import httpx
@@ -64,12 +71,17 @@ from processors._templates import (
 )
 from topics import ConfigurationError, load_yaml
 
+if TYPE_CHECKING:
+    from processors._mcp import McpServers
+
 __all__ = [
     "ENTRY_POINT_GROUP",
     "HttpEndpoint",
     "HttpSourceSpec",
     "HttpToolSpec",
     "LocalSourceSpec",
+    "McpServerSpec",
+    "McpToolSpec",
     "PythonToolSpec",
     "ResultFields",
     "SourceSpec",
@@ -80,6 +92,7 @@ __all__ = [
     "ToolRejected",
     "ToolRequestRefused",
     "ToolSpec",
+    "AnyToolSpec",
     "ToolTimeout",
     "ToolUnavailable",
     "ToolsConfig",
@@ -93,6 +106,8 @@ __all__ = [
     "path_template_problem",
     "secret_names",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: The entry-point group python tools are registered under.
 ENTRY_POINT_GROUP = "baton.tools"
@@ -109,6 +124,10 @@ _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 # Set by baton itself, or by the HTTP client from what it sends: never by configuration.
 _RESERVED_HEADERS = frozenset(
     {"host", "idempotency-key", "content-length", "transfer-encoding", "connection"}
+)
+# What the MCP transport sets itself: the session, the negotiated revision, the method.
+_MCP_RESERVED_HEADERS = _RESERVED_HEADERS | frozenset(
+    {"mcp-session-id", "mcp-protocol-version", "mcp-method", "mcp-name", "accept", "content-type"}
 )
 _PARSER = Environment()  # parses templates to find the secrets they read; never renders
 
@@ -463,7 +482,181 @@ class PythonToolSpec(_Tool):
         return value
 
 
+McpProtocol = Literal["auto", "2026-07-28", "2025-11-25"]
+
+
+class McpServerSpec(_Config):
+    """An MCP server whose tools baton may call: a command it spawns, or a URL.
+
+    Exactly one of ``command`` (stdio: baton starts the process and speaks over its stdin and
+    stdout) or ``url`` (Streamable HTTP to that endpoint, and only there) is set. Secrets come
+    from the environment by name, in header values or ``env`` values only, as with HTTP tools.
+    """
+
+    description: str = Field(default="", description="What the server is, for people.")
+    command: str | None = Field(
+        default=None,
+        min_length=1,
+        description="stdio: the executable to start (a path, or a name on PATH). Literal.",
+    )
+    args: tuple[str, ...] = Field(default=(), description="stdio: its arguments. Literal.")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="stdio: environment variables for the process, on top of a minimal safe "
+        "set (PATH, HOME, ...; baton's own environment is not passed on). Values may read "
+        "secrets: {{ secrets.NAME }}.",
+    )
+    cwd: Path | None = Field(
+        default=None,
+        description="stdio: the working directory; a relative path is relative to the "
+        "tools.yaml file.",
+    )
+    url: str | None = Field(
+        default=None,
+        description="Streamable HTTP: the MCP endpoint, e.g. https://mcp.example.com/mcp. "
+        "Literal: never a template; redirects off its origin are not followed.",
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Streamable HTTP: request headers; values may read secrets: "
+        "{{ secrets.NAME }}.",
+    )
+    protocol: McpProtocol = Field(
+        default="auto",
+        description="The MCP revision: 2026-07-28 (stateless, no handshake), 2025-11-25 (the "
+        "initialize handshake and a session), or auto (ask with server/discover, fall back to "
+        "initialize).",
+    )
+    tools: tuple[str, ...] | None = Field(
+        default=None,
+        description="The server's tools baton exposes (as SERVER.TOOL); null exposes every "
+        "tool it lists.",
+    )
+    timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Seconds one call may take, connecting included; also bounds a listing.",
+    )
+    retries: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="In-process retries of retryable errors (transport errors, timeouts), "
+        "after the first try.",
+    )
+    list_ttl_s: float = Field(
+        default=300.0,
+        ge=0,
+        le=86_400,
+        description="How long a tools/list answer is used when the server gives no ttlMs of "
+        "its own (2025-11-25 servers never do); 0 lists again before every call.",
+    )
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServerSpec:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("set exactly one of `command` (stdio) or `url` (Streamable HTTP)")
+        if self.url is not None and (self.args or self.env or self.cwd is not None):
+            raise ValueError("`args`, `env` and `cwd` are for a `command`, not a `url`")
+        if self.command is not None and self.headers:
+            raise ValueError("`headers` are for a `url`, not a `command`: use `env`")
+        return self
+
+    @field_validator("command", "args")
+    @classmethod
+    def _literal_command(cls, value: Any) -> Any:
+        for item in [value] if isinstance(value, str) else (value or ()):
+            if is_template(item):
+                raise ValueError("the command line is fixed by configuration: no templates")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _literal_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if is_template(value):
+            raise ValueError("url is fixed by configuration: it cannot be a template")
+        try:
+            url = httpx.URL(value)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"not a URL: {exc}") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if url.userinfo:
+            raise ValueError("must not hold credentials: send them in a header from secrets")
+        if url.fragment:
+            raise ValueError("must not have a fragment")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_templates(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, item in value.items():
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+            _check_template(item, frozenset({"secrets"}))
+            secret_names(item)
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _header_templates(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, item in value.items():
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not a header name")
+            if name.lower() in _MCP_RESERVED_HEADERS:
+                raise ValueError(f"{name} is set by the MCP transport, not by configuration")
+            _check_template(item, frozenset({"secrets"}))
+            secret_names(item)
+        return value
+
+    @field_validator("cwd")
+    @classmethod
+    def _directory(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        base = info.context.get("base_dir") if isinstance(info.context, dict) else None
+        if value is not None and not value.is_absolute() and isinstance(base, Path):
+            value = base / value
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{value} is not a directory")
+        return value
+
+    @field_validator("tools")
+    @classmethod
+    def _tool_names(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for name in value or ():
+            if not _NAME.match(name):
+                raise ValueError(f"tool {name!r} must be letters, digits, '.', '_' or '-'")
+        return value
+
+    def secrets(self) -> frozenset[str]:
+        """The names of the environment variables its header and env templates read."""
+        found: set[str] = set()
+        for value in [*self.headers.values(), *self.env.values()]:
+            found |= secret_names(value)
+        return frozenset(found)
+
+
+class McpToolSpec(_Tool):
+    """A tool an MCP server listed, as baton calls it (``SERVER.TOOL``).
+
+    Not written in tools.yaml: made from the server's ``tools/list`` answer, its
+    ``inputSchema`` as ``args_schema``, so arguments are checked before the call as any
+    tool's are.
+    """
+
+    kind: Literal["mcp"] = Field(default="mcp", description="`mcp`.")
+    server: str = Field(description="The server's name in `mcp_servers`.")
+    name: str = Field(description="The tool's name on the server.")
+    timeout_s: float = Field(gt=0, description="Seconds one call may take (the server's).")
+    retries: int = Field(ge=0, description="In-process retries (the server's).")
+
+
 ToolSpec = Annotated[HttpToolSpec | PythonToolSpec, Field(discriminator="kind")]
+
+#: Every kind of tool the registry holds: those written in tools.yaml, and those MCP servers list.
+AnyToolSpec = HttpToolSpec | PythonToolSpec | McpToolSpec
 
 
 class LocalSourceSpec(_Config):
@@ -547,8 +740,12 @@ class ToolsConfig(_Config):
     sources: dict[str, SourceSpec] = Field(
         default_factory=dict, description="Source name (what retrieve steps say) to its source."
     )
+    mcp_servers: dict[str, McpServerSpec] = Field(
+        default_factory=dict,
+        description="Server name to an MCP server; its tool T is the baton tool `NAME.T`.",
+    )
 
-    @field_validator("tools", "sources")
+    @field_validator("tools", "sources", "mcp_servers")
     @classmethod
     def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
         for name in value:
@@ -558,6 +755,18 @@ class ToolsConfig(_Config):
                 )
         return value
 
+    @model_validator(mode="after")
+    def _mcp_names_apart(self) -> ToolsConfig:
+        for server in self.mcp_servers:
+            if "." in server:
+                raise ValueError(f"mcp_servers.{server}: a server name may not hold '.'")
+            clash = sorted(t for t in self.tools if t.startswith(server + "."))
+            if clash:
+                raise ValueError(
+                    f"tools.{clash[0]}: the prefix {server}. belongs to the MCP server {server}"
+                )
+        return self
+
 
 # -- the registry -----------------------------------------------------------------------------
 
@@ -565,15 +774,21 @@ class ToolsConfig(_Config):
 class ToolRegistry:
     """The tools and sources of one tools.yaml, with every python tool's callable resolved.
 
+    The tools of its MCP servers join once listed (``start``, then whenever a listing goes
+    stale: ``lookup``, ``keep_fresh``); until then, and between listings, ``tool`` and
+    ``describe`` answer from the last listing, without I/O, so the coordinator may use them.
+
     Args:
         config: The tools and sources (``ToolsConfig()`` for none).
         callables: Test seam: entry-point name to callable. When given, it stands in for the
             ``baton.tools`` entry-point group entirely, so tests register callables without
             packaging anything; leave it out in production.
+        environ: Where MCP servers' secrets are read (``os.environ`` when left out).
 
     Raises:
         ConfigurationError: A python tool's entry point is missing, ambiguous, fails to load
-            or is not callable (the message names the tool).
+            or is not callable (the message names the tool), or MCP servers are configured
+            and the ``mcp`` extra is not installed.
     """
 
     def __init__(
@@ -581,6 +796,7 @@ class ToolRegistry:
         config: ToolsConfig | None = None,
         *,
         callables: Mapping[str, ToolCallable] | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config or ToolsConfig()
         wanted = {
@@ -610,28 +826,69 @@ class ToolRegistry:
                 raise ConfigurationError(f"{where}: {entry_point!r} is not callable")
             resolved[name] = function
         self._callables = MappingProxyType(resolved)
+        self._mcp: McpServers | None = None
+        if self.config.mcp_servers:
+            self._mcp = _mcp_servers(self.config, os.environ if environ is None else environ)
 
     @property
-    def tools(self) -> Mapping[str, HttpToolSpec | PythonToolSpec]:
-        """Every tool, by name."""
-        return MappingProxyType(self.config.tools)
+    def tools(self) -> Mapping[str, AnyToolSpec]:
+        """Every tool, by name: those of the file, and those MCP servers listed last."""
+        if self._mcp is None:
+            return MappingProxyType(self.config.tools)
+        return MappingProxyType({**self.config.tools, **self._mcp.listed()})
 
     @property
     def sources(self) -> Mapping[str, LocalSourceSpec | HttpSourceSpec]:
         """Every retrieval source, by name."""
         return MappingProxyType(self.config.sources)
 
-    def tool(self, name: str) -> HttpToolSpec | PythonToolSpec:
-        """The tool called ``name``.
+    @property
+    def mcp(self) -> McpServers | None:
+        """The MCP servers' connections and listings; ``None`` when there are none."""
+        return self._mcp
+
+    def tool(self, name: str) -> AnyToolSpec:
+        """The tool called ``name``, as last listed for an MCP server's tool.
 
         Raises:
             UnknownTool: There is none (the message lists the known tools).
         """
-        try:
-            return self.config.tools[name]
-        except KeyError:
-            known = ", ".join(sorted(self.config.tools)) or "none"
-            raise UnknownTool(f"tool {name!r} is not registered (known: {known})") from None
+        spec = self.config.tools.get(name)
+        if spec is not None:
+            return spec
+        if self._mcp is not None:
+            listed = self._mcp.tool(name)
+            if listed is not None:
+                return listed
+        known = ", ".join(sorted(self.tools)) or "none"
+        raise UnknownTool(f"tool {name!r} is not registered (known: {known})")
+
+    async def lookup(self, name: str) -> AnyToolSpec:
+        """``tool``, listing the MCP server the name belongs to first if its listing is stale.
+
+        Raises:
+            UnknownTool: There is no such tool.
+            ToolUnavailable, ToolTimeout: The tool's MCP server has never been listed, and
+                cannot be now.
+        """
+        if self._mcp is not None and name not in self.config.tools:
+            await self._mcp.fresh(name.partition(".")[0])
+        return self.tool(name)
+
+    async def start(self) -> None:
+        """List every MCP server's tools; one that cannot be reached is logged and left."""
+        if self._mcp is not None:
+            await self._mcp.refresh()
+
+    async def keep_fresh(self) -> None:
+        """List MCP servers again as their listings go stale, until cancelled."""
+        if self._mcp is not None:
+            await self._mcp.keep_fresh()
+
+    async def aclose(self) -> None:
+        """Close the MCP servers' connections (and stop the processes baton started)."""
+        if self._mcp is not None:
+            await self._mcp.aclose()
 
     def function(self, name: str) -> ToolCallable:
         """The callable of the python tool ``name``.
@@ -654,7 +911,7 @@ class ToolRegistry:
         Raises:
             UnknownTool: A name is not registered.
         """
-        chosen = sorted(self.config.tools) if names is None else list(names)
+        chosen = sorted(self.tools) if names is None else list(names)
         described: list[dict[str, JsonValue]] = []
         for name in chosen:
             spec = self.tool(name)
@@ -664,14 +921,31 @@ class ToolRegistry:
         return described
 
 
+def _mcp_servers(config: ToolsConfig, environ: Mapping[str, str]) -> McpServers:
+    """The MCP runtime, imported here so a registry without MCP servers never needs the SDK."""
+    try:
+        from processors._mcp import McpServers
+    except ImportError as exc:
+        names = ", ".join(sorted(config.mcp_servers))
+        raise ConfigurationError(
+            f"mcp_servers ({names}): the MCP SDK is not installed ({exc.name or exc}); "
+            "install baton with the `mcp` extra: pip install 'baton[mcp]'"
+        ) from None
+    return McpServers(config.mcp_servers, environ)
+
+
 def load_tools(
-    path: str | Path, *, callables: Mapping[str, ToolCallable] | None = None
+    path: str | Path,
+    *,
+    callables: Mapping[str, ToolCallable] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> ToolRegistry:
     """Read and check a tools.yaml file and resolve its python tools.
 
     Args:
         path: The file. Relative ``path``s of local sources are relative to its directory.
         callables: Test seam passed to ``ToolRegistry`` (stands in for the entry points).
+        environ: Where MCP servers' secrets are read (``os.environ`` when left out).
 
     Raises:
         ConfigurationError: The file cannot be read, is not YAML, or breaks the format, or an
@@ -690,13 +964,15 @@ def load_tools(
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigurationError(f"{path}: must hold a mapping with `tools` and/or `sources`")
+        raise ConfigurationError(
+            f"{path}: must hold a mapping with `tools`, `sources` and/or `mcp_servers`"
+        )
     try:
         config = ToolsConfig.model_validate(data, context={"base_dir": file.parent})
     except ValidationError as exc:
         raise ConfigurationError(f"{path}: {_describe(exc)}") from None
     try:
-        return ToolRegistry(config, callables=callables)
+        return ToolRegistry(config, callables=callables, environ=environ)
     except ConfigurationError as exc:
         raise ConfigurationError(f"{path}: {exc}") from None
 
@@ -758,7 +1034,7 @@ def _check_template(source: str, allowed: frozenset[str]) -> None:
         raise ValueError(f"template {source!r}: only headers may read secrets")
     unknown = names - allowed - TEMPLATE_GLOBALS
     if unknown:
-        readable = ", ".join(sorted(allowed - {"secrets"}))
+        readable = ", ".join(sorted(allowed - {"secrets"})) or "secrets.NAME only"
         raise ValueError(
             f"template {source!r} reads {', '.join(sorted(unknown))}; it may read {readable}"
         )

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import TopicPartition
 
-from processors import Processor, execute
+from processors import STEP_TRACE, Processor, execute
 from streams._deadletters import letter_for, too_large
 from streams._kafka import kafka_consumer, kafka_producer
 from streams._metrics import Metrics, consumer_lag
@@ -262,6 +262,9 @@ class ProcessorService:
         record: Any,
     ) -> None:
         started = time.time_ns() if self.tracing is not None else 0
+        # Tools that pass the trace on (MCP) read it here; set only while tracing is on.
+        traced = self.tracing is not None
+        trace = STEP_TRACE.set(_trace_fields(record.headers)) if traced else None
         try:
             result = await execute(processor, request, worker=self.worker, now=self.clock)
             self.metrics.step_ran(
@@ -279,6 +282,8 @@ class ProcessorService:
         except Exception:  # the task must never die silently; the deadline recovers the step
             log.exception("could not report %s/%s", request.run_id, request.step)
         finally:
+            if trace is not None:
+                STEP_TRACE.reset(trace)
             if slots is not None:
                 slots.release()
 
@@ -386,3 +391,12 @@ def _failed(result: StepResult, error_class: str, message: str, *, retryable: bo
         finished_at=result.finished_at,
         worker=result.worker,
     )
+
+
+def _trace_fields(headers: Any) -> dict[str, str]:
+    """The W3C trace context headers of a record, as text."""
+    return {
+        k: v.decode("latin-1")
+        for k, v in headers or ()
+        if k in ("traceparent", "tracestate") and isinstance(v, bytes) and v
+    }

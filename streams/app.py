@@ -34,6 +34,7 @@ import mode
 from processors import (
     Breakers,
     ModelCatalog,
+    ToolRegistry,
     build_processors,
     cacheable,
     load_model_catalog,
@@ -80,9 +81,12 @@ class _Resources(mode.Service):
         processors: ProcessorService | None,
         cache: KafkaResponseCache | None = None,
         tracing: Tracing | None = None,
+        tools: ToolRegistry | None = None,
     ) -> None:
         super().__init__()
         self.tracing = tracing
+        self.tools = tools
+        self._listing: asyncio.Task[None] | None = None
         self.feed = feed
         self.http = http
         self.runtime = runtime
@@ -91,6 +95,10 @@ class _Resources(mode.Service):
         self.cache = cache
 
     async def on_start(self) -> None:
+        # MCP servers' tools first: the coordinator describes them, processors call them.
+        if self.tools is not None and self.tools.mcp is not None:
+            await self.tools.start()
+            self._listing = asyncio.create_task(self.tools.keep_fresh(), name="mcp listings")
         # The cache first, so processors take their first request with the cache read.
         if self.cache is not None:
             await self.cache.start()
@@ -115,6 +123,11 @@ class _Resources(mode.Service):
             await self.feed.stop()
         if self.cache is not None:
             await self.cache.stop()
+        if self.tools is not None:
+            if self._listing is not None:
+                self._listing.cancel()
+                await asyncio.gather(self._listing, return_exceptions=True)
+            await self.tools.aclose()
         await self.http.aclose()
         if self.tracing is not None:
             # The last spans export in the SDK's thread, not on the event loop.
@@ -222,7 +235,7 @@ def build_worker(
         else ModelCatalog(routes={})
     )
     # Coordinators describe agents' tools to their models; processors call them.
-    tools = load_tools(settings.tools_file) if settings.tools_file else None
+    tools = load_tools(settings.tools_file, environ=env) if settings.tools_file else None
     runtime = None
     if coordinator:
         access = load_access(settings.access_file, env)
@@ -297,7 +310,7 @@ def build_worker(
         if coordinator
         else None
     )
-    app.add_dependency(_Resources(feed, http, runtime, relay, processors, cache, tracing))
+    app.add_dependency(_Resources(feed, http, runtime, relay, processors, cache, tracing, tools))
     return Worker(
         app=app,
         runtime=runtime,
