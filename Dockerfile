@@ -24,7 +24,10 @@ COPY pyproject.toml README.md ./
 COPY topics topics
 COPY processors processors
 COPY streams streams
-RUN /opt/baton/bin/pip install .
+# Optional extras, none by default: `--build-arg BATON_EXTRAS=mcp,tracing` for MCP tool
+# servers in tools.yaml and OTLP tracing (pyproject.toml says what each brings).
+ARG BATON_EXTRAS=""
+RUN /opt/baton/bin/pip install ".${BATON_EXTRAS:+[$BATON_EXTRAS]}"
 
 FROM ${PYTHON_IMAGE}
 COPY --from=build /opt/baton /opt/baton

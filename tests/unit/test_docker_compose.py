@@ -380,7 +380,9 @@ def test_the_image_ships_only_the_built_virtualenv() -> None:
     assert len(image.stages) == 2
     assert build.base == final.base == "python:3.11-slim"  # the venv points at this Python
     installs = [args for name, args in build.instructions if name == "RUN" and "pip" in args]
-    assert installs == ["/opt/baton/bin/pip install ."], installs  # no extras
+    # the package, with the extras the build is asked for and none by default
+    assert installs == ['/opt/baton/bin/pip install ".${BATON_EXTRAS:+[$BATON_EXTRAS]}"'], installs
+    assert ("ARG", 'BATON_EXTRAS=""') in build.instructions
     copies = [args for name, args in final.instructions if name == "COPY"]
     assert copies == [f"--from={build.name} /opt/baton /opt/baton"], copies
     assert final.env["PATH"].startswith("/opt/baton/bin:")
