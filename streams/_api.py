@@ -9,6 +9,9 @@
   worker answers: one that does not own the run asks the owner.
 - ``GET /v1/runs/{run_id}/events``: the run's timeline from ``run-events``, paged by offset
   (``streams._timeline``); the owner reads it.
+- ``GET /v1/runs/{run_id}/stream``: the run's streamed model text as Server-Sent Events
+  (``streams._live``), from its owner (another worker answers 421 with the owner's address
+  in ``Location``); ``Last-Event-ID`` resumes after the chunk it names.
 - ``GET /v1/approvals``: the open approval requests the caller may decide (and has not yet),
   from every coordinator: this worker asks the others and merges their answers.
 - ``GET /v1/approvals/{approval_id}``: one open request, from its run's owner.
@@ -55,6 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streams import web as inbox
 from streams._access import ALL_TENANTS, DEFAULT_TENANT, Access, Identity
+from streams._live import RunStreamReader
 from streams._metrics import CONTENT_TYPE, Metrics
 from streams._peers import (
     FORWARDED_HEADER,
@@ -676,6 +680,13 @@ def _timeline_params(params: Any) -> tuple[int | None, int]:
     return (int(cursor) if cursor else None), int(limit)
 
 
+def _last_event_id(value: str | None) -> int | None:
+    """The offset a ``Last-Event-ID`` names (the last chunk the client has), if one."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value.strip())
+
+
 def _json_object(body: bytes, not_object: str) -> dict[str, Any]:
     """A request body's JSON object.
 
@@ -780,6 +791,33 @@ def install_api(
                 path = f"/v1/runs/{quote(run_id, safe='')}/events?{urlencode(query)}"
                 return await api.forward(self, caller, owner, "GET", path)
             return self.json(await api.events(run_id, caller.identity, request.query))
+
+    live = RunStreamReader(runtime.bootstrap, runtime.catalog, runtime.codec)
+
+    @app.page("/v1/runs/{run_id}/stream")
+    class RunStream(_View):
+        """A run's streamed model text, as Server-Sent Events, from its owner."""
+
+        async def get(self, request: Any, run_id: str) -> Any:
+            caller = await api.identify(request)
+            owner = api.owner(caller, run_id)
+            if owner is not None:
+                # A stream is not relayed through another worker: the client asks the owner.
+                location = f"{owner}/v1/runs/{quote(run_id, safe='')}/stream"
+                raise _Refused(421, f"run {run_id!r} is served by {owner}", {"Location": location})
+            api._visible(run_id, caller.identity)
+            after = _last_event_id(request.headers.get("Last-Event-ID"))
+            response = aioweb.StreamResponse(
+                headers={
+                    "Content-Type": "text/event-stream; charset=utf-8",
+                    "Cache-Control": "no-cache",
+                    "X-Accel-Buffering": "no",
+                }
+            )
+            await response.prepare(request)
+            await live.serve(run_id, lambda: runtime.state_of(run_id), response.write, after)
+            await response.write_eof()
+            return response
 
     @app.page("/v1/runs/{run_id}")
     class Run(_View):
