@@ -806,6 +806,10 @@ def install_api(
                 location = f"{owner}/v1/runs/{quote(run_id, safe='')}/stream"
                 raise _Refused(421, f"run {run_id!r} is served by {owner}", {"Location": location})
             api._visible(run_id, caller.identity)
+            if not live.has_room():
+                raise _Refused(
+                    503, f"{live.max_streams} streams are open on this worker; retry later"
+                )
             after = _last_event_id(request.headers.get("Last-Event-ID"))
             response = aioweb.StreamResponse(
                 headers={
@@ -815,8 +819,11 @@ def install_api(
                 }
             )
             await response.prepare(request)
-            await live.serve(run_id, lambda: runtime.state_of(run_id), response.write, after)
-            await response.write_eof()
+            try:
+                await live.serve(run_id, lambda: runtime.state_of(run_id), response.write, after)
+                await response.write_eof()
+            except ConnectionError:
+                pass  # the client went away: nothing more to send
             return response
 
     @app.page("/v1/runs/{run_id}")

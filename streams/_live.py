@@ -44,15 +44,27 @@ class RunStreamReader:
         catalog: The topics.
         codec: Decodes the chunks.
         keepalive_s: Seconds between keep-alive comments on an idle stream.
+        max_streams: Streams served at once (each holds a Kafka consumer).
     """
 
     def __init__(
-        self, bootstrap: str, catalog: TopicCatalog, codec: Codec, keepalive_s: float = 15.0
+        self,
+        bootstrap: str,
+        catalog: TopicCatalog,
+        codec: Codec,
+        keepalive_s: float = 15.0,
+        max_streams: int = 64,
     ) -> None:
         self.bootstrap = bootstrap
         self.catalog = catalog
         self.codec = codec
         self.keepalive_s = keepalive_s
+        self.max_streams = max_streams
+        self._open = 0
+
+    def has_room(self) -> bool:
+        """Whether another stream may be served now."""
+        return self._open < self.max_streams
 
     async def serve(
         self,
@@ -69,6 +81,19 @@ class RunStreamReader:
             write: Sends bytes to the client.
             after: The offset of the last chunk the client has (``Last-Event-ID``).
         """
+        self._open += 1
+        try:
+            await self._serve(run_id, state_of, write, after)
+        finally:
+            self._open -= 1
+
+    async def _serve(
+        self,
+        run_id: str,
+        state_of: Callable[[], RunState | None],
+        write: Write,
+        after: int | None,
+    ) -> None:
         topic = self.catalog.stream
         tp = TopicPartition(topic.name, partition_for(run_id, topic.partitions))
         consumer = kafka_consumer(

@@ -513,4 +513,3 @@ class StreamChunk(Event):
         "or this attempt itself after an in-process retry).",
     )
     at: Timestamp = Field(description="When the chunk was written.")
-
