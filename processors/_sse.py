@@ -11,7 +11,7 @@ nothing a provider keeps of the answer, may pass ``MAX_JSON_BYTES`` (``StreamBud
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -49,7 +49,8 @@ class SseDecoder:
     """Turns the bytes of an event stream into events, as they arrive in any split.
 
     Args:
-        max_line: The longest line (bytes) accepted; a longer one raises ``JsonLimitExceeded``.
+        max_line: The longest line, and the most data one event may hold (bytes); more
+            raises ``JsonLimitExceeded``.
     """
 
     def __init__(self, max_line: int = MAX_JSON_BYTES) -> None:
@@ -58,6 +59,7 @@ class SseDecoder:
         self._max_line = max_line
         self._event = ""
         self._data: list[str] = []
+        self._size = 0
         self._id: str | None = None
 
     def feed(self, chunk: bytes) -> list[ServerEvent]:
@@ -82,7 +84,7 @@ class SseDecoder:
             if not self._data and not self._event:
                 return None
             event = ServerEvent(self._event or "message", "\n".join(self._data), self._id)
-            self._event, self._data = "", []
+            self._event, self._data, self._size = "", [], 0
             return event
         if line.startswith(":"):
             return None
@@ -90,6 +92,9 @@ class SseDecoder:
         if colon and value.startswith(" "):
             value = value[1:]
         if name == "data":
+            self._size += len(value) + 1
+            if self._size > self._max_line:
+                raise JsonLimitExceeded(f"an event's data is over {self._max_line} bytes")
             self._data.append(value)
         elif name == "event":
             self._event = value
@@ -157,7 +162,11 @@ async def event_stream(
             if not 200 <= streamed.status_code < 300 or media != "text/event-stream":
                 yield await _whole(streamed, where), None
                 return
-            yield streamed, _events(streamed, where)
+            events = _events(streamed, where)
+            try:
+                yield streamed, events
+            finally:
+                await events.aclose()  # the caller may stop early (at [DONE])
 
 
 async def _whole(streamed: httpx.Response, where: str) -> httpx.Response:
@@ -177,7 +186,7 @@ async def _whole(streamed: httpx.Response, where: str) -> httpx.Response:
     )
 
 
-async def _events(streamed: httpx.Response, where: str) -> AsyncIterator[ServerEvent]:
+async def _events(streamed: httpx.Response, where: str) -> AsyncGenerator[ServerEvent, None]:
     decoder = SseDecoder()
     wire = 0
     async for chunk in streamed.aiter_bytes():

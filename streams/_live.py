@@ -14,7 +14,8 @@ The chunks are a preview, not the result: read the result from ``GET /v1/runs/{i
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import orjson
 from aiokafka import TopicPartition
@@ -63,8 +64,17 @@ class RunStreamReader:
         self._open = 0
 
     def has_room(self) -> bool:
-        """Whether another stream may be served now."""
+        """Whether another stream may be served (or relayed) now."""
         return self._open < self.max_streams
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Count a stream as open inside the block."""
+        self._open += 1
+        try:
+            yield
+        finally:
+            self._open -= 1
 
     async def serve(
         self,
@@ -81,11 +91,8 @@ class RunStreamReader:
             write: Sends bytes to the client.
             after: The offset of the last chunk the client has (``Last-Event-ID``).
         """
-        self._open += 1
-        try:
+        async with self.slot():
             await self._serve(run_id, state_of, write, after)
-        finally:
-            self._open -= 1
 
     async def _serve(
         self,

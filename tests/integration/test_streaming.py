@@ -23,7 +23,7 @@ from processors._sse import SseDecoder
 from streams._client import BatonClient
 from tests.fakes.openai_server import FakeOpenAIServer, Streamed
 from tests.integration.workers import Cluster, Workers, api_access, ops, results_by_run
-from topics import RunResult, RunStatus, TaskSubmitted
+from topics import RunResult, RunStatus, TaskSubmitted, partition_for
 
 TEXT = "Dear customer, your refund of $42 is on its way; expect it within five days."
 
@@ -85,8 +85,10 @@ async def _read_stream(
     raise AssertionError("the stream ended without an end event")
 
 
-async def _run(cluster: Cluster, api: str, tag: str) -> tuple[Any, RunResult]:
-    task = TaskSubmitted(task_id=f"live-{tag}", workflow="live", input={"tag": tag})
+async def _run(
+    cluster: Cluster, api: str, tag: str, task_id: str | None = None
+) -> tuple[Any, RunResult]:
+    task = TaskSubmitted(task_id=task_id or f"live-{tag}", workflow="live", input={"tag": tag})
     async with BatonClient(cluster.bootstrap, cluster.catalog) as client:
         await client.send([task])
         read = asyncio.create_task(_read_stream(api, task.task_id))
@@ -151,3 +153,30 @@ async def test_a_retried_attempt_supersedes_the_cut_attempts_text(
     assert second[0]["restarted"] is True and second[0]["supersedes_attempt"] == 1
     assert "".join(c["text"] for c in second) == TEXT and second[-1]["final"]
     assert (await results_by_run(cluster))["live-cut"] == 1
+
+
+async def test_a_worker_that_does_not_own_the_run_relays_its_stream(
+    cluster: Cluster, workers: Workers, fake_openai: FakeOpenAIServer
+) -> None:
+    fake_openai.reply(Streamed(TEXT, piece=6, delay=0.05))
+    first, second = workers.start("w1"), workers.start("w2")
+    deadline = time.monotonic() + 90
+    while True:
+        owned = [
+            set(httpx.get(f"{w.api}/healthz", timeout=5).json()["partitions"])
+            for w in (first, second)
+        ]
+        if all(owned) and owned[0] | owned[1] == set(range(cluster.partitions)):
+            break
+        assert time.monotonic() < deadline, "the partitions were never shared"
+        await asyncio.sleep(0.3)
+    run_id = next(
+        f"live-relay-{n}"
+        for n in range(1000)
+        if partition_for(f"live-relay-{n}", cluster.partitions) in owned[1]
+    )
+
+    (chunks, end, _), result = await _run(cluster, first.api, "relay", run_id)
+
+    assert result.output == TEXT and end == {"run_id": run_id, "status": "completed"}
+    assert "".join(c["text"] for c in chunks) == TEXT and chunks[-1]["final"]

@@ -23,6 +23,7 @@ from processors import (
     OpenAIProvider,
     ProviderRateLimited,
     ProviderRejected,
+    ProviderTimeout,
     ProviderUnavailable,
     RouteSpec,
     TextCallback,
@@ -195,6 +196,24 @@ async def test_openai_a_stream_that_ends_without_done_is_unavailable() -> None:
                 on_text=deltas,
             )
     assert deltas.pieces == ["Your"]
+
+
+async def test_openai_a_stream_that_stalls_past_the_timeout_is_a_timeout(
+    openai_server: FakeOpenAIServer, http_client: httpx.AsyncClient
+) -> None:
+    openai_server.reply(Streamed(TEXT, delay=0.6))
+    deltas = _Deltas()
+    with pytest.raises(ProviderTimeout, match="no answer within 0.2 s"):
+        await OpenAIProvider(http_client, ENV).stream(
+            _route("openai", openai_server.base_url, timeout_s=0.2),
+            MESSAGES,
+            temperature=0.0,
+            max_tokens=None,
+            output_schema=None,
+            idempotency_key="k",
+            on_text=deltas,
+        )
+    assert deltas.pieces == []  # the role chunk came, then nothing in time
 
 
 async def test_openai_an_error_status_is_classified_as_without_streaming(
@@ -399,6 +418,8 @@ def test_the_decoder_reads_events_split_anywhere() -> None:
         ], size
 
 
-def test_the_decoder_refuses_a_line_over_the_limit() -> None:
+def test_the_decoder_refuses_a_line_or_an_event_over_the_limit() -> None:
     with pytest.raises(JsonLimitExceeded):
         SseDecoder(max_line=10).feed(b"data: " + b"x" * 20)
+    with pytest.raises(JsonLimitExceeded):
+        SseDecoder(max_line=10).feed(b"data: xxxx\n" * 3)
