@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from processors import (
+    AgentProcessor,
     AnthropicProvider,
     ChatMessage,
     Completion,
@@ -396,6 +397,34 @@ async def test_an_llm_step_streams_only_on_a_stream_route_and_a_retry_starts_ove
     assert plain.output == TEXT
     assert len(recorder.calls) == 2  # not streamed: the route does not ask for it
     assert "stream" not in openai_server.requests[-1].body
+
+
+async def test_an_agent_turn_on_a_stream_route_asks_for_the_same_tool_calls(
+    anthropic_server: FakeAnthropicServer, http_client: httpx.AsyncClient
+) -> None:
+    use = ToolUse("orders_lookup", {"order": 7}, id="toolu_9")
+    anthropic_server.reply(MessageAnswer("Let me look.", tool_uses=(use,)))
+    routes = {
+        "live": _route("anthropic", anthropic_server.base_url, stream=True),
+        "plain": _route("anthropic", anthropic_server.base_url),
+    }
+    processor = AgentProcessor(ModelCatalog(routes=routes), http_client, ENV)
+    params: dict[str, Any] = {
+        "messages": [{"role": "user", "content": "Where is order 7?"}],
+        "tools": [LOOKUP.model_dump()],
+        "cache": False,
+    }
+    recorder = _Recorder()
+    with streaming_to(recorder):
+        live = await processor.run(step_request(StepKind.agent, {**params, "route": "live"}))
+    plain = await processor.run(step_request(StepKind.agent, {**params, "route": "plain"}))
+
+    assert live.output == plain.output
+    assert live.usage is not None and plain.usage is not None
+    assert live.usage.model_copy(update={"route": "plain"}) == plain.usage
+    assert isinstance(live.output, dict) and live.output["type"] == "tool_calls"
+    assert "".join(recorder.calls[0]) == "Let me look." and recorder.finished == 1
+    assert anthropic_server.requests[0].body["stream"] is True
 
 
 # -- the event-stream format -----------------------------------------------------------------
