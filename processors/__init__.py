@@ -35,6 +35,8 @@ from processors._provider import (
     ChatMessage,
     Completion,
     Provider,
+    StreamingProvider,
+    TextCallback,
     ToolCall,
     ToolCallMessage,
     ToolDefinition,
@@ -51,6 +53,7 @@ from processors._sandbox import (
     TEMPLATE_TIME_BUDGET_S,
 )
 from processors._scripted import ScriptedProvider
+from processors._streaming import TextStream, current_stream, streaming_to
 from processors._templates import (
     TEMPLATE_GLOBALS,
     Expression,
@@ -127,10 +130,13 @@ __all__ = [
     "ScriptRule",
     "ScriptedProvider",
     "StepOutput",
+    "StreamingProvider",
     "Template",
     "TemplateError",
     "TemplateLimitExceeded",
     "TemplateRenderError",
+    "TextCallback",
+    "TextStream",
     "ToolCall",
     "ToolCallMessage",
     "ToolDefinition",
@@ -159,6 +165,7 @@ __all__ = [
     "cacheable",
     "compile_expression",
     "compile_template",
+    "current_stream",
     "execute",
     "is_template",
     "load_model_catalog",
@@ -166,5 +173,6 @@ __all__ = [
     "references",
     "render_value",
     "step_reads",
+    "streaming_to",
     "template_budget",
 ]

@@ -20,17 +20,19 @@ Failures are classified like the OpenAI provider's (529 "overloaded" is a 5xx: r
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import httpx
 import orjson
 from pydantic import JsonValue
 
 from processors._catalog import DEFAULT_ANTHROPIC_MAX_TOKENS, RouteSpec
-from processors._errors import ProviderRejected, ProviderUnavailable
+from processors._errors import ProviderRateLimited, ProviderRejected, ProviderUnavailable
 from processors._provider import (
     ChatMessage,
     Completion,
     Message,
+    TextCallback,
     ToolCall,
     ToolCallMessage,
     ToolDefinition,
@@ -48,7 +50,8 @@ from processors._provider import (
     read_json,
     redact,
 )
-from topics import ConfigurationError
+from processors._sse import StreamBudget, event_stream
+from topics import ConfigurationError, loads_json
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicProvider", "json_instruction"]
 
@@ -91,6 +94,90 @@ class AnthropicProvider:
             ProviderRejected: Any other 4xx, or the model refused to answer.
             ConfigurationError: The route's key variable is unset or its URL is unusable.
         """
+        call = self._call(route, messages, temperature, max_tokens, output_schema, tools)
+        response = await post_json(
+            self._client,
+            call.url,
+            call.body,
+            call.headers,
+            timeout=route.timeout_s,
+            where=call.where,
+            key=call.key,
+        )
+        check_status(response, call.where, call.key)
+        data = read_json(response, call.where, call.key)
+        return _completion(data, call.where, call.key, messages, idempotency_key, call.names)
+
+    async def stream(
+        self,
+        route: RouteSpec,
+        messages: Sequence[Message],
+        *,
+        temperature: float,
+        max_tokens: int | None,
+        output_schema: Mapping[str, JsonValue] | None,
+        idempotency_key: str,
+        tools: Sequence[ToolDefinition] | None = None,
+        on_text: TextCallback,
+    ) -> Completion:
+        """The same message, streamed: ``stream: true``, the text handed to ``on_text``.
+
+        The events (``message_start``, ``content_block_start``/``_delta``/``_stop`` with
+        ``text_delta`` and ``input_json_delta``, ``message_delta`` with the stop reason and
+        usage, ``message_stop``; ``ping`` ignored) are merged into the message the call
+        would have answered whole, which is then read exactly as ``complete`` reads it.
+
+        Raises:
+            ProviderUnavailable: As ``complete``; also an ``error`` event (other than those
+                below), or a stream that ends (or is cut) before ``message_stop``.
+            ProviderRateLimited: An ``error`` event of type ``rate_limit_error``.
+            ProviderRejected: An ``error`` event that says the request is at fault
+                (``invalid_request_error``, ``authentication_error``, ...).
+            JsonLimitExceeded: The answer is over the JSON size limit.
+            ProviderTimeout, ConfigurationError: As ``complete``.
+        """
+        call = self._call(route, messages, temperature, max_tokens, output_schema, tools)
+        body: dict[str, JsonValue] = {**call.body, "stream": True}
+        async with event_stream(
+            self._client,
+            call.url,
+            body,
+            call.headers,
+            timeout=route.timeout_s,
+            where=call.where,
+            key=call.key,
+        ) as (response, events):
+            if events is None:  # answered whole (or an error): read as request/response
+                check_status(response, call.where, call.key)
+                data = read_json(response, call.where, call.key)
+                completion = _completion(
+                    data, call.where, call.key, messages, idempotency_key, call.names
+                )
+                if completion.text:
+                    await on_text(completion.text)
+                return completion
+            merged = _Merged(call.where, call.key)
+            async for event in events:
+                delta = merged.add(event.event, event.data)
+                if delta:
+                    await on_text(delta)
+                if merged.stopped:
+                    break
+            else:
+                raise ProviderUnavailable(f"{call.where}: the stream ended before message_stop")
+        return _completion(
+            merged.message(), call.where, call.key, messages, idempotency_key, call.names
+        )
+
+    def _call(
+        self,
+        route: RouteSpec,
+        messages: Sequence[Message],
+        temperature: float,
+        max_tokens: int | None,
+        output_schema: Mapping[str, JsonValue] | None,
+        tools: Sequence[ToolDefinition] | None,
+    ) -> _Call:
         if route.base_url is None:
             raise ConfigurationError(f"model {route.model!r}: an anthropic route needs base_url")
         url = route.base_url.rstrip("/") + _PATH
@@ -113,12 +200,153 @@ class AnthropicProvider:
         body["temperature"] = temperature
         if tools:
             body["tools"] = [_wire_tool(t, names) for t in tools]
-        response = await post_json(
-            self._client, url, body, headers, timeout=route.timeout_s, where=where, key=key
-        )
-        check_status(response, where, key)
-        data = read_json(response, where, key)
-        return _completion(data, where, key, messages, idempotency_key, names)
+        return _Call(url, where, key, headers, names, body)
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One call as it goes out: where, with which key and headers, and its body."""
+
+    url: str
+    where: str
+    key: str | None
+    headers: dict[str, str]
+    names: WireToolNames
+    body: dict[str, JsonValue]
+
+
+#: Stream ``error`` types, as the HTTP status the same error has as a whole answer.
+_ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
+
+
+class _Merged:
+    """The message a stream of events adds up to."""
+
+    def __init__(self, where: str, key: str | None) -> None:
+        self._where = where
+        self._key = key
+        self._budget = StreamBudget(where)
+        self._message: dict[str, JsonValue] | None = None
+        self._blocks: dict[int, dict[str, JsonValue]] = {}
+        self._json: dict[int, list[str]] = {}
+        self._usage: dict[str, JsonValue] = {}
+        self._stop: JsonValue = None
+        self.stopped = False
+
+    def add(self, event: str, data: str) -> str:
+        """Merge one event; the text it adds.
+
+        Raises:
+            ProviderUnavailable, ProviderRateLimited, ProviderRejected: An ``error`` event,
+                classified as its HTTP status would be; or an event that is not JSON.
+        """
+        try:
+            value = loads_json(data, what=f"{self._where}: a stream event")
+        except orjson.JSONDecodeError:
+            raise ProviderUnavailable(
+                f"{self._where}: a stream event is not JSON: {redact(excerpt(data), self._key)!r}"
+            ) from None
+        payload = value if isinstance(value, dict) else {}
+        kind = payload.get("type", event)
+        if kind == "error":
+            self._error(payload.get("error"))
+        elif kind == "message_start":
+            message = payload.get("message")
+            if not isinstance(message, dict):
+                raise ProviderUnavailable(f"{self._where}: message_start has no message")
+            self._message = message
+            if isinstance(message.get("usage"), dict):
+                self._usage.update(message["usage"])
+        elif kind == "content_block_start":
+            block = payload.get("content_block")
+            index = payload.get("index")
+            if not isinstance(block, dict) or not isinstance(index, int):
+                raise ProviderUnavailable(f"{self._where}: a content block starts without one")
+            self._blocks[index] = dict(block)
+            first = block.get("text")
+            if block.get("type") == "text" and isinstance(first, str):
+                self._budget.keep(first)
+                return first
+        elif kind == "content_block_delta":
+            return self._delta(payload)
+        elif kind == "message_delta":
+            delta = payload.get("delta")
+            if isinstance(delta, dict) and "stop_reason" in delta:
+                self._stop = delta["stop_reason"]
+            if isinstance(payload.get("usage"), dict):
+                self._usage.update(payload["usage"])  # cumulative counts: the last wins
+        elif kind == "message_stop":
+            self.stopped = True
+        return ""  # ping, content_block_stop, and events this reader does not know
+
+    def _delta(self, payload: dict[str, JsonValue]) -> str:
+        index, delta = payload.get("index"), payload.get("delta")
+        block = self._blocks.get(index) if isinstance(index, int) else None
+        if block is None or not isinstance(delta, dict) or not isinstance(index, int):
+            raise ProviderUnavailable(f"{self._where}: a delta for a block that did not start")
+        text, piece = delta.get("text"), delta.get("partial_json")
+        if delta.get("type") == "text_delta" and isinstance(text, str):
+            self._budget.keep(text)
+            block["text"] = str(block.get("text", "")) + text
+            return text
+        if delta.get("type") == "input_json_delta" and isinstance(piece, str):
+            self._budget.keep(piece)
+            self._json.setdefault(index, []).append(piece)
+        return ""  # thinking and signature deltas are not part of the answer
+
+    def _error(self, error: JsonValue) -> None:
+        kind = error.get("type") if isinstance(error, dict) else None
+        message = error.get("message") if isinstance(error, dict) else None
+        text = redact(excerpt(str(message)), self._key) if message else "(no message)"
+        status = _ERROR_STATUS.get(kind, 500) if isinstance(kind, str) else 500
+        described = f"{self._where}: error in the stream ({kind or 'unknown'}): {text}"
+        if status == 429:
+            raise ProviderRateLimited(described)
+        if status >= 500:
+            raise ProviderUnavailable(described)
+        raise ProviderRejected(described, status=status)
+
+    def message(self) -> dict[str, JsonValue]:
+        """The merged answer, in the shape of a whole message."""
+        if self._message is None:
+            raise ProviderUnavailable(f"{self._where}: the stream has no message_start")
+        content: list[JsonValue] = []
+        for index, block in sorted(self._blocks.items()):
+            if block.get("type") == "tool_use":
+                block = {**block, "input": _streamed_input(block, self._json.get(index))}
+            content.append(block)
+        message = {**self._message, "content": content, "stop_reason": self._stop}
+        if self._usage:
+            message["usage"] = dict(self._usage)
+        return message
+
+
+def _streamed_input(block: dict[str, JsonValue], pieces: list[str] | None) -> JsonValue:
+    """A tool_use block's input: its JSON pieces joined and read, or the text when unreadable.
+
+    Text that is not a JSON object is handed on as text, so the call gets the
+    ``arguments_error`` an unreadable input gets as a whole answer.
+    """
+    if not pieces:
+        return block.get("input") or {}
+    text = "".join(pieces)
+    if not text.strip():
+        return {}
+    try:
+        value = loads_json(text, what="the tool call's arguments")
+    except orjson.JSONDecodeError:
+        return text
+    return value if isinstance(value, dict) else text
 
 
 def json_instruction(schema: Mapping[str, JsonValue]) -> str:

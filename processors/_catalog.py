@@ -188,6 +188,12 @@ class RouteSpec(_Config):
         le=10,
         description="In-process retries of retryable errors, after the first try.",
     )
+    stream: bool = Field(
+        default=False,
+        description="Stream the answer (openai and anthropic): its text is published to the "
+        "`stream` topic as it arrives, for `GET /v1/runs/{id}/stream`. The step's result is "
+        "the same either way. A provider that cannot stream answers whole, as one piece.",
+    )
     script: list[ScriptRule] = Field(
         default_factory=list,
         description="scripted only: the rules, tried in order; the first match answers.",

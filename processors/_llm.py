@@ -41,12 +41,14 @@ from processors._provider import (
     Completion,
     Message,
     Provider,
+    StreamingProvider,
     ToolCall,
     ToolDefinition,
 )
 from processors._responses import ResponsesProvider
 from processors._schema import check_schema, schema_problems
 from processors._scripted import ScriptedProvider
+from processors._streaming import current_stream
 from topics import (
     MAX_JSON_BYTES,
     MAX_JSON_DEPTH,
@@ -307,7 +309,8 @@ class ModelClient:
         async def guarded() -> Completion:
             self.breakers.before_call(endpoint, route.breaker_failures, route.breaker_cooldown_s)
             try:
-                result = await provider.complete(
+                result = await _call(
+                    provider,
                     route,
                     messages,
                     temperature=temperature,
@@ -362,6 +365,60 @@ class ModelClient:
         # Exponential from 0.2 s, capped, plus jitter so callers that failed together spread.
         backoff = min(_BACKOFF_FIRST * 2.0 ** (state.attempt_number - 1), _BACKOFF_MAX)
         return backoff + random.uniform(0, _BACKOFF_JITTER)
+
+
+async def _call(
+    provider: Provider,
+    route: RouteSpec,
+    messages: Sequence[Message],
+    *,
+    temperature: float,
+    max_tokens: int | None,
+    output_schema: Mapping[str, JsonValue] | None,
+    idempotency_key: str,
+    tools: Sequence[ToolDefinition] | None,
+) -> Completion:
+    """One provider call: streamed to the attempt's text stream when the route says so.
+
+    A provider that cannot stream answers whole, and its text goes out as one piece.
+    """
+    stream = current_stream() if route.stream else None
+    if stream is None:
+        return await provider.complete(
+            route,
+            messages,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            output_schema=output_schema,
+            idempotency_key=idempotency_key,
+            tools=tools,
+        )
+    on_text = stream.call()
+    if isinstance(provider, StreamingProvider):
+        completion = await provider.stream(
+            route,
+            messages,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            output_schema=output_schema,
+            idempotency_key=idempotency_key,
+            tools=tools,
+            on_text=on_text,
+        )
+    else:
+        completion = await provider.complete(
+            route,
+            messages,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            output_schema=output_schema,
+            idempotency_key=idempotency_key,
+            tools=tools,
+        )
+        if completion.text:
+            await on_text(completion.text)
+    await stream.finish()
+    return completion
 
 
 def origin_of(request: StepRequested) -> str:

@@ -13,6 +13,7 @@ arguments parsed. Follow-up turns carry the assistant's ``tool_calls`` and one
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import httpx
 import orjson
@@ -24,6 +25,7 @@ from processors._provider import (
     ChatMessage,
     Completion,
     Message,
+    TextCallback,
     ToolCall,
     ToolCallMessage,
     ToolDefinition,
@@ -43,7 +45,8 @@ from processors._provider import (
     read_json,
     redact,
 )
-from topics import ConfigurationError
+from processors._sse import StreamBudget, event_stream
+from topics import ConfigurationError, loads_json
 
 __all__ = ["OpenAIProvider", "parse_retry_after"]
 
@@ -83,6 +86,85 @@ class OpenAIProvider:
             ProviderRejected: Any other 4xx, or the model refused to answer.
             ConfigurationError: The route's key variable is unset or its URL is unusable.
         """
+        call = self._call(route, messages, temperature, max_tokens, output_schema, tools)
+        response = await post_json(
+            self._client,
+            call.url,
+            call.body,
+            call.headers,
+            timeout=route.timeout_s,
+            where=call.where,
+            key=call.key,
+        )
+        return self._answer(response, call, messages, idempotency_key)
+
+    async def stream(
+        self,
+        route: RouteSpec,
+        messages: Sequence[Message],
+        *,
+        temperature: float,
+        max_tokens: int | None,
+        output_schema: Mapping[str, JsonValue] | None,
+        idempotency_key: str,
+        tools: Sequence[ToolDefinition] | None = None,
+        on_text: TextCallback,
+    ) -> Completion:
+        """The same completion, streamed: ``stream: true``, the text handed to ``on_text``.
+
+        The chunks (``data:`` lines, ``data: [DONE]`` last; usage in the last chunk, asked
+        for with ``stream_options.include_usage``) are merged into the chat completion the
+        call would have answered whole, which is then read exactly as ``complete`` reads it.
+
+        Raises:
+            ProviderUnavailable: As ``complete``; also an ``error`` chunk, or a stream that
+                ends (or is cut) before ``[DONE]``.
+            JsonLimitExceeded: The answer is over the JSON size limit.
+            ProviderTimeout, ProviderRateLimited, ProviderRejected, ConfigurationError: As
+                ``complete``.
+        """
+        call = self._call(route, messages, temperature, max_tokens, output_schema, tools)
+        body: dict[str, JsonValue] = {
+            **call.body,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        async with event_stream(
+            self._client,
+            call.url,
+            body,
+            call.headers,
+            timeout=route.timeout_s,
+            where=call.where,
+            key=call.key,
+        ) as (response, events):
+            if events is None:  # answered whole (or an error): read as request/response
+                completion = self._answer(response, call, messages, idempotency_key)
+                if completion.text:
+                    await on_text(completion.text)
+                return completion
+            merged = _Merged(call.where, call.key)
+            async for event in events:
+                if event.data.strip() == "[DONE]":
+                    break
+                delta = merged.add(event.data)
+                if delta:
+                    await on_text(delta)
+            else:
+                raise ProviderUnavailable(f"{call.where}: the stream ended before [DONE]")
+        return _completion(
+            merged.completion(), call.where, call.key, messages, idempotency_key, call.names
+        )
+
+    def _call(
+        self,
+        route: RouteSpec,
+        messages: Sequence[Message],
+        temperature: float,
+        max_tokens: int | None,
+        output_schema: Mapping[str, JsonValue] | None,
+        tools: Sequence[ToolDefinition] | None,
+    ) -> _Call:
         if route.base_url is None:
             raise ConfigurationError(f"model {route.model!r}: an openai route needs base_url")
         url = route.base_url.rstrip("/") + _PATH
@@ -105,16 +187,128 @@ class OpenAIProvider:
             }
         if tools:
             body["tools"] = [_wire_tool(t, names) for t in tools]
-        response = await post_json(
-            self._client, url, body, headers, timeout=route.timeout_s, where=where, key=key
-        )
+        return _Call(url, where, key, headers, names, body)
+
+    def _answer(
+        self,
+        response: httpx.Response,
+        call: _Call,
+        messages: Sequence[Message],
+        idempotency_key: str,
+    ) -> Completion:
+        where, key = call.where, call.key
         if response.status_code == 429 and _error_code(response) == "insufficient_quota":
             # OpenAI says 429 for an exhausted quota too; waiting does not refill it.
             message = provider_message(response, key)
             raise ProviderRejected(f"{where}: HTTP 429: {message}", status=429)
         check_status(response, where, key)
         data = read_json(response, where, key)
-        return _completion(data, where, key, messages, idempotency_key, names)
+        return _completion(data, where, key, messages, idempotency_key, call.names)
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One call as it goes out: where, with which key and headers, and its body."""
+
+    url: str
+    where: str
+    key: str | None
+    headers: dict[str, str]
+    names: WireToolNames
+    body: dict[str, JsonValue]
+
+
+class _Merged:
+    """The chat completion a stream of chunks adds up to (the first choice, and usage)."""
+
+    def __init__(self, where: str, key: str | None) -> None:
+        self._where = where
+        self._key = key
+        self._budget = StreamBudget(where)
+        self._content: list[str] | None = None
+        self._refusal: list[str] | None = None
+        self._calls: dict[int, dict[str, str]] = {}
+        self._usage: JsonValue = None
+
+    def add(self, data: str) -> str:
+        """Merge one chunk (a ``data:`` payload); the text it adds.
+
+        Raises:
+            ProviderUnavailable: The chunk is not JSON, or it is an error.
+        """
+        try:
+            chunk = loads_json(data, what=f"{self._where}: a stream chunk")
+        except orjson.JSONDecodeError:
+            raise ProviderUnavailable(
+                f"{self._where}: a stream chunk is not JSON: {redact(excerpt(data), self._key)!r}"
+            ) from None
+        if not isinstance(chunk, dict):
+            raise ProviderUnavailable(f"{self._where}: a stream chunk is not an object")
+        if "error" in chunk:
+            error = chunk["error"]
+            message = error.get("message") if isinstance(error, dict) else error
+            text = redact(excerpt(str(message)), self._key) or "(no message)"
+            raise ProviderUnavailable(f"{self._where}: error in the stream: {text}")
+        if chunk.get("usage") is not None:
+            self._usage = chunk["usage"]
+        choices = chunk.get("choices")
+        first = choices[0] if isinstance(choices, list) and choices else None
+        delta = first.get("delta") if isinstance(first, dict) else None
+        if not isinstance(delta, dict):
+            return ""
+        for index, raw in enumerate(delta.get("tool_calls") or []):
+            self._tool_call(index, raw)
+        refusal = delta.get("refusal")
+        if isinstance(refusal, str):
+            self._budget.keep(refusal)
+            self._refusal = self._refusal or []
+            self._refusal.append(refusal)
+        content = delta.get("content")
+        if not isinstance(content, str):
+            return ""
+        self._budget.keep(content)
+        self._content = self._content or []
+        self._content.append(content)
+        return content
+
+    def _tool_call(self, position: int, raw: object) -> None:
+        if not isinstance(raw, dict):
+            raise ProviderUnavailable(f"{self._where}: a streamed tool call is not an object")
+        index = raw.get("index", position)
+        if not isinstance(index, int):
+            raise ProviderUnavailable(f"{self._where}: a streamed tool call has no index")
+        call = self._calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
+        if isinstance(raw.get("id"), str) and not call["id"]:
+            call["id"] = raw["id"]
+        function = raw.get("function")
+        if isinstance(function, dict):
+            for part in ("name", "arguments"):
+                piece = function.get(part)
+                if isinstance(piece, str):
+                    self._budget.keep(piece)
+                    call[part] += piece
+
+    def completion(self) -> dict[str, JsonValue]:
+        """The merged answer, in the shape of a whole chat completion."""
+        message: dict[str, JsonValue] = {
+            "role": "assistant",
+            "content": "".join(self._content) if self._content is not None else None,
+        }
+        if self._refusal is not None:
+            message["refusal"] = "".join(self._refusal)
+        if self._calls:
+            message["tool_calls"] = [
+                {
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": call["arguments"]},
+                }
+                for _, call in sorted(self._calls.items())
+            ]
+        answer: dict[str, JsonValue] = {"choices": [{"index": 0, "message": message}]}
+        if self._usage is not None:
+            answer["usage"] = self._usage
+        return answer
 
 
 def _wire_message(message: Message, names: WireToolNames) -> dict[str, JsonValue]:

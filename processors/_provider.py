@@ -12,10 +12,11 @@ import hashlib
 import math
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 import httpx
 import orjson
@@ -34,8 +35,10 @@ from topics import MAX_JSON_BYTES, ConfigurationError, JsonLimitExceeded, loads_
 __all__ = [
     "ChatMessage",
     "Completion",
+    "TextCallback",
     "Message",
     "Provider",
+    "StreamingProvider",
     "ToolCall",
     "ToolCallMessage",
     "ToolDefinition",
@@ -56,6 +59,7 @@ __all__ = [
     "post_json",
     "read_json",
     "redact",
+    "transport_errors",
 ]
 
 _MAX_MESSAGE = 300
@@ -179,6 +183,10 @@ class Completion:
     reasoning_tokens: int = 0
 
 
+#: Where a streaming provider hands each piece of the answer's text, as it arrives.
+TextCallback = Callable[[str], Awaitable[None]]
+
+
 class Provider(Protocol):
     """A model provider: one chat completion per call, errors classified.
 
@@ -210,6 +218,32 @@ class Provider(Protocol):
             idempotency_key: Stable across retries of the step.
             tools: Tools the model may ask to call, or ``None`` for none.
         """
+        ...
+
+
+@runtime_checkable
+class StreamingProvider(Protocol):
+    """A provider that can also stream: the same completion, its text handed on as it comes.
+
+    ``stream`` returns exactly the ``Completion`` that ``complete`` would for the same
+    answer (text, tool calls, usage) and raises the same errors, classified the same way: a
+    connection cut or an ``error`` event mid-stream is as retryable as a 5xx. ``on_text``
+    gets each piece of the answer's text in order; the pieces join to ``Completion.text``.
+    """
+
+    async def stream(
+        self,
+        route: RouteSpec,
+        messages: Sequence[Message],
+        *,
+        temperature: float,
+        max_tokens: int | None,
+        output_schema: Mapping[str, JsonValue] | None,
+        idempotency_key: str,
+        tools: Sequence[ToolDefinition] | None = None,
+        on_text: TextCallback,
+    ) -> Completion:
+        """Ask the route's model for one completion, streamed (see ``Provider.complete``)."""
         ...
 
 
@@ -354,21 +388,11 @@ async def post_json(
     """
     sent = {"Content-Type": "application/json", "Accept": "application/json", **headers}
     content = orjson.dumps(body)
-    try:
+    with transport_errors(where, timeout, key):
         async with client.stream(
             "POST", url, content=content, headers=sent, timeout=timeout
         ) as streamed:
             answer, complete = await read_at_most(streamed, MAX_JSON_BYTES)
-    except httpx.TimeoutException as exc:
-        raise ProviderTimeout(
-            f"{where}: no answer within {timeout:g} s ({type(exc).__name__})"
-        ) from None
-    except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-        raise ConfigurationError(f"{where}: unusable base_url: {exc}") from None
-    except httpx.RequestError as exc:
-        detail = redact(str(exc), key)
-        reason = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
-        raise ProviderUnavailable(f"{where}: {reason}") from None
     if not complete and 200 <= streamed.status_code < 300:
         raise JsonLimitExceeded(
             f"{where}: the answer is over {MAX_JSON_BYTES} bytes, the JSON size limit"
@@ -382,6 +406,29 @@ async def post_json(
     return httpx.Response(
         streamed.status_code, headers=kept, content=answer, request=streamed.request
     )
+
+
+@contextmanager
+def transport_errors(where: str, timeout: float, key: str | None) -> Iterator[None]:
+    """Turn the HTTP client's transport failures inside the block into baton's errors.
+
+    Raises:
+        ProviderTimeout: No answer (or no next bytes of one) within ``timeout``.
+        ProviderUnavailable: The connection failed, was reset or closed without an answer.
+        ConfigurationError: The URL is unusable.
+    """
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise ProviderTimeout(
+            f"{where}: no answer within {timeout:g} s ({type(exc).__name__})"
+        ) from None
+    except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+        raise ConfigurationError(f"{where}: unusable base_url: {exc}") from None
+    except httpx.RequestError as exc:
+        detail = redact(str(exc), key)
+        reason = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+        raise ProviderUnavailable(f"{where}: {reason}") from None
 
 
 def check_status(response: httpx.Response, where: str, key: str | None) -> None:

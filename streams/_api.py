@@ -9,6 +9,9 @@
   worker answers: one that does not own the run asks the owner.
 - ``GET /v1/runs/{run_id}/events``: the run's timeline from ``run-events``, paged by offset
   (``streams._timeline``); the owner reads it.
+- ``GET /v1/runs/{run_id}/stream``: the run's streamed model text as Server-Sent Events
+  (``streams._live``), from its owner (another worker relays it); ``Last-Event-ID`` resumes
+  after the chunk it names.
 - ``GET /v1/approvals``: the open approval requests the caller may decide (and has not yet),
   from every coordinator: this worker asks the others and merges their answers.
 - ``GET /v1/approvals/{approval_id}``: one open request, from its run's owner.
@@ -55,6 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streams import web as inbox
 from streams._access import ALL_TENANTS, DEFAULT_TENANT, Access, Identity
+from streams._live import RunStreamReader
 from streams._metrics import CONTENT_TYPE, Metrics
 from streams._peers import (
     FORWARDED_HEADER,
@@ -85,6 +89,11 @@ _MAX_REASON = 2000
 #: How long ``GET /v1/approvals`` waits for another coordinator before listing without it.
 _PEER_TIMEOUT = 3.0
 _OWNER_TIMEOUT = 10.0
+_SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # proxies that buffer would hold the text back
+}
 _PAGE_HEADERS = {
     # The inbox loads nothing from anywhere else and runs no inline script.
     "Content-Security-Policy": (
@@ -581,6 +590,48 @@ class _Endpoints:
             response.content, content_type="application/json", status=response.status_code
         )
 
+    async def relay_stream(
+        self, request: Any, caller: _Caller, owner: str, path: str, last_event_id: str | None
+    ) -> aioweb.StreamResponse:
+        """Pass the run owner's event stream on, on the caller's behalf, as it comes.
+
+        A stream cut after it began just ends: the client reconnects with ``Last-Event-ID``.
+
+        Raises:
+            _Refused: 502 when the owner cannot be reached.
+        """
+        headers = self._peer_headers(caller.identity, "GET", path, b"")
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        # The owner sends a comment every 15 s: a longer silence is a dead stream.
+        timeout = httpx.Timeout(_OWNER_TIMEOUT, read=60.0)
+        response: aioweb.StreamResponse | None = None
+        try:
+            async with self.http.stream(
+                "GET", f"{owner}{path}", headers=headers, timeout=timeout
+            ) as answer:
+                if answer.status_code != 200:
+                    body = await answer.aread()
+                    return aioweb.Response(
+                        body=body[:_MAX_BODY],
+                        status=answer.status_code,
+                        content_type="application/json",
+                    )
+                response = aioweb.StreamResponse(headers=_SSE_HEADERS)
+                await response.prepare(request)
+                async for part in answer.aiter_raw():
+                    await response.write(part)
+                await response.write_eof()
+                return response
+        except httpx.HTTPError as exc:
+            if response is None:
+                raise _Refused(
+                    502, f"the run's owner {owner} did not answer: {_cause(exc)}"
+                ) from None
+            return response
+        except ConnectionError:  # the client went away
+            return response if response is not None else aioweb.Response(status=499)
+
     # -- deciding ------------------------------------------------------------------------------
 
     def signing_key(self) -> tuple[str, bytes]:
@@ -674,6 +725,13 @@ def _timeline_params(params: Any) -> tuple[int | None, int]:
     if not limit.isdigit() or not 1 <= int(limit) <= MAX_EVENTS:
         raise _Refused(422, f"limit: {limit[:20]!r} is not a number from 1 to {MAX_EVENTS}")
     return (int(cursor) if cursor else None), int(limit)
+
+
+def _last_event_id(value: str | None) -> int | None:
+    """The offset a ``Last-Event-ID`` names (the last chunk the client has), if one."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value.strip())
 
 
 def _json_object(body: bytes, not_object: str) -> dict[str, Any]:
@@ -780,6 +838,35 @@ def install_api(
                 path = f"/v1/runs/{quote(run_id, safe='')}/events?{urlencode(query)}"
                 return await api.forward(self, caller, owner, "GET", path)
             return self.json(await api.events(run_id, caller.identity, request.query))
+
+    live = RunStreamReader(runtime.bootstrap, runtime.catalog, runtime.codec)
+
+    @app.page("/v1/runs/{run_id}/stream")
+    class RunStream(_View):
+        """A run's streamed model text, as Server-Sent Events, from its owner."""
+
+        async def get(self, request: Any, run_id: str) -> Any:
+            caller = await api.identify(request)
+            owner = api.owner(caller, run_id)
+            if not live.has_room():
+                raise _Refused(
+                    503, f"{live.max_streams} streams are open on this worker; retry later"
+                )
+            last = request.headers.get("Last-Event-ID")
+            if owner is not None:
+                path = f"/v1/runs/{quote(run_id, safe='')}/stream"
+                async with live.slot():
+                    return await api.relay_stream(request, caller, owner, path, last)
+            api._visible(run_id, caller.identity)
+            response = aioweb.StreamResponse(headers=_SSE_HEADERS)
+            await response.prepare(request)
+            after = _last_event_id(last)
+            try:
+                await live.serve(run_id, lambda: runtime.state_of(run_id), response.write, after)
+                await response.write_eof()
+            except ConnectionError:
+                pass  # the client went away: nothing more to send
+            return response
 
     @app.page("/v1/runs/{run_id}")
     class Run(_View):

@@ -12,6 +12,10 @@ next attempt (or will, once it is back).
 A record that is not a step request goes to the dead-letter topic, and the service goes on.
 A result too large for a record is replaced by a failed result saying so.
 
+An llm or agent attempt whose route streams writes its text to the ``stream`` topic as it
+arrives (``streams._chunks``), a preview outside the exactly-once result; its last chunk is
+delivered before the result is sent.
+
 Stopping (SIGTERM) is graceful: fetching stops, the steps in flight have ``stop_grace``
 seconds to finish and report, the offsets are committed; a step still running after that
 is cancelled and handed back (a retryable ``WorkerStopping`` failure), so its coordinator
@@ -37,7 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import TopicPartition
 
-from processors import STEP_TRACE, Processor, execute
+from processors import STEP_TRACE, Processor, execute, streaming_to
+from streams._chunks import STREAMED_KINDS, AttemptStream
 from streams._deadletters import letter_for, too_large
 from streams._kafka import kafka_consumer, kafka_producer
 from streams._metrics import Metrics, consumer_lag
@@ -265,8 +270,14 @@ class ProcessorService:
         # Tools that pass the trace on (MCP) read it here; set only while tracing is on.
         traced = self.tracing is not None
         trace = STEP_TRACE.set(_trace_fields(record.headers)) if traced else None
+        stream = None
+        if request.kind in STREAMED_KINDS:
+            stream = AttemptStream(self._producer, self.catalog, self.codec, request, self.clock)
         try:
-            result = await execute(processor, request, worker=self.worker, now=self.clock)
+            with streaming_to(stream):
+                result = await execute(processor, request, worker=self.worker, now=self.clock)
+            if stream is not None:
+                await stream.close()  # the text is in the log before the result
             self.metrics.step_ran(
                 request.kind.value,
                 result.usage.route if result.usage is not None else None,

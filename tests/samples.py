@@ -32,6 +32,7 @@ from topics import (
     StepResult,
     StepStatus,
     StepSummary,
+    StreamChunk,
     TaskSubmitted,
     TimerFired,
     Usage,
@@ -252,6 +253,18 @@ def full_events() -> list[Event]:
                 JournalEntry(run_id="ticket-1043", record=b""),
             ]
         ),
+        StreamChunk(
+            run_id="ticket-1042",
+            step="draft",
+            turn=2,
+            attempt=3,
+            seq=0,
+            text="Your refund",
+            final=True,
+            restarted=True,
+            supersedes_attempt=2,
+            at=T1,
+        ),
     ]
 
 
@@ -324,4 +337,5 @@ def minimal_events() -> list[Event]:
         ),
         RunEventBatch(events=[]),
         RunJournal(entries=[]),
+        StreamChunk(run_id="r", step="s", attempt=1, seq=0, text="", at=T0),
     ]

@@ -27,6 +27,7 @@ from topics._events import (
     StepKind,
     StepRequested,
     StepResult,
+    StreamChunk,
     TaskSubmitted,
     TimerFired,
     WorkflowDefinition,
@@ -246,6 +247,21 @@ class TopicCatalog:
         )
 
     @cached_property
+    def stream(self) -> Topic:
+        """Model calls' text as it streams (``StreamChunk``), for ``GET /v1/runs/{id}/stream``.
+
+        A preview, not part of any run's exactly-once result: kept a day, in hourly
+        segments so the retention acts on time.
+        """
+        return self._run_topic(
+            "stream",
+            (StreamChunk,),
+            _DAY_MS,
+            "llm and agent processors -> the stream endpoint, UIs",
+            extra_configs=(("segment.ms", str(_HOUR_MS)),),
+        )
+
+    @cached_property
     def control(self) -> Topic:
         """Operator commands (cancel a run, ...), compacted by scope."""
         return self._run_topic(
@@ -393,6 +409,7 @@ class TopicCatalog:
         yield self.llm_cache
         yield self.run_state
         yield self.run_journal
+        yield self.stream
 
     def by_name(self, name: str) -> Topic:
         """Look a topic up by its full name."""

@@ -46,6 +46,7 @@ __all__ = [
     "StepResult",
     "StepStatus",
     "StepSummary",
+    "StreamChunk",
     "TaskSubmitted",
     "TimerFired",
     "Timestamp",
@@ -478,3 +479,37 @@ class CacheEntry(Event):
         "when that same attempt runs again (its result lost with a worker), the hit is its "
         "own answer, charged as the call it was, not a saving.",
     )
+
+
+class StreamChunk(Event):
+    """A piece of a model call's text as it streams, for UIs. Key: run id.
+
+    A preview, never the result: the step's result goes through ``step-results`` as
+    always, and a chunk lost or repeated changes nothing a run decides. A UI keeps one text
+    per ``(step, turn)``: it appends each chunk's text in ``seq`` order, and starts that
+    text over at a chunk with ``restarted`` (a new attempt, or an in-process retry of a
+    call that was cut, whose earlier text it replaces).
+    """
+
+    run_id: str = Field(description="The run.")
+    step: str = Field(description="The step whose model call this is.")
+    turn: int = Field(
+        default=0, ge=0, description="An agent step's turn (tool-call rounds before it); 0 else."
+    )
+    attempt: int = Field(ge=1, description="The step attempt.")
+    seq: int = Field(ge=0, description="The chunk's place in its attempt, from 0.")
+    text: str = Field(description="Text that follows the previous chunk's (may be empty).")
+    final: bool = Field(
+        default=False, description="The call answered in full: the text is complete."
+    )
+    restarted: bool = Field(
+        default=False,
+        description="The text starts over here: drop what earlier chunks of this step and "
+        "turn said.",
+    )
+    supersedes_attempt: int | None = Field(
+        default=None,
+        description="When restarted: the attempt whose text this replaces (the one before, "
+        "or this attempt itself after an in-process retry).",
+    )
+    at: Timestamp = Field(description="When the chunk was written.")

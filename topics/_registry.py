@@ -45,6 +45,7 @@ from topics._events import (
     SpendRecorded,
     StepRequested,
     StepResult,
+    StreamChunk,
     TaskSubmitted,
     TimerFired,
     WorkflowDefinition,
@@ -72,6 +73,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     CacheEntry,
     RunEventBatch,
     RunJournal,
+    StreamChunk,
 )
 
 

@@ -229,3 +229,35 @@ class LoopbackServer(Generic[RequestT]):
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         await writer.drain()
         return True
+
+    async def _send_sse(
+        self,
+        writer: asyncio.StreamWriter,
+        frames: list[bytes],
+        *,
+        delay: float = 0.0,
+        cut_after: int | None = None,
+    ) -> bool:
+        """A 200 event stream, chunked, one frame a chunk, ``delay`` seconds apart.
+
+        With ``cut_after``, the connection is dropped after that many frames, mid-body (no
+        last chunk): what a client sees when a server dies mid-stream.
+        """
+        head = (
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
+            "Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        writer.write(head.encode("latin-1"))
+        await writer.drain()
+        for sent, frame in enumerate(frames):
+            if cut_after is not None and sent >= cut_after:
+                return disconnect(writer, reset=False)
+            if delay and sent:
+                await asyncio.sleep(delay)
+            writer.write(f"{len(frame):x}\r\n".encode() + frame + b"\r\n")
+            await writer.drain()
+        if cut_after is not None and cut_after >= len(frames):
+            return disconnect(writer, reset=False)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import pytest
 
 from tests.fakes._loopback import read_request
@@ -33,6 +34,7 @@ from tests.fakes.openai_server import (
     ErrorStatus,
     FakeOpenAIServer,
     RecordedRequest,
+    Streamed,
 )
 
 __all__ = [
@@ -153,6 +155,13 @@ class FakeAnthropicServer(FakeOpenAIServer):
     ) -> bool:
         if callable(answer):
             answer = answer(request)
+        asked = isinstance(request.body, dict) and request.body.get("stream") is True
+        if isinstance(answer, Streamed):
+            if not asked:
+                return await self._answer(writer, request, answer.answer)
+            return await self._stream(writer, request, answer)
+        if asked and isinstance(answer, str | ChatAnswer | MessageAnswer):
+            return await self._stream(writer, request, Streamed(answer))
         if isinstance(answer, str):
             answer = MessageAnswer(answer)
         if isinstance(answer, ChatAnswer):
@@ -176,6 +185,63 @@ class FakeAnthropicServer(FakeOpenAIServer):
                 writer, answer.status, _error(kind, answer.message), headers
             )
         return await super()._answer(writer, request, answer)
+
+    async def _stream(
+        self, writer: asyncio.StreamWriter, request: RecordedRequest, streamed: Streamed
+    ) -> bool:
+        """The answer as the Messages API streams it: the whole message, event by event."""
+        answer = streamed.answer
+        if isinstance(answer, str):
+            answer = MessageAnswer(answer)
+        if isinstance(answer, ChatAnswer):
+            answer = MessageAnswer(
+                answer.content,
+                input_tokens=answer.prompt_tokens,
+                output_tokens=answer.completion_tokens,
+                usage=answer.usage,
+                stop_reason="refusal" if answer.refusal is not None else None,
+            )
+        whole = self._message(request, answer)
+
+        def event(kind: str, data: dict[str, Any]) -> bytes:
+            return (
+                f"event: {kind}\ndata: ".encode() + orjson.dumps({"type": kind, **data}) + b"\n\n"
+            )
+
+        def pieces(text: str) -> list[str]:
+            return [text[i : i + streamed.piece] for i in range(0, len(text), streamed.piece)]
+
+        start = {k: v for k, v in whole.items() if k not in ("usage", "content")}
+        start.update(content=[], stop_reason=None)
+        if "usage" in whole:
+            start["usage"] = {"input_tokens": whole["usage"]["input_tokens"], "output_tokens": 1}
+        frames = [event("message_start", {"message": start}), event("ping", {})]
+        for index, block in enumerate(whole["content"]):
+            if block["type"] == "text":
+                opened = {"type": "text", "text": ""}
+                deltas = [{"type": "text_delta", "text": p} for p in pieces(block["text"])]
+            elif block["type"] == "tool_use":
+                opened = {**block, "input": {}}
+                args = orjson.dumps(block["input"]).decode()
+                deltas = [{"type": "input_json_delta", "partial_json": p} for p in pieces(args)]
+            else:
+                opened, deltas = block, []
+            frames.append(event("content_block_start", {"index": index, "content_block": opened}))
+            frames += [event("content_block_delta", {"index": index, "delta": d}) for d in deltas]
+            frames.append(event("content_block_stop", {"index": index}))
+        delta: dict[str, Any] = {
+            "delta": {"stop_reason": whole["stop_reason"], "stop_sequence": None}
+        }
+        if "usage" in whole:
+            delta["usage"] = {"output_tokens": whole["usage"]["output_tokens"]}
+        frames.append(event("message_delta", delta))
+        frames.append(event("message_stop", {}))
+        if streamed.error_after is not None:
+            failure = {"error": {"type": "overloaded_error", "message": "Overloaded"}}
+            frames = [*frames[: streamed.error_after], event("error", failure)]
+        return await self._send_sse(
+            writer, frames, delay=streamed.delay, cut_after=streamed.cut_after
+        )
 
     def _message(self, request: RecordedRequest, answer: MessageAnswer) -> dict[str, Any]:
         model = request.body.get("model") if isinstance(request.body, dict) else None

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import pytest
 
 from tests.fakes._loopback import LoopbackServer, disconnect, read_request
@@ -41,6 +42,7 @@ __all__ = [
     "Malformed",
     "RecordedRequest",
     "Responder",
+    "Streamed",
     "fake_openai",
 ]
 
@@ -89,6 +91,32 @@ class ChatAnswer:
     usage: bool = True
     refusal: str | None = None
     finish_reason: str = "stop"
+    tool_calls: tuple[tuple[str, str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """How a request that asked for ``stream: true`` gets its answer.
+
+    The answer's text goes out ``piece`` characters an event (tool calls' arguments too),
+    ``delay`` seconds apart, as OpenAI streams it: a role chunk, content chunks, a finish
+    chunk, a usage chunk (when asked for with ``stream_options.include_usage``), ``[DONE]``.
+    A request that did not ask for a stream gets ``answer`` whole.
+
+    Attributes:
+        answer: What the stream adds up to (a ``str`` or ``ChatAnswer``; the Anthropic
+            fake takes a ``MessageAnswer`` too).
+        piece: Characters per content event.
+        delay: Seconds between events.
+        cut_after: Drop the connection after this many events (mid-body).
+        error_after: After this many events, send an error chunk and end the stream.
+    """
+
+    answer: Any = field(default_factory=ChatAnswer)  # a MessageAnswer, for the Anthropic fake
+    piece: int = 3
+    delay: float = 0.0
+    cut_after: int | None = None
+    error_after: int | None = None
 
 
 @dataclass(frozen=True)
@@ -151,7 +179,7 @@ class Disconnect:
     reset: bool = False
 
 
-Answer = str | ChatAnswer | ErrorStatus | Delay | Malformed | Disconnect
+Answer = str | ChatAnswer | ErrorStatus | Delay | Malformed | Disconnect | Streamed
 Responder = Callable[[RecordedRequest], Answer]
 
 
@@ -223,10 +251,23 @@ class FakeOpenAIServer(LoopbackServer[RecordedRequest]):
             with self._lock:
                 default = self._default
             return await self._answer(writer, request, default)
+        asked = isinstance(request.body, dict) and request.body.get("stream") is True
+        if isinstance(answer, Streamed) and not asked:
+            answer = answer.answer
+        if isinstance(answer, str | ChatAnswer) and asked:
+            answer = Streamed(answer)
         if isinstance(answer, str):
             answer = ChatAnswer(answer)
         if isinstance(answer, ChatAnswer):
             return await self._send_json(writer, 200, self._completion(request, answer))
+        if isinstance(answer, Streamed):
+            frames = self._chunks(request, answer)
+            if answer.error_after is not None:
+                error = {"error": {"message": "simulated stream failure", "type": "server_error"}}
+                frames = [*frames[: answer.error_after], b"data: " + orjson.dumps(error) + b"\n\n"]
+            return await self._send_sse(
+                writer, frames, delay=answer.delay, cut_after=answer.cut_after
+            )
         if isinstance(answer, ErrorStatus):
             headers = dict(answer.headers)
             if answer.retry_after is not None:
@@ -250,6 +291,11 @@ class FakeOpenAIServer(LoopbackServer[RecordedRequest]):
         message: dict[str, Any] = {"role": "assistant", "content": answer.content}
         if answer.refusal is not None:
             message["refusal"] = answer.refusal
+        if answer.tool_calls:
+            message["tool_calls"] = [
+                {"id": ident, "type": "function", "function": {"name": name, "arguments": args}}
+                for ident, name, args in answer.tool_calls
+            ]
         completion: dict[str, Any] = {
             "id": f"chatcmpl-fake-{next(self._ids)}",
             "object": "chat.completion",
@@ -271,6 +317,60 @@ class FakeOpenAIServer(LoopbackServer[RecordedRequest]):
                 "total_tokens": answer.prompt_tokens + answer.completion_tokens,
             }
         return completion
+
+    def _chunks(self, request: RecordedRequest, streamed: Streamed) -> list[bytes]:
+        answer = (
+            ChatAnswer(streamed.answer) if isinstance(streamed.answer, str) else streamed.answer
+        )
+        body = request.body if isinstance(request.body, dict) else {}
+        ident, created = f"chatcmpl-fake-{next(self._ids)}", int(time.time())
+        model = body.get("model") or "fake"
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            value = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+            return b"data: " + orjson.dumps(value) + b"\n\n"
+
+        def pieces(text: str) -> list[str]:
+            return [text[i : i + streamed.piece] for i in range(0, len(text), streamed.piece)]
+
+        frames = [chunk({"role": "assistant", "content": "" if answer.content else None})]
+        frames += [chunk({"content": p}) for p in pieces(answer.content or "")]
+        if answer.refusal is not None:
+            frames += [chunk({"refusal": p}) for p in pieces(answer.refusal)]
+        for index, (call_id, name, args) in enumerate(answer.tool_calls):
+            start = {"index": index, "id": call_id, "type": "function"}
+            frames.append(
+                chunk({"tool_calls": [{**start, "function": {"name": name, "arguments": ""}}]})
+            )
+            frames += [
+                chunk({"tool_calls": [{"index": index, "function": {"arguments": p}}]})
+                for p in pieces(args)
+            ]
+        frames.append(chunk({}, answer.finish_reason))
+        options = body.get("stream_options")
+        if answer.usage and isinstance(options, dict) and options.get("include_usage"):
+            usage = {
+                "prompt_tokens": answer.prompt_tokens,
+                "completion_tokens": answer.completion_tokens,
+                "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+            }
+            value = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": usage,
+            }
+            frames.append(b"data: " + orjson.dumps(value) + b"\n\n")
+        frames.append(b"data: [DONE]\n\n")
+        return frames
 
 
 @pytest.fixture

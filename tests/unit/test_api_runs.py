@@ -152,7 +152,7 @@ async def test_filters_and_tenants(tmp_path: Path) -> None:
             answer = await client.get(f"/v1/runs?{query}", headers=auth("alice"))
             assert answer.status_code == status, answer.text
             assert answer.json()["error"].startswith(error), answer.text
-        for path in ("/v1/runs", "/v1/runs/paid-1/events"):
+        for path in ("/v1/runs", "/v1/runs/paid-1/events", "/v1/runs/paid-1/stream"):
             anonymous = await client.get(path)
             assert anonymous.status_code == 401 and "paid" not in anonymous.text
         events = [
@@ -160,6 +160,8 @@ async def test_filters_and_tenants(tmp_path: Path) -> None:
             ("/v1/runs/nope/events", "alice", 404, "no run 'nope'"),
             ("/v1/runs/paid-1/events?cursor=x", "alice", 422, "cursor: 'x' is not"),
             ("/v1/runs/paid-1/events?limit=0", "alice", 422, "limit: '0' is not"),
+            ("/v1/runs/acme-1/stream", "alice", 403, "user:alice may not see run 'acme-1'"),
+            ("/v1/runs/nope/stream", "alice", 404, "no run 'nope'"),
         ]
         for path, user, status, error in events:
             answer = await client.get(path, headers=auth(user))

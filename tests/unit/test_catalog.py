@@ -38,6 +38,7 @@ def test_every_topic_of_the_design_is_in_the_catalog() -> None:
         "baton.llm-cache",
         "baton.run-state",
         "baton.run-journal",
+        "baton.stream",
     }
 
 
