@@ -70,6 +70,7 @@ from topics._partitioning import partition_for, run_id_of
 from topics._registry import EVENT_TYPES, SchemaEntry, SchemaRegistry
 from topics._signing import (
     DECISION_FORM,
+    DECISION_FORM_V3,
     decision_message,
     request_digest,
     sign_decision,
@@ -85,6 +86,7 @@ from topics._yaml import (
 
 __all__ = [
     "DECISION_FORM",
+    "DECISION_FORM_V3",
     "ID_CHARACTERS",
     "check_task_id",
     "client_source",

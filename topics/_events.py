@@ -122,10 +122,17 @@ class RunStatus(StrEnum):
 
 
 class ApprovalVerdict(StrEnum):
-    """A reviewer's decision."""
+    """A reviewer's answer to an approval request.
+
+    ``approve`` and ``reject`` say yes or no to what the request shows; ``edit`` approves
+    the gated tool call with other arguments (the decision's ``payload``); ``respond``
+    answers instead of the step: the ``payload`` becomes its output and it does not run.
+    """
 
     approve = "approve"
     reject = "reject"
+    edit = "edit"
+    respond = "respond"
 
 
 class ControlAction(StrEnum):
@@ -365,7 +372,21 @@ class ApprovalRequested(Event):
     requested_at: Timestamp = Field(description="When it was asked.")
     request_digest: str = Field(
         default="",
-        description="sha256 (hex) of the fields above: what a decision on it must name.",
+        description="sha256 (hex) of the fields above and below: what a decision on it must name.",
+    )
+    action: JsonValue = Field(
+        default=None,
+        description="The tool call the request gates, as it will be made: {tool, args, "
+        "args_schema}; what an edit changes. Null when it gates no tool call.",
+    )
+    output_schema: JsonValue = Field(
+        default=None,
+        description="The JSON Schema a respond's output must fit; null when any JSON does.",
+    )
+    response: str | None = Field(
+        default=None,
+        description="JSON text of the output a reviewer gave instead of the step, when this "
+        "request asks the others to approve it; null otherwise.",
     )
 
 
@@ -377,12 +398,19 @@ class ApprovalDecision(Event):
     request_digest: str = Field(
         default="", description="The request_digest of the request decided (what was shown)."
     )
-    verdict: ApprovalVerdict = Field(description="approve or reject.")
+    verdict: ApprovalVerdict = Field(description="approve, reject, edit or respond.")
     approver: str = Field(description="Identity of the reviewer: user:<id>.")
     reason: str | None = Field(default=None, description="Why, in the reviewer's words.")
     decided_at: Timestamp = Field(description="When it was decided.")
     key_id: str = Field(default="default", description="Which signing key signed it.")
-    signature: str = Field(description="v2: and the HMAC-SHA256 over the fields above, hex.")
+    signature: str = Field(
+        description="v2: or v3: and the HMAC-SHA256 over the fields (v3: and payload), hex."
+    )
+    payload: str | None = Field(
+        default=None,
+        description="JSON text, exactly as signed: an edit's new arguments (an object), or "
+        "a respond's output. Null for approve and reject.",
+    )
 
 
 class WorkflowDefinition(Event):

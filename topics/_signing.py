@@ -17,6 +17,15 @@ verdict, approver, reason (empty when none), decided_at (ISO 8601 in UTC with mi
 ``2025-01-01T12:00:00.000000+00:00``), key_id. The signature is ``v2:`` followed by the
 lowercase hex HMAC-SHA256 of that message. Nothing else verifies: signatures of the older,
 newline-joined form are refused. docs/approvals.md has a worked example.
+
+The ``v3`` form (``baton.approval-decision.v3``, signature ``v3:...``) is the same nine
+fields under its own name, then a tenth: the decision's ``payload``, the JSON text of an
+``edit``'s new arguments or a ``respond``'s output, exactly as the decision carries it (the
+empty string when there is none; a payload is never empty, since the empty string is not
+JSON). The signature covers those bytes as sent, so nobody has to reproduce a canonical JSON
+form to sign or verify. ``edit`` and ``respond`` are signed only in ``v3``; ``approve`` and
+``reject`` in either (``sign_decision`` keeps ``v2`` for them, so their signatures do not
+change), and a ``v2`` signature never verifies a decision that carries a payload.
 """
 
 from __future__ import annotations
@@ -29,12 +38,16 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from pydantic import JsonValue
+
 from topics._events import ApprovalDecision, ApprovalRequested, ApprovalVerdict
 
 __all__ = [
     "DECISION_FORM",
+    "DECISION_FORM_V3",
     "REQUEST_FORM",
     "SIGNATURE_PREFIX",
+    "SIGNATURE_PREFIX_V3",
     "decision_message",
     "request_digest",
     "sign_decision",
@@ -45,8 +58,14 @@ __all__ = [
 DECISION_FORM = "baton.approval-decision.v2"
 #: The name of the request digest's form, a member of the digested object.
 REQUEST_FORM = "baton.approval-request.v2"
-#: What every signature of the current form starts with.
+#: What every signature of the v2 form starts with.
 SIGNATURE_PREFIX = "v2:"
+#: The name of the form that also signs a payload (edit, respond).
+DECISION_FORM_V3 = "baton.approval-decision.v3"
+#: What every signature of the v3 form starts with.
+SIGNATURE_PREFIX_V3 = "v3:"
+#: The verdicts the v2 form may sign: those without a payload.
+_V2_VERDICTS = frozenset({ApprovalVerdict.approve, ApprovalVerdict.reject})
 
 _LENGTH = struct.Struct(">I")
 
@@ -61,9 +80,11 @@ def request_digest(request: ApprovalRequested) -> str:
     The digested bytes are the JSON object of the request's fields (all but
     ``request_digest``) plus ``"form": "baton.approval-request.v2"``, with keys sorted,
     no whitespace, non-ASCII characters as they are (UTF-8), times as in the signed message
-    and ``cost_usd`` as a decimal string with 12 places.
+    and ``cost_usd`` as a decimal string with 12 places. ``action``, ``output_schema`` and
+    ``response`` are members only when set, so a request that has none digests as it did
+    before they existed.
     """
-    shown = {
+    shown: dict[str, JsonValue] = {
         "form": REQUEST_FORM,
         "approval_id": request.approval_id,
         "run_id": request.run_id,
@@ -79,6 +100,10 @@ def request_digest(request: ApprovalRequested) -> str:
         "cost_usd": f"{Decimal(request.cost_usd):.12f}",
         "requested_at": _moment(request.requested_at),
     }
+    for name in ("action", "output_schema", "response"):
+        value = getattr(request, name)
+        if value is not None:
+            shown[name] = value
     text = json.dumps(shown, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -92,10 +117,19 @@ def decision_message(
     reason: str | None,
     decided_at: datetime,
     key_id: str,
+    payload: str | None = None,
+    *,
+    form: str = DECISION_FORM,
 ) -> bytes:
-    """The bytes a decision's signature covers (the ``v2`` form)."""
+    """The bytes a decision's signature covers (the ``v2`` form, or ``v3`` with the payload).
+
+    Raises:
+        ValueError: A payload for the ``v2`` form, which cannot sign one.
+    """
+    if form == DECISION_FORM and payload is not None:
+        raise ValueError("the v2 form signs no payload: use v3")
     fields = [
-        DECISION_FORM,
+        form,
         approval_id,
         run_id,
         request_digest,
@@ -105,6 +139,8 @@ def decision_message(
         _moment(decided_at),
         key_id,
     ]
+    if form == DECISION_FORM_V3:
+        fields.append(payload or "")
     out = bytearray()
     for field in fields:
         data = field.encode()
@@ -113,8 +149,8 @@ def decision_message(
     return bytes(out)
 
 
-def _signature(key: bytes, message: bytes) -> str:
-    return SIGNATURE_PREFIX + hmac.new(key, message, hashlib.sha256).hexdigest()
+def _signature(key: bytes, message: bytes, prefix: str = SIGNATURE_PREFIX) -> str:
+    return prefix + hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
 def sign_decision(
@@ -128,11 +164,29 @@ def sign_decision(
     key_id: str,
     key: bytes,
     decided_at: datetime | None = None,
+    payload: str | None = None,
 ) -> ApprovalDecision:
-    """A decision on one request (named by its id and digest), signed with a key."""
+    """A decision on one request (named by its id and digest), signed with a key.
+
+    ``approve`` and ``reject`` without a payload are signed in the ``v2`` form, everything
+    else in ``v3``.
+    """
     moment = decided_at or datetime.now(UTC)
+    v2 = ApprovalVerdict(verdict) in _V2_VERDICTS and payload is None
+    form, prefix = (
+        (DECISION_FORM, SIGNATURE_PREFIX) if v2 else (DECISION_FORM_V3, SIGNATURE_PREFIX_V3)
+    )
     message = decision_message(
-        approval_id, run_id, request_digest, verdict, approver, reason, moment, key_id
+        approval_id,
+        run_id,
+        request_digest,
+        verdict,
+        approver,
+        reason,
+        moment,
+        key_id,
+        payload,
+        form=form,
     )
     return ApprovalDecision(
         approval_id=approval_id,
@@ -143,14 +197,24 @@ def sign_decision(
         reason=reason,
         decided_at=moment,
         key_id=key_id,
-        signature=_signature(key, message),
+        signature=_signature(key, message, prefix),
+        payload=payload,
     )
 
 
 def verify_decision(decision: ApprovalDecision, keys: Mapping[str, bytes]) -> str | None:
     """``None`` when the signature is valid, else why it is not."""
-    if not decision.signature.startswith(SIGNATURE_PREFIX):
-        return f"not a {SIGNATURE_PREFIX[:-1]} signature (no other form is accepted)"
+    if decision.signature.startswith(SIGNATURE_PREFIX_V3):
+        form, prefix = DECISION_FORM_V3, SIGNATURE_PREFIX_V3
+    elif decision.signature.startswith(SIGNATURE_PREFIX):
+        form, prefix = DECISION_FORM, SIGNATURE_PREFIX
+        if decision.verdict not in _V2_VERDICTS or decision.payload is not None:
+            return (
+                f"a v2 signature covers no payload and no {decision.verdict.value} verdict: "
+                "sign it in the v3 form"
+            )
+    else:
+        return "not a v2 or v3 signature (no other form is accepted)"
     key = keys.get(decision.key_id)
     if key is None:
         return f"unknown signing key {decision.key_id!r}"
@@ -163,7 +227,9 @@ def verify_decision(decision: ApprovalDecision, keys: Mapping[str, bytes]) -> st
         decision.reason,
         decision.decided_at,
         decision.key_id,
+        decision.payload,
+        form=form,
     )
-    if not hmac.compare_digest(_signature(key, message), decision.signature):
+    if not hmac.compare_digest(_signature(key, message, prefix), decision.signature):
         return "the signature does not match"
     return None

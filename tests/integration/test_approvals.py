@@ -314,7 +314,7 @@ async def test_decisions_that_do_not_count_are_refused_and_audited(
     assert reasons == [
         "user:mallory may not decide this request",
         "user:alice has decided this request already",
-        "bad signature: not a v2 signature (no other form is accepted)",
+        "bad signature: not a v2 or v3 signature (no other form is accepted)",
         "bad signature: the signature does not match",
         "bad signature: unknown signing key 'k9'",
         "no such approval request is open (decided, escalated or unknown)",

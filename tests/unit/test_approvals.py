@@ -203,7 +203,7 @@ def test_one_rejection_ends_the_run_rejected() -> None:
             lambda r: decision("r1/approve/1", "user:alice", run=r).model_copy(
                 update={"signature": decision("r1/approve/1", "user:alice", run=r).signature[3:]}
             ),
-            "bad signature: not a v2 signature (no other form is accepted)",
+            "bad signature: not a v2 or v3 signature (no other form is accepted)",
         ),
         (
             lambda r: decision("r1/approve/1", "user:alice", digest="1" * 64),
