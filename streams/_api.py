@@ -15,7 +15,8 @@
 - ``GET /v1/approvals``: the open approval requests the caller may decide (and has not yet),
   from every coordinator: this worker asks the others and merges their answers.
 - ``GET /v1/approvals/{approval_id}``: one open request, from its run's owner.
-- ``POST /v1/approvals/{approval_id}/decision``: approve or reject. The worker signs the
+- ``POST /v1/approvals/{approval_id}/decision``: approve, reject, edit (the gated tool
+  call's ``args``) or respond (the step's ``output``). The worker signs the
   decision with its key, naming the request's digest, and publishes it to
   ``approvals.decided``; the run's coordinator weighs it.
 - ``GET /``, ``GET /static/{name}``: the approval inbox (``streams.web``), open.
@@ -54,7 +55,7 @@ import orjson
 from aiohttp import web as aioweb
 from aiokafka.errors import KafkaError
 from faust.web.exceptions import WebError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from streams import web as inbox
 from streams._access import ALL_TENANTS, DEFAULT_TENANT, Access, Identity
@@ -70,7 +71,7 @@ from streams._peers import (
 from streams._runs import QueryError, RunLister, RunQuery, merge_pages
 from streams._timeline import MAX_EVENTS, TimelineReader
 from streams.coordinator import CoordinatorRuntime, RunState
-from streams.coordinator._approvals import approval_request
+from streams.coordinator._approvals import answer_problem, approval_request
 from topics import (
     ApprovalRequested,
     ApprovalVerdict,
@@ -159,6 +160,21 @@ class _DecisionBody(BaseModel):
         pattern=r"^[0-9a-f]{64}$",
         description="The digest of the request as the reviewer saw it (optional).",
     )
+    args: dict[str, JsonValue] | None = Field(
+        default=None, description="edit: the tool call's new arguments (a JSON object)."
+    )
+    output: JsonValue = Field(
+        default=None, description="respond: the step's output, instead of running it."
+    )
+
+    @property
+    def payload(self) -> str | None:
+        """The JSON text the decision carries and its signature covers."""
+        if self.verdict == ApprovalVerdict.edit and self.args is not None:
+            return orjson.dumps(self.args).decode()
+        if self.verdict == ApprovalVerdict.respond and "output" in self.model_fields_set:
+            return orjson.dumps(self.output).decode()
+        return None
 
 
 @dataclass(frozen=True)
@@ -652,7 +668,9 @@ class _Endpoints:
         Raises:
             _Refused: 413, 400 (not a JSON object) or 422 (naming the bad field).
         """
-        fields = _json_object(body, 'body must be a JSON object: {"verdict": "approve"|"reject"}')
+        fields = _json_object(
+            body, 'body must be a JSON object: {"verdict": "approve"|"reject"|"edit"|"respond"}'
+        )
         try:
             decision = _DecisionBody.model_validate(fields)
         except ValidationError as exc:
@@ -660,6 +678,15 @@ class _Endpoints:
         reason = (decision.reason or "").strip() or None
         if decision.verdict == ApprovalVerdict.reject and reason is None:
             raise _Refused(422, "reason: a rejection needs a reason")
+        given = decision.model_fields_set
+        wanted = {ApprovalVerdict.edit: "args", ApprovalVerdict.respond: "output"}
+        for verdict, name in wanted.items():
+            if decision.verdict == verdict and (
+                name not in given or name == "args" and decision.args is None
+            ):
+                raise _Refused(422, f"{name}: {verdict.value} needs {name}")
+            if decision.verdict != verdict and name in given:
+                raise _Refused(422, f"{name}: only {verdict.value} takes {name}")
         return decision.model_copy(update={"reason": reason})
 
     async def decide(
@@ -682,6 +709,13 @@ class _Endpoints:
                 f"request_digest: {approval_id!r} is not the request you saw "
                 f"(its digest is {digest})",
             )
+        payload = decision.payload
+        request = self.runtime.approvals.get(approval_id)
+        problem = (
+            answer_problem(request, decision.verdict, payload) if request is not None else None
+        )
+        if problem is not None:
+            raise _Refused(422, problem)
         signed = sign_decision(
             approval_id=approval_id,
             run_id=view["run_id"],
@@ -691,6 +725,7 @@ class _Endpoints:
             reason=decision.reason,
             key_id=key_id,
             key=key,
+            payload=payload,
         )
         topic = self.runtime.catalog.approvals_decided
         try:

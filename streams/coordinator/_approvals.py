@@ -13,20 +13,31 @@ recorded (``approval_refused``, with the reason). One rejection ends the run ``r
 ``quorum`` distinct approvals let it go on. When the deadline passes, the request escalates
 to the next level of its path; at the end of the path the step's ``on_timeout`` decides
 (reject, by default).
+
+Reviewers have four answers. Besides ``approve`` and ``reject``, an ``edit`` approves the
+gated tool call with other arguments (checked against the tool's ``args_schema``; the call
+is then made with them, under an idempotency key of their own) and a ``respond`` answers
+instead of the step: its output (checked against the step's output schema) becomes the
+step's, and the step never runs. Both count as that reviewer's approval of what they
+propose. When the quorum wants more, the request closes and a new one opens (a new id, so
+a new digest; same level and deadline) showing the proposal, with that approval counted:
+approvals of what was shown before do not count for what is proposed now.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from pydantic import JsonValue
 
-from processors import TemplateRenderError, compile_template, render_value
+from processors import TemplateRenderError, UnknownTool, compile_template, render_value
+from processors._schema import schema_problems  # the check the tool processor makes
 from streams.coordinator._state import ApprovalState, RunState, StepPhase, Vote
-from streams.coordinator._transition import Transition
-from streams.workflow import ApprovalStep, EscalationLevel
+from streams.coordinator._transition import Transition, args_digest
+from streams.workflow import AgentStep, ApprovalStep, EscalationLevel, LlmStep, ToolStep
 from topics import (
     ApprovalDecision,
     ApprovalRequested,
@@ -37,6 +48,8 @@ from topics import (
 )
 
 __all__ = [
+    "MAX_PAYLOAD_CHARS",
+    "answer_problem",
     "approval_request",
     "ask_budget_approval",
     "check_approval_deadlines",
@@ -47,6 +60,10 @@ __all__ = [
 
 #: The gate ``budgets.on_breach: approve`` opens (policies.yaml names cannot start with @).
 BUDGET_GATE = "@budget"
+#: The longest payload (JSON text) an edit or a respond may carry.
+MAX_PAYLOAD_CHARS = 200_000
+#: The answers that say yes to something (what is shown, or what the reviewer proposes).
+_YES = frozenset({ApprovalVerdict.approve, ApprovalVerdict.edit, ApprovalVerdict.respond})
 
 
 @dataclass(frozen=True)
@@ -146,7 +163,53 @@ def gate(t: Transition, name: str, facts: dict[str, Any]) -> bool:
     return False
 
 
-def _ask(t: Transition, name: str, rule: _Rule, *, level: int) -> None:
+def _action(t: Transition, name: str, context: dict[str, Any]) -> JsonValue:
+    """The tool call a gate stands in front of, as it will be made; ``None`` for others.
+
+    Raises:
+        TemplateRenderError: The tool step's arguments do not render.
+    """
+    step = t.steps[name]
+    args: JsonValue
+    if step.call is not None:
+        tool, args = step.call.tool, step.call.arguments
+    elif isinstance(spec := t.wf.step(name), ToolStep):
+        tool, args = spec.tool, render_value(spec.args, context)
+    else:
+        return None
+    if step.edited_args is not None:
+        args = step.edited_args
+    schema: JsonValue = None
+    if t.context.tools is not None:
+        try:
+            schema = dict(t.context.tools.tool(tool).args_schema)
+        except UnknownTool:
+            schema = None  # the processor that makes the call says so
+    return {"tool": tool, "args": args, "args_schema": schema}
+
+
+def _output_schema(t: Transition, name: str) -> JsonValue:
+    if t.steps[name].call is not None:
+        return None
+    spec = t.wf.step(name)
+    return spec.output_schema if isinstance(spec, LlmStep | AgentStep) else None
+
+
+def _ask(
+    t: Transition,
+    name: str,
+    rule: _Rule,
+    *,
+    level: int,
+    deadline: datetime | None = None,
+    response: str | None = None,
+    votes: tuple[Vote, ...] = (),
+) -> None:
+    """Open a request for a step: a first ask, an escalation, or a re-ask after a proposal.
+
+    A re-ask (``votes`` given) keeps its level and deadline and starts with the proposer's
+    approval.
+    """
     step = t.steps[name]
     approvers, quorum, timeout = rule.level(level)
     context = t.template_context(name)
@@ -159,6 +222,7 @@ def _ask(t: Transition, name: str, rule: _Rule, *, level: int) -> None:
             if rule.show is not None
             else {k: context[k] for k in ("input", "steps", "call") if k in context}
         )
+        action = _action(t, name, context) if rule.policy is not None else None
     except TemplateRenderError as exc:
         t.fail_step(name, "TemplateRenderError", f"steps.{name}: {exc}")
         return
@@ -171,12 +235,16 @@ def _ask(t: Transition, name: str, rule: _Rule, *, level: int) -> None:
         level=level,
         approvers=approvers,
         quorum=quorum,
-        deadline=t.now + timedelta(seconds=timeout),
+        deadline=deadline or t.now + timedelta(seconds=timeout),
         reason=reason,
         context=shown,
         requested_at=t.now,
         policy=rule.policy,
         cost_usd=t.get("usage").cost_usd,
+        action=action,
+        output_schema=_output_schema(t, name),
+        response=response,
+        votes=list(votes),
     )
     request = _request(t.old, name, approval)
     approval = approval.model_copy(update={"request_digest": request.request_digest})
@@ -186,10 +254,12 @@ def _ask(t: Transition, name: str, rule: _Rule, *, level: int) -> None:
     t.set_step(name, **changes)
     t.set(approvals_asked=asked + 1)
     t.emit.append(request)
+    reasked = {"reopened_after": str(votes[-1].verdict)} if votes else {}
     t.note(
-        "approval_escalated" if level else "approval_requested",
+        "approval_escalated" if level and not votes else "approval_requested",
         name,
         detail={
+            **reasked,
             "approval_id": approval.approval_id,
             "level": level,
             "approvers": list(approvers),
@@ -218,6 +288,9 @@ def _request(state: RunState, name: str, approval: ApprovalState) -> ApprovalReq
         context=approval.context,
         cost_usd=approval.cost_usd,
         requested_at=approval.requested_at,
+        action=approval.action,
+        output_schema=approval.output_schema,
+        response=approval.response,
     )
     digest = approval.request_digest or request_digest(request)
     return request.model_copy(update={"request_digest": digest})
@@ -281,15 +354,18 @@ def on_decision(t: Transition, decision: ApprovalDecision) -> None:
     if any(vote.approver == decision.approver for vote in approval.votes):
         _refuse(t, decision, f"{decision.approver} has decided this request already", found)
         return
-    votes = [
-        *approval.votes,
-        Vote(
-            approver=decision.approver,
-            verdict=decision.verdict,
-            reason=decision.reason,
-            at=decision.decided_at,
-        ),
-    ]
+    request = _request(t.old, found, approval)
+    problem = answer_problem(request, decision.verdict, decision.payload)
+    if problem is not None:
+        _refuse(t, decision, problem, found)
+        return
+    vote = Vote(
+        approver=decision.approver,
+        verdict=decision.verdict,
+        reason=decision.reason,
+        at=decision.decided_at,
+    )
+    votes = [*approval.votes, vote]
     t.set_step(found, approval=approval.model_copy(update={"votes": votes}))
     t.note(
         "approval_decided",
@@ -304,8 +380,114 @@ def on_decision(t: Transition, decision: ApprovalDecision) -> None:
     if decision.verdict == ApprovalVerdict.reject:
         why = f": {decision.reason}" if decision.reason else ""
         _resolve(t, found, approved=False, why=f"{found} rejected by {decision.approver}{why}")
-    elif sum(v.verdict == ApprovalVerdict.approve for v in votes) >= approval.quorum:
-        _resolve(t, found, approved=True, why="approved")
+    elif decision.verdict == ApprovalVerdict.approve:
+        if sum(v.verdict in _YES for v in votes) >= approval.quorum:
+            _resolve(t, found, approved=True, why="approved")
+    else:
+        assert decision.payload is not None  # answer_problem checked it
+        _propose(t, found, request, vote, orjson.loads(decision.payload))
+
+
+def answer_problem(
+    request: ApprovalRequested, verdict: ApprovalVerdict, payload: str | None
+) -> str | None:
+    """Why an answer does not fit the request it answers, naming the field; ``None`` if it fits.
+
+    An edit's payload is the call's new arguments: a JSON object that fits the tool's
+    ``args_schema`` and differs from the arguments shown. A respond's payload is the step's
+    output: any JSON that fits the step's output schema. Approve and reject carry none. The
+    API answers with this at once (422); the coordinator refuses with it.
+    """
+    if verdict in (ApprovalVerdict.approve, ApprovalVerdict.reject):
+        return None if payload is None else f"payload: {verdict.value} carries no payload"
+    if payload is None:
+        return f"payload: {verdict.value} needs a payload (JSON text)"
+    if len(payload) > MAX_PAYLOAD_CHARS:
+        return f"payload: over {MAX_PAYLOAD_CHARS} characters"
+    try:
+        value: JsonValue = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        return f"payload: not JSON ({exc})"
+    if verdict == ApprovalVerdict.respond:
+        schema = request.output_schema
+        if isinstance(schema, dict):
+            problems = schema_problems(schema, value, "output")
+            if problems:
+                return "payload: " + "; ".join(problems)
+        return None
+    action = request.action
+    if not isinstance(action, dict):
+        return (
+            f"{request.approval_id} gates no tool call, so there is nothing to edit "
+            "(approve, reject or respond instead)"
+        )
+    if not isinstance(value, dict):
+        return "payload: args: the arguments must be a JSON object"
+    if value == action.get("args"):
+        return "payload: args: the arguments are the ones shown (approve instead)"
+    schema = action.get("args_schema")
+    if isinstance(schema, dict):
+        problems = schema_problems(schema, value, "args")
+        if problems:
+            return "payload: " + "; ".join(problems)
+    return None
+
+
+def _propose(
+    t: Transition, name: str, request: ApprovalRequested, vote: Vote, value: JsonValue
+) -> None:
+    """An edit or a respond: apply it when it alone makes the quorum, else ask the others."""
+    approval = t.steps[name].approval
+    assert approval is not None
+    response: str | None = None
+    if vote.verdict == ApprovalVerdict.edit:
+        assert isinstance(value, dict)
+        before_key = t.idempotency_key(name)
+        before = request.action.get("args") if isinstance(request.action, dict) else None
+        t.set_step(name, edited_args=value)
+        t.note(
+            "approval_edited",
+            name,
+            detail={
+                "approval_id": approval.approval_id,
+                "approver": vote.approver,
+                "reason": vote.reason,
+                "request_digest": request.request_digest,
+                "before": {"args_digest": args_digest(before), "idempotency_key": before_key},
+                "after": {
+                    "args_digest": args_digest(value),
+                    "idempotency_key": t.idempotency_key(name),
+                },
+                "args": value,
+            },
+        )
+    else:
+        response = orjson.dumps(value).decode()
+        t.note(
+            "approval_responded",
+            name,
+            detail={
+                "approval_id": approval.approval_id,
+                "approver": vote.approver,
+                "reason": vote.reason,
+                "request_digest": request.request_digest,
+                "output_digest": args_digest(value),
+            },
+        )
+    if approval.quorum <= 1:
+        _resolve(t, name, approved=True, why="approved", response=response)
+        return
+    rule = _rule_of(t, name, approval.policy)
+    t.set_step(name, approval=None)  # closed: its id and digest no longer count
+    _ask(
+        t,
+        name,
+        rule,
+        level=approval.level,
+        deadline=approval.deadline,
+        response=response,
+        votes=(vote,),
+    )
 
 
 def _out_of_place(
@@ -330,13 +512,19 @@ def _out_of_place(
     return None
 
 
-def _resolve(t: Transition, name: str, *, approved: bool, why: str) -> None:
+def _resolve(
+    t: Transition, name: str, *, approved: bool, why: str, response: str | None = None
+) -> None:
     step = t.steps[name]
     approval = step.approval
     assert approval is not None
     if not approved:
         t.set_step(name, approval=None)
         t.finish(RunStatus.rejected, why)
+        return
+    answer = response if response is not None else approval.response
+    if answer is not None:
+        _answer(t, name, orjson.loads(answer))
         return
     if approval.policy is not None:
         t.set_step(name, approval=None, cleared=[*step.cleared, approval.policy])
@@ -351,6 +539,20 @@ def _resolve(t: Transition, name: str, *, approved: bool, why: str) -> None:
     t.succeed(name, step.attempt, output, None, ms)
 
 
+def _answer(t: Transition, name: str, output: JsonValue) -> None:
+    """The step succeeds with a reviewer's output, and never runs."""
+    step = t.steps[name]
+    approval = step.approval
+    assert approval is not None
+    t.set_step(name, approval=None, edited_args=None)
+    ms = (t.now - approval.requested_at).total_seconds() * 1000
+    t.succeed(name, step.attempt, output, None, ms)
+    if step.call is not None:
+        from streams.coordinator._agents import call_finished
+
+        call_finished(t, name)
+
+
 def check_approval_deadlines(t: Transition) -> None:
     """Escalate requests past their deadline; at the end of the path, apply on_timeout."""
     for name in list(t.steps):
@@ -361,7 +563,7 @@ def check_approval_deadlines(t: Transition) -> None:
             continue
         rule = _rule_of(t, name, approval.policy)
         if approval.level + 1 < rule.levels:
-            _ask(t, name, rule, level=approval.level + 1)
+            _ask(t, name, rule, level=approval.level + 1, response=approval.response)
             continue
         t.note(
             "approval_timed_out",

@@ -80,6 +80,11 @@ class ApprovalState(BaseModel):
         request_digest: The digest of the request as emitted (``topics.request_digest``);
             empty for a request opened by an older release (then computed when needed).
         votes: The approvals accepted so far.
+        action: The tool call the request gates, as it will be made (``tool``, ``args``,
+            ``args_schema``); ``None`` when it gates none (an approval step, a model step).
+        output_schema: What a ``respond`` output must fit; ``None`` when any JSON does.
+        response: JSON text of an output a reviewer gave instead of the step, when this
+            request asks the others to approve it.
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -96,6 +101,9 @@ class ApprovalState(BaseModel):
     cost_usd: Money = Decimal(0)
     request_digest: str = ""
     votes: list[Vote] = Field(default_factory=list)
+    action: JsonValue = None
+    output_schema: JsonValue = None
+    response: str | None = None
 
 
 class Reservation(BaseModel):
@@ -202,6 +210,9 @@ class StepState(BaseModel):
         calls_made: Tool calls the agent step has asked for in its whole life (names them).
         not_before: A delayed retry: the attempt in flight waits in ``retry_tier`` until then.
         retry_tier: The retry tier the attempt in flight waits in (a delayed retry).
+        edited_args: The arguments a reviewer's ``edit`` gave this tool call: every attempt
+            is made with them (and an idempotency key of their own) instead of the rendered
+            ones, or the model's.
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -234,6 +245,7 @@ class StepState(BaseModel):
     calls_made: int = 0
     not_before: Timestamp | None = None
     retry_tier: str | None = None
+    edited_args: dict[str, JsonValue] | None = None
 
     @property
     def current_route(self) -> str | None:

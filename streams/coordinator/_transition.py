@@ -7,6 +7,7 @@ state it was made from is never modified.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -45,7 +46,7 @@ from topics import (
 if TYPE_CHECKING:
     from streams.coordinator._decide import Context, Decision
 
-__all__ = ["Transition", "add_usage"]
+__all__ = ["Transition", "add_usage", "args_digest"]
 
 _OUTCOMES = {
     StepPhase.succeeded: StepOutcome.succeeded,
@@ -225,12 +226,13 @@ class Transition:
         For a tool call an agent asked for: what its agent sees, and ``call`` (the tool, its
         arguments, the agent and the turn), so policies can test the arguments.
         """
-        call = self.steps[upstream_of].call if upstream_of else None
-        if call is not None:
+        step = self.steps[upstream_of] if upstream_of else None
+        call = step.call if step is not None else None
+        if step is not None and call is not None:
             context = self.template_context(call.agent)
             context["call"] = {
                 "tool": call.tool,
-                "arguments": call.arguments,
+                "arguments": call.arguments if step.edited_args is None else step.edited_args,
                 "agent": call.agent,
                 "turn": call.turn,
             }
@@ -276,10 +278,9 @@ class Transition:
             spec, step, self.template_context(name), self.context.tools, reads
         )
         start = not_before or self.now
-        if step.call is not None:
-            key = step.call.key
-        else:
-            key = f"{self.old.run_id}/{name}" + (f"/rerun-{step.reruns}" if step.reruns else "")
+        key = self.idempotency_key(name)
+        if step.edited_args is not None and isinstance(params, dict):
+            params = {**params, "args": step.edited_args}
         # Built from the run's valid state and rendered templates (JSON by construction):
         # not validated again. The processor that reads it validates what it received.
         return StepRequested.model_construct(
@@ -298,6 +299,22 @@ class Transition:
             not_before=not_before,
             retry_tier=tier.name if tier else None,
         )
+
+    def idempotency_key(self, name: str) -> str:
+        """The key every attempt of a step carries: one per step execution and its arguments.
+
+        A reviewer's edit gives the call a key of its own (``/edit-`` and 16 hex digits of
+        the arguments' digest), so the call made with the edited arguments is never taken
+        for the one that was shown.
+        """
+        step = self.steps[name]
+        if step.call is not None:
+            key = step.call.key
+        else:
+            key = f"{self.old.run_id}/{name}" + (f"/rerun-{step.reruns}" if step.reruns else "")
+        if step.edited_args is not None:
+            key += f"/edit-{args_digest(step.edited_args)[:16]}"
+        return key
 
     def dispatch(self, name: str, wait: tuple[RetryTier, float] | None = None) -> None:
         """Send the next attempt of a step, now or after waiting in a retry tier.
@@ -373,7 +390,8 @@ class Transition:
         detail: dict[str, JsonValue] = {"kind": self.spec(name).kind}
         if step.call is not None:
             detail["tool"] = step.call.tool
-            detail["idempotency_key"] = step.call.key
+        if step.call is not None or step.edited_args is not None:
+            detail["idempotency_key"] = request.idempotency_key
         if step.current_route is not None:
             detail["route"] = step.current_route
         if estimate is not None:
@@ -546,6 +564,11 @@ def _waits(steps: dict[str, StepState], now: datetime) -> list[JsonValue]:
         elif step.phase == StepPhase.pending and step.reservation is not None:
             return []
     return waits
+
+
+def args_digest(args: JsonValue) -> str:
+    """The sha256 (hex) of a tool call's arguments as JSON with sorted keys."""
+    return hashlib.sha256(orjson.dumps(args, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def text_of(value: JsonValue) -> str:

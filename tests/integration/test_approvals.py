@@ -397,7 +397,11 @@ async def test_the_api_answers_each_mistake_precisely(
     expected: list[tuple[dict[str, Any], int, str]] = [
         ({"content": b"{nope"}, 400, "body is not JSON"),
         ({"json": ["approve"]}, 400, "body must be a JSON object"),
-        ({"json": {"verdict": "yes"}}, 422, "verdict: Input should be 'approve' or 'reject'"),
+        (
+            {"json": {"verdict": "yes"}},
+            422,
+            "verdict: Input should be 'approve', 'reject', 'edit' or 'respond'",
+        ),
         ({"json": {"verdict": "reject"}}, 422, "reason: a rejection needs a reason"),
         ({"json": {"verdict": "approve", "when": "now"}}, 422, "when: Extra inputs"),
     ]

@@ -268,8 +268,12 @@ async def test_the_list_holds_what_the_caller_may_decide_sorted_by_deadline(
         "cost_usd",
         "requested_at",
         "request_digest",
+        "action",
+        "output_schema",
+        "response",
         "votes",
     }
+    assert first["action"] is None and first["response"] is None  # an approval step's
     assert first["run_id"] == "r-sooner" and first["step"] == "approve"
     assert first["reason"] == "refund of 120 USD" and first["quorum"] == 2
     assert first["approvers"] == ["group:leads"] and first["votes"] == []
@@ -407,7 +411,18 @@ async def test_a_decision_is_signed_with_the_workers_key_and_published_on_the_ru
         (b"{not json", 400, "body is not JSON"),
         (b'["approve"]', 400, "body must be a JSON object"),
         (b"{}", 422, "verdict: Field required"),
-        (b'{"verdict": "maybe"}', 422, "verdict: Input should be 'approve' or 'reject'"),
+        (
+            b'{"verdict": "maybe"}',
+            422,
+            "verdict: Input should be 'approve', 'reject', 'edit' or 'respond'",
+        ),
+        (b'{"verdict": "edit"}', 422, "args: edit needs args"),
+        (b'{"verdict": "edit", "args": null}', 422, "args: edit needs args"),
+        (b'{"verdict": "edit", "args": [1]}', 422, "args: Input should be a valid dictionary"),
+        (b'{"verdict": "respond"}', 422, "output: respond needs output"),
+        (b'{"verdict": "approve", "args": {}}', 422, "args: only edit takes args"),
+        (b'{"verdict": "edit", "output": 1, "args": {}}', 422, "output: only respond takes"),
+        (b'{"verdict": "edit", "args": {"a": 1}}', 422, "r1/approve/1 gates no tool call"),
         (b'{"verdict": "approve", "by": "x"}', 422, "by: Extra inputs are not permitted"),
         (b'{"verdict": "approve", "reason": 5}', 422, "reason: Input should be a valid string"),
         (b'{"verdict": "reject"}', 422, "reason: a rejection needs a reason"),
