@@ -1,7 +1,9 @@
-"""``baton approvals list|show|approve|reject``: decide approval requests from a terminal.
+"""``baton approvals list|show|approve|reject|edit|respond``: decide requests from a terminal.
 
 The commands talk to a worker's HTTP API (``BATON_API_URL``, default the local worker) as the
-reviewer whose bearer token is given by ``--token`` or ``BATON_TOKEN``.
+reviewer whose bearer token is given by ``--token`` or ``BATON_TOKEN``. ``edit`` approves the
+gated tool call with other arguments, ``respond`` answers instead of the step; both take JSON
+(``-`` reads it from standard input).
 """
 
 from __future__ import annotations
@@ -52,8 +54,11 @@ def _left(deadline: str) -> str:
     return " ".join(parts)
 
 
+_YES = ("approve", "edit", "respond")  # each counts as its reviewer's approval
+
+
 def _votes(item: dict[str, Any]) -> str:
-    approvals = [v["approver"] for v in item["votes"] if v["verdict"] == "approve"]
+    approvals = [v["approver"] for v in item["votes"] if v["verdict"] in _YES]
     named = f": {', '.join(approvals)}" if approvals else ""
     return f"{len(approvals)}/{item['quorum']}{named}"
 
@@ -130,20 +135,43 @@ def show(approval_id: str, token: str | None, as_json: bool) -> None:
     for vote in item["votes"]:
         why = f": {vote['reason']}" if vote.get("reason") else ""
         console.print(f"    {escape(vote['approver'])} {vote['verdict']}{escape(why)}")
+    action = item.get("action")
+    if isinstance(action, dict):
+        console.print(f"the call (edit its args): {escape(str(action.get('tool')))}")
+        console.print(escape(json.dumps(action.get("args"), indent=2, ensure_ascii=False)))
+    if item.get("response") is not None:
+        console.print("proposed output (approve to answer the step with it):")
+        console.print(escape(item["response"]))
     console.print("context:")
     console.print(escape(json.dumps(item["context"], indent=2, ensure_ascii=False)))
 
 
-def _decide(approval_id: str, verdict: str, reason: str | None, token: str | None) -> None:
-    body: dict[str, Any] = {"verdict": verdict}
+def _decide(
+    approval_id: str, verdict: str, reason: str | None, token: str | None, **more: Any
+) -> None:
+    body: dict[str, Any] = {"verdict": verdict, **more}
     if reason:
         body["reason"] = reason
     answer = _call("POST", f"/v1/approvals/{quote(approval_id, safe='')}/decision", token, body)
-    done = "approved" if verdict == "approve" else "rejected"
+    done = {"approve": "approved", "reject": "rejected", "edit": "edited", "respond": "answered"}
     console.print(
-        f"{done} {escape(answer['approval_id'])} as {escape(answer['approver'])} "
+        f"{done[verdict]} {escape(answer['approval_id'])} as {escape(answer['approver'])} "
         "(signed and sent; the run's coordinator records it)"
     )
+
+
+def _json_option(text: str, option: str) -> Any:
+    """The JSON an option gives (``-``: read from standard input).
+
+    Raises:
+        click.BadParameter: It is not JSON (the message says where it broke).
+    """
+    if text == "-":
+        text = click.get_text_stream("stdin").read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint=option) from None
 
 
 @approvals_group.command("approve")
@@ -162,3 +190,36 @@ def approve(approval_id: str, reason: str | None, token: str | None) -> None:
 def reject(approval_id: str, reason: str, token: str | None) -> None:
     """Reject a request: the run ends `rejected`."""
     _decide(approval_id, "reject", reason, token)
+
+
+@approvals_group.command("edit")
+@click.argument("approval_id")
+@click.option(
+    "--args",
+    "args_json",
+    required=True,
+    help="The tool call's new arguments, a JSON object (- reads it from stdin).",
+)
+@click.option("--reason", help="Why (recorded with your vote).")
+@click.option("--token", envvar="BATON_TOKEN", help=_TOKEN_HELP)
+def edit(approval_id: str, args_json: str, reason: str | None, token: str | None) -> None:
+    """Approve the gated tool call with other arguments (checked against the tool's schema)."""
+    args = _json_option(args_json, "--args")
+    if not isinstance(args, dict):
+        raise click.BadParameter("the arguments must be a JSON object", param_hint="--args")
+    _decide(approval_id, "edit", reason, token, args=args)
+
+
+@approvals_group.command("respond")
+@click.argument("approval_id")
+@click.option(
+    "--output",
+    "output_json",
+    required=True,
+    help="The step's output instead of running it, JSON (- reads it from stdin).",
+)
+@click.option("--reason", help="Why (recorded with your vote).")
+@click.option("--token", envvar="BATON_TOKEN", help=_TOKEN_HELP)
+def respond(approval_id: str, output_json: str, reason: str | None, token: str | None) -> None:
+    """Answer instead of the step: the output becomes the step's, and the step does not run."""
+    _decide(approval_id, "respond", reason, token, output=_json_option(output_json, "--output"))

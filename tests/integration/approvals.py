@@ -206,11 +206,19 @@ class Webhook:
         return found
 
 
-def approvals_cluster(bootstrap: str, prefix: str, home: Path, **env: str) -> Cluster:
-    """A cluster whose workers know the reviewers, the policies and the workflows above."""
+def approvals_cluster(
+    bootstrap: str,
+    prefix: str,
+    home: Path,
+    *,
+    policies: str = POLICIES,
+    workflows: dict[str, str] | None = None,
+    **env: str,
+) -> Cluster:
+    """A cluster whose workers know the reviewers, the policies and the workflows (above)."""
     home.mkdir(parents=True, exist_ok=True)
     (home / "access.yaml").write_text(ACCESS)
-    (home / "policies.yaml").write_text(POLICIES)
+    (home / "policies.yaml").write_text(policies)
     cluster = Cluster(
         bootstrap,
         prefix,
@@ -227,7 +235,7 @@ def approvals_cluster(bootstrap: str, prefix: str, home: Path, **env: str) -> Cl
     created = cluster.baton("topics", "create")
     assert created.returncode == 0, created.stderr
     paths = []
-    for name, text in WORKFLOWS.items():
+    for name, text in (WORKFLOWS if workflows is None else workflows).items():
         paths.append(home / f"{name}.yaml")
         paths[-1].write_text(text)
     deployed = cluster.baton("workflows", "deploy", *map(str, paths))
@@ -302,9 +310,9 @@ class Reviewers:
         return dict(await until(found, f"{user} sees a request of {run_id}", timeout))
 
     async def decide(
-        self, user: str, approval_id: str, verdict: str, reason: str | None = None
+        self, user: str, approval_id: str, verdict: str, reason: str | None = None, **more: Any
     ) -> httpx.Response:
-        body: dict[str, Any] = {"verdict": verdict}
+        body: dict[str, Any] = {"verdict": verdict, **more}
         if reason is not None:
             body["reason"] = reason
         return await self.call("POST", f"/v1/approvals/{approval_id}/decision", user, json=body)
@@ -376,6 +384,7 @@ def signed(
         key_id=more.get("key_id", "k1"),
         key=key.encode(),
         decided_at=more.get("decided_at"),
+        payload=more.get("payload"),
     )
 
 
