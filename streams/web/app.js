@@ -272,9 +272,15 @@
     const input = field(node, "reason-input");
     input.id = "approval-reason-" + n;
     field(node, "reason-label").setAttribute("for", input.id);
+    for (const name of ["args", "output"]) {
+      const box = field(node, name + "-input");
+      box.id = "approval-" + name + "-" + n;
+      field(node, name + "-label").setAttribute("for", box.id);
+    }
     field(node, "decide").setAttribute("aria-labelledby", title.id);
-    field(node, "approve").addEventListener("click", () => decide(node, "approve"));
-    field(node, "reject").addEventListener("click", () => decide(node, "reject"));
+    for (const verdict of ["approve", "reject", "edit", "respond"]) {
+      field(node, verdict).addEventListener("click", () => decide(node, verdict));
+    }
     return node;
   }
 
@@ -294,7 +300,8 @@
     field(node, "left").textContent = "(" + timeLeft(deadline) + ")";
     field(node, "level").textContent =
       item.level === 0 ? "first ask" : "escalated " + item.level + (item.level === 1 ? " time" : " times");
-    const approvals = item.votes.filter((vote) => vote.verdict === "approve");
+    // An edit or a response counts as its reviewer's approval of what they proposed.
+    const approvals = item.votes.filter((vote) => ["approve", "edit", "respond"].includes(vote.verdict));
     const names = approvals.map((vote) => vote.approver + (vote.reason ? " (“" + vote.reason + "”)" : ""));
     field(node, "votes").textContent =
       approvals.length + " of " + item.quorum + " approvals" + (names.length ? ": " + names.join(", ") : "");
@@ -304,6 +311,19 @@
     if (pre.textContent !== context) {
       pre.textContent = context;
     }
+    // The call an edit changes; the reviewer's draft survives the page's polls.
+    const action = item.action && typeof item.action === "object" ? item.action : null;
+    field(node, "edit-box").hidden = !action;
+    if (action) {
+      const args = JSON.stringify(action.args, null, 2);
+      field(node, "tool").textContent = action.tool;
+      if (node.dataset.argsShown !== args) {
+        node.dataset.argsShown = args;
+        field(node, "args-input").value = args;
+      }
+    }
+    field(node, "response-box").hidden = item.response == null;
+    field(node, "response").textContent = item.response == null ? "" : item.response;
   }
 
   function money(value) {
@@ -356,7 +376,7 @@
   }
 
   function busy(node, value) {
-    for (const name of ["approve", "reject", "reason-input"]) {
+    for (const name of ["approve", "reject", "reason-input", "edit", "args-input", "respond", "output-input"]) {
       field(node, name).disabled = value;
     }
     node.setAttribute("aria-busy", value ? "true" : "false");
@@ -372,15 +392,32 @@
       input.focus();
       return;
     }
+    // Names the request as this page showed it: a different one is refused (409).
+    const body = { verdict, request_digest: item.request_digest };
+    if (reason) {
+      body.reason = reason;
+    }
+    if (verdict === "edit" || verdict === "respond") {
+      const name = verdict === "edit" ? "args" : "output";
+      const box = field(node, name + "-input");
+      try {
+        body[name] = JSON.parse(box.value);
+      } catch (err) {
+        itemError(node, (verdict === "edit" ? "The arguments are" : "The output is") + " not JSON: " + err.message);
+        box.focus();
+        return;
+      }
+      if (verdict === "edit" && (body.args === null || typeof body.args !== "object" || Array.isArray(body.args))) {
+        itemError(node, "The arguments must be a JSON object.");
+        box.focus();
+        return;
+      }
+    }
     const session = state.session;
     const what = item.workflow + " · " + item.step + " (run " + item.run_id + ")";
+    const done = { approve: "Approved ", reject: "Rejected ", edit: "Approved with your arguments ", respond: "Answered " };
     busy(node, true);
     try {
-      // Names the request as this page showed it: a different one is refused (409).
-      const body = { verdict, request_digest: item.request_digest };
-      if (reason) {
-        body.reason = reason;
-      }
       const path = "/v1/approvals/" + encodeURIComponent(item.approval_id) + "/decision";
       const answer = await api("POST", path, body);
       if (session !== state.session) {
@@ -388,7 +425,7 @@
       }
       state.decided.add(item.approval_id);
       drop(item.approval_id);
-      announce((verdict === "approve" ? "Approved " : "Rejected ") + what + " as " + answer.approver + ".");
+      announce(done[verdict] + what + " as " + answer.approver + ".");
     } catch (err) {
       if (session !== state.session) {
         return;
@@ -408,6 +445,8 @@
         itemError(node, "You may not decide this request: " + err.message);
       } else if (err.status === 503) {
         itemError(node, "The server cannot take decisions right now: " + err.message);
+      } else if (err.status === 422) {
+        itemError(node, "Not sent, the server says: " + err.message);
       } else {
         itemError(node, "The decision was not sent: " + err.message);
       }
