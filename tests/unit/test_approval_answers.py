@@ -12,10 +12,12 @@ import hmac
 import orjson
 
 from streams._policies import Policies
+from streams.coordinator._approvals import answer_problem
 from tests.unit.test_approvals import KEY, ApprovalRun, decision
 from tests.unit.test_decide import T0, ok, task, wf
 from topics import (
     ApprovalDecision,
+    ApprovalRequested,
     ApprovalVerdict,
     RunStatus,
     StepRequested,
@@ -245,3 +247,28 @@ steps:
     run.send(_answer(run, asked.approval_id, "user:alice", "respond", '{"text": "hi"}'))
     assert run.results()[0].status == RunStatus.completed
     assert run.results()[0].output == {"text": "hi"}
+
+
+def test_the_docs_example_loads_and_its_policy_gates_its_tool_call() -> None:
+    import yaml
+
+    from processors import ToolRegistry, ToolsConfig
+    from streams.coordinator import Context, decide
+    from tests.integration.test_approval_answers import doc_blocks
+
+    blocks = doc_blocks()
+    tools = ToolRegistry(ToolsConfig.model_validate(yaml.safe_load(blocks["tools.yaml"])))
+    policies = Policies.model_validate(yaml.safe_load(blocks["policies.yaml"]))
+    flow = wf(blocks["workflows/refund-payment.yaml"])
+    context = Context(now=T0, workflow=flow, policies=policies, tools=tools)
+    started = decide(None, task(input={"order": "o-1", "amount": 120}), context)
+    (asked,) = [e for e in started.emit if isinstance(e, ApprovalRequested)]
+    assert asked.reason == "refund of 120 USD for o-1"
+    assert isinstance(asked.action, dict) and asked.action["args"] == {
+        "order": "o-1",
+        "amount": 120,
+    }
+    schema = asked.action["args_schema"]
+    assert isinstance(schema, dict) and schema["required"] == ["order", "amount"]
+    problem = answer_problem(asked, ApprovalVerdict.edit, '{"order": "o-1", "amount": "ninety"}')
+    assert problem == "payload: args.amount: 'ninety' is not of type 'integer'"
