@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from pathlib import Path
 
 import orjson
 
+from processors import load_tools
 from streams._policies import Policies
 from streams.coordinator._approvals import answer_problem
-from tests.unit.test_approvals import KEY, ApprovalRun, decision
-from tests.unit.test_decide import T0, ok, task, wf
+from tests.unit.test_approvals import ACCESS, KEY, ApprovalRun, decision
+from tests.unit.test_decide import T0, Run, ok, task, wf
 from topics import (
     ApprovalDecision,
     ApprovalRequested,
@@ -272,3 +274,70 @@ def test_the_docs_example_loads_and_its_policy_gates_its_tool_call() -> None:
     assert isinstance(schema, dict) and schema["required"] == ["order", "amount"]
     problem = answer_problem(asked, ApprovalVerdict.edit, '{"order": "o-1", "amount": "ninety"}')
     assert problem == "payload: args.amount: 'ninety' is not of type 'integer'"
+
+
+def _agent_run(tmp_path: Path) -> Run:
+    from tests.unit.test_agents import AGENT, TOOLS, calls
+
+    (tmp_path / "tools.yaml").write_text(TOOLS)
+    policies = Policies.model_validate(
+        {"approvals": [{"name": "payments", "tools": ["refund"], "approvers": ["group:leads"]}]}
+    )
+    run = Run(AGENT, tools=load_tools(tmp_path / "tools.yaml"), policies=policies, access=ACCESS)
+    run.send(task())
+    run.send(
+        ok(
+            run.request("help"),
+            calls(("c1", "refund", {"id": "A-1"}), ("c2", "order_status", {"id": "A-1"})),
+        )
+    )
+    run.send(ok(run.request("help:2"), {"status": "shipped"}))
+    return run
+
+
+def _asked(run: Run) -> ApprovalRequested:
+    return next(e for e in run.emitted if isinstance(e, ApprovalRequested))
+
+
+def _signed(asked: ApprovalRequested, verdict: str, payload: str) -> ApprovalDecision:
+    return sign_decision(
+        approval_id=asked.approval_id,
+        run_id="r1",
+        request_digest=asked.request_digest,
+        verdict=verdict,
+        approver="user:alice",
+        reason=None,
+        key_id="k1",
+        key=KEY,
+        decided_at=T0,
+        payload=payload,
+    )
+
+
+def test_an_edit_of_an_agents_tool_call_is_the_call_made_and_what_policies_see(
+    tmp_path: Path,
+) -> None:
+    run = _agent_run(tmp_path)
+    asked = _asked(run)
+    assert asked.step == "help:1" and isinstance(asked.action, dict)
+    assert asked.action["args"] == {"id": "A-1"} and asked.action["args_schema"] is not None
+    run.send(_signed(asked, "edit", '{"id": 5}'))  # breaks the tool's schema
+    assert run.types()[-1] == "approval_refused"
+    run.send(_signed(asked, "edit", '{"id": "A-2"}'))
+    call = run.request("help:1")
+    assert call.params == {"tool": "refund", "args": {"id": "A-2"}}
+    assert call.idempotency_key.startswith("r1/help/turn-1/call-0/edit-")
+    run.send(ok(call, {"refunded": "A-2"}))
+    turn = run.request("help")
+    assert turn.attempt == 2  # both calls answered: the model's next turn
+    assert '{"refunded":"A-2"}' in str(turn.params)
+
+
+def test_a_respond_to_an_agents_tool_call_answers_the_model_without_a_call(
+    tmp_path: Path,
+) -> None:
+    run = _agent_run(tmp_path)
+    run.send(_signed(_asked(run), "respond", '"refund queued by hand"'))
+    assert [r for r in run.emitted if isinstance(r, StepRequested) and r.step == "help:1"] == []
+    turn = run.request("help")
+    assert turn.attempt == 2 and "refund queued by hand" in str(turn.params)
