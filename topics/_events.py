@@ -12,7 +12,15 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    model_validator,
+)
 
 from topics._ids import check_task_id, check_tenant
 
@@ -136,10 +144,18 @@ class ApprovalVerdict(StrEnum):
 
 
 class ControlAction(StrEnum):
-    """An operator command."""
+    """An operator command.
+
+    ``cancel`` and ``redrive`` act on one run. ``pause`` and ``resume`` act on a tenant or a
+    workflow (new steps of its runs wait until resumed); ``caps`` changes a tenant's
+    ceiling at run time.
+    """
 
     cancel = "cancel"
     redrive = "redrive"
+    pause = "pause"
+    resume = "resume"
+    caps = "caps"
 
 
 class Usage(Record):
@@ -425,7 +441,7 @@ class WorkflowDefinition(Event):
 
 
 class ControlCommand(Event):
-    """An operator command. Key: run id for run-scoped commands."""
+    """An operator command. Key: run id for run commands, else its scope (``control_key``)."""
 
     command_id: str = Field(description="Unique id of the command.")
     action: ControlAction = Field(description="What to do.")
@@ -434,6 +450,45 @@ class ControlCommand(Event):
     reason: str | None = Field(default=None, description="Why.")
     issued_by: str = Field(default="", description="Who issued it.")
     issued_at: Timestamp = Field(description="When.")
+    tenant: Annotated[str, AfterValidator(check_tenant)] | None = Field(
+        default=None, description="The tenant, for pause, resume and caps of a tenant."
+    )
+    workflow: str | None = Field(
+        default=None, description="The workflow, for pause and resume of a workflow."
+    )
+    max_cost_usd: Money | None = Field(
+        default=None,
+        ge=0,
+        description="caps: the tenant's new ceiling over its window; null returns to "
+        "the one policies.yaml sets.",
+    )
+
+    @model_validator(mode="after")
+    def _names_its_scope(self) -> ControlCommand:
+        if self.action in (ControlAction.pause, ControlAction.resume):
+            if (self.tenant is None) == (self.workflow is None):
+                raise ValueError(f"{self.action.value} names a tenant or a workflow (one)")
+        elif self.action == ControlAction.caps:
+            if self.tenant is None or self.workflow is not None:
+                raise ValueError("caps names a tenant (and no workflow)")
+        return self
+
+    @property
+    def scope(self) -> str | None:
+        """The record key of a scope command; ``None`` for a run command (keyed by run id).
+
+        ``tenant:<t>`` or ``workflow:<w>`` for pause and resume, ``caps:<t>`` for caps.
+
+        Compaction keeps the last command per key, so the topic keeps every tenant's and
+        workflow's pause state and every tenant's caps for as long as they are in force.
+        """
+        if self.action == ControlAction.caps:
+            return f"caps:{self.tenant}"
+        if self.action in (ControlAction.pause, ControlAction.resume):
+            return (
+                f"tenant:{self.tenant}" if self.tenant is not None else f"workflow:{self.workflow}"
+            )
+        return None
 
 
 class TimerFired(Event):
