@@ -79,6 +79,9 @@ class BatonClient:
         for event in events:
             if isinstance(event, TaskSubmitted):
                 topic, run_id = self.catalog.tasks, event.task_id
+            elif isinstance(event, ControlCommand) and event.scope is not None:
+                # Keyed by its scope, which compaction keeps: every worker reads them all.
+                topic, run_id = self.catalog.control, event.scope
             elif isinstance(event, ControlCommand) and event.run_id:
                 topic, run_id = self.catalog.control, event.run_id
             else:

@@ -477,16 +477,17 @@ class ControlCommand(Event):
     def scope(self) -> str | None:
         """The record key of a scope command; ``None`` for a run command (keyed by run id).
 
-        ``tenant:<t>`` or ``workflow:<w>`` for pause and resume, ``caps:<t>`` for caps.
+        ``tenant/<t>`` or ``workflow/<w>`` for pause and resume, ``caps/<t>`` for caps: a
+        ``/`` is in no task id, so a scope never shares its key (and compaction) with a run.
 
         Compaction keeps the last command per key, so the topic keeps every tenant's and
         workflow's pause state and every tenant's caps for as long as they are in force.
         """
         if self.action == ControlAction.caps:
-            return f"caps:{self.tenant}"
+            return f"caps/{self.tenant}"
         if self.action in (ControlAction.pause, ControlAction.resume):
             return (
-                f"tenant:{self.tenant}" if self.tenant is not None else f"workflow:{self.workflow}"
+                f"tenant/{self.tenant}" if self.tenant is not None else f"workflow/{self.workflow}"
             )
         return None
 

@@ -26,6 +26,7 @@ from streams._policies import Policies
 from streams.coordinator._agents import call_finished, on_turn
 from streams.coordinator._approvals import on_decision
 from streams.coordinator._budgets import MODEL_KINDS, budget_for, settle
+from streams.coordinator._control import ControlBook
 from streams.coordinator._failures import after_failure, check_deadlines, redrive
 from streams.coordinator._flow import advance
 from streams.coordinator._ledger import SpendLedger
@@ -75,6 +76,7 @@ class Context:
         tools: The tool registry (it describes an agent's tools to its model); ``None``
             when the coordinator has no ``tools.yaml``.
         trace: The trace a run this event starts is traced in; ``None`` with tracing off.
+        control: The operators' pauses in force; ``None`` holds nothing.
     """
 
     now: datetime
@@ -88,6 +90,7 @@ class Context:
     ledger: SpendLedger | None = None
     tools: ToolRegistry | None = None
     trace: RunTrace | None = None
+    control: ControlBook | None = None
 
 
 @dataclass(frozen=True)

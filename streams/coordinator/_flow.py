@@ -25,7 +25,14 @@ __all__ = ["advance"]
 
 
 def advance(t: Transition) -> None:
-    """Start or skip every ready step; complete the run when all are done."""
+    """Start or skip every ready step; complete the run when all are done.
+
+    A run an operator's pause holds starts nothing (it completes if nothing is left).
+    """
+    if t.hold is not None:
+        if t.running and all(t.steps[name].phase.done for name in t.wf.order):
+            _complete(t)
+        return
     progressed = True
     while progressed and t.running:
         progressed = False

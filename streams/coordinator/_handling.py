@@ -37,6 +37,7 @@ from streams._deadletters import too_large as record_too_large
 from streams._policies import Policies
 from streams._workflows import WorkflowBook, WorkflowFeed
 from streams.coordinator._batch import Batch
+from streams.coordinator._control import ControlBook
 from streams.coordinator._decide import Context, Decision, Inbound, decide, too_large
 from streams.coordinator._ledger import SpendLedger
 from streams.coordinator._state import RunState, RunTrace
@@ -103,6 +104,7 @@ class Handler:
         tools: The tool registry.
         clock: The time.
         tracing: Traces runs (``None``: tracing is off).
+        control: The operators' pauses in force.
     """
 
     def __init__(
@@ -119,8 +121,10 @@ class Handler:
         tools: ToolRegistry | None,
         clock: Callable[[], datetime],
         tracing: Tracing | None = None,
+        control: ControlBook | None = None,
     ) -> None:
         self.catalog = catalog
+        self.control = control
         self.tracing = tracing
         self.codec = codec
         self.feed = feed
@@ -174,6 +178,8 @@ class Handler:
         except DecodeError as exc:
             await self._dead_letter(batch, record, "DecodeError", exc.reason, now)
             return
+        if isinstance(inbound, ControlCommand) and inbound.scope is not None:
+            return  # a tenant's or workflow's: every worker's control follower applies it
         run_id = run_id_of(inbound)
         if run_id is None:
             await self._dead_letter(batch, record, "MissingRunId", "the event names no run", now)
@@ -364,6 +370,7 @@ class Handler:
             ledger=self.ledger,
             tools=self.tools,
             trace=trace,
+            control=self.control,
         )
 
     async def _dead_letter(

@@ -255,6 +255,11 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         store = self.stores.get(partition_for(run_id, self.catalog.partitions))
         return store.get(run_id) if store is not None else None
 
+    def uncommitted(self) -> set[str]:
+        """The runs that batches not yet committed changed (their stored state is older)."""
+        batches = [*self._batches.values(), *(b for b, _ in self._committing.values())]
+        return {run_id for batch in batches for run_id in batch.touched}
+
     def wake(self, run_id: str) -> None:
         """Have ``decide`` look at a run soon (a ledger verdict arrived), if it is ours."""
         if partition_for(run_id, self.catalog.partitions) in self.ready:

@@ -7,6 +7,8 @@
 - ``ApprovalsIndex`` (``_approvals_index``): the open approval requests, for the API.
 - ``ApprovalNotifier`` (``_notifier``): the optional approval webhook.
 - ``SpendFollower`` (``_spend``): the tenants' spend ledger, when a tenant has a ceiling.
+- ``ControlFollower`` (``_control_feed``): the operators' pauses and caps in force
+  (``_control``), read to the end before the coordinator joins its group.
 - ``measure`` (``_gauges``): what the runtime shows when the worker's metrics are scraped.
 
 See docs/decisions/0001 (why the coordinator has its own loop) and 0003 (how its state is
@@ -16,6 +18,7 @@ kept: journal, snapshots, retention).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -31,6 +34,8 @@ from streams._policies import Policies
 from streams._workflows import WorkflowBook, WorkflowFeed
 from streams.coordinator._approvals_index import ApprovalsIndex
 from streams.coordinator._assignor import CopartitionedAssignor
+from streams.coordinator._control import ControlBook
+from streams.coordinator._control_feed import ControlFollower
 from streams.coordinator._gauges import measure
 from streams.coordinator._handling import Handler
 from streams.coordinator._ledger import SpendLedger
@@ -119,6 +124,8 @@ class CoordinatorRuntime:
         #: The tenants' spend ledger, read from ``baton.spend`` (when a tenant has a ceiling).
         self.ledger = SpendLedger(self.policies) if self.policies.tenants else None
         self.wakeups = WakeIndex()
+        #: The operators' pauses and caps in force, read from ``baton.control``.
+        self.control = ControlBook()
         self.index = ApprovalsIndex(catalog.partitions)
         self.notifier = ApprovalNotifier(webhook) if webhook else None
         self.handler = Handler(
@@ -133,6 +140,7 @@ class CoordinatorRuntime:
             tools=tools,
             clock=clock,
             tracing=tracing,
+            control=self.control,
         )
         self.loop = CoordinatorLoop(
             bootstrap=bootstrap,
@@ -155,6 +163,14 @@ class CoordinatorRuntime:
             tracing=tracing,
         )
         measure(self, self.metrics)
+        self.control_feed = ControlFollower(
+            bootstrap=bootstrap,
+            catalog=catalog,
+            codec=self.codec,
+            book=self.control,
+            released=self.release,
+            poison=self.dead_letter_record,
+        )
         self.spend: SpendFollower | None = None
         if self.ledger is not None:
             self.spend = SpendFollower(
@@ -184,6 +200,8 @@ class CoordinatorRuntime:
         await self.plain.start()
         if self.notifier is not None:
             self.notifier.start()
+        # Before the loop: a run must never start because its tenant's pause was not read.
+        await self.control_feed.start()
         if self.spend is not None:
             await self.spend.start()
         await self.loop.start(self.plain)
@@ -191,6 +209,7 @@ class CoordinatorRuntime:
     async def stop(self) -> None:
         """Commit what is open, then stop every service."""
         await self.loop.stop()
+        await self.control_feed.stop()
         if self.spend is not None:
             await self.spend.stop()
         if self.notifier is not None:
@@ -271,6 +290,27 @@ class CoordinatorRuntime:
         version = store.version(state.run_id) + 1
         store.install(state.run_id, version, state, pack(version, state))
         self.index.update(state.run_id, state)
+
+    def release(self, key: str) -> None:
+        """A pause was lifted: wake the runs it held here, the longest held first.
+
+        Each goes on in its next pass (``run_resumed``), in that order: the runs of one
+        partition are released in the order they were held.
+        """
+        held: list[tuple[datetime, str]] = []
+        for partition in sorted(self.loop.ready):
+            for run_id, run in self.loop.stores[partition].active():
+                state = run if isinstance(run, RunState) else run.state()
+                if state.held_by == key and state.paused_at is not None:
+                    held.append((state.paused_at, run_id))
+        now = time.time()
+        woken = [run_id for _, run_id in sorted(held)]
+        # Runs held in a batch that has not committed yet are not in the store as held:
+        # woken too, after the others (a run with nothing due changes nothing).
+        woken += sorted(self.loop.uncommitted() - set(woken))
+        for n, run_id in enumerate(woken):
+            self.wakeups.schedule(run_id, now + n * 1e-6)
+        log.info("%s resumed: %d held runs woken", key, len(held))
 
     async def dead_letter_record(self, record: Any, reason: str) -> None:
         """Send a record read outside a batch (workflows, restores) to the dead letters."""

@@ -276,7 +276,11 @@ class RunState(BaseModel):
         started_at: When the run started.
         finished_at: When it ended.
         paused_at: When the run last paused (``run_paused``): nothing of it runs, it waits
-            for people or retry tiers only; ``None`` while it runs.
+            for people, retry tiers or an operator's pause only; ``None`` while it runs.
+        held_by: The operator's pause it waits on (``tenant/<t>``, ``workflow/<w>``), or
+            ``None``.
+        hold_check_at: While held: when it looks at the pauses in force again by itself
+            (a resume wakes it at once; this covers a wake that was missed).
         trace: Where its spans go; ``None`` when it started with tracing off (it is then
             not traced).
     """
@@ -301,6 +305,8 @@ class RunState(BaseModel):
     started_at: Timestamp
     finished_at: Timestamp | None = None
     paused_at: Timestamp | None = None
+    held_by: str | None = None
+    hold_check_at: Timestamp | None = None
     trace: RunTrace | None = None
 
     @property
@@ -311,7 +317,8 @@ class RunState(BaseModel):
     def next_wake(self) -> datetime | None:
         """The earliest time something is due: a step deadline or the run's wall-time cap.
 
-        A paused run is also due when a delayed retry leaves its tier (it resumes then).
+        A paused run is also due when a delayed retry leaves its tier (it resumes then), and
+        a held one when it looks at the pauses again.
         """
         if self.finished:
             return None
@@ -321,8 +328,11 @@ class RunState(BaseModel):
         for step in self.steps.values():
             if step.approval is not None:
                 due.append(step.approval.deadline)
-            if step.reservation is not None and step.phase == StepPhase.pending:
+            held = self.held_by is not None
+            if step.reservation is not None and step.phase == StepPhase.pending and not held:
                 due.append(step.reservation.check_at)
+        if self.hold_check_at is not None:
+            due.append(self.hold_check_at)
         if self.budget.max_seconds is not None:
             due.append(self.started_at + timedelta(seconds=self.budget.max_seconds))
         present = [d for d in due if d is not None]

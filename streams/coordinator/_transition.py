@@ -16,6 +16,7 @@ import orjson
 from pydantic import JsonValue
 
 from processors import TemplateRenderError, compile_expression, is_template, render_value
+from streams.coordinator._control import HOLD_RECHECK, Hold
 from streams.coordinator._params import request_params
 from streams.coordinator._state import RunState, StepPhase, StepState
 from streams.workflow import (
@@ -86,10 +87,19 @@ class Transition:
     changes: dict[str, Any] = field(init=False, default_factory=dict)
     emit: list[Event] = field(init=False, default_factory=list)
 
+    hold: Hold | None = field(init=False, default=None)
+
     def __post_init__(self) -> None:
         self.steps = dict(self.old.steps)
+        control = self.context.control
+        if control is not None and not self.old.finished:
+            self.hold = control.hold_for(self.old.tenant, self.old.workflow)
         paused_at = self.old.paused_at
-        if paused_at is not None and not self.old.finished and not _waits(self.steps, self.now):
+        if (
+            paused_at is not None
+            and not self.old.finished
+            and not _waits(self.steps, self.now, self.hold)
+        ):
             # A delayed retry's time came before this event: the run went on then, whatever
             # this event does to it (even end it).
             self._resume(paused_at)
@@ -152,7 +162,12 @@ class Transition:
         """The new state and the events, or nothing when nothing changed."""
         from streams.coordinator._decide import Decision
 
-        if "steps" in self.changes or self.get("paused_at") is not None:
+        if (
+            "steps" in self.changes
+            or self.get("paused_at") is not None
+            or self.hold is not None
+            or self.old.held_by is not None
+        ):
             self._pause_or_resume()
         if not self.changes and not self.emit:
             return Decision()
@@ -168,21 +183,42 @@ class Transition:
         if not self.running:
             if paused_at is not None:
                 self.set(paused_at=None)
+            if self.get("held_by") is not None:
+                self.set(held_by=None, hold_check_at=None)
             return
-        waits = _waits(self.steps, self.now)
-        if waits and paused_at is None:
+        waits = _waits(self.steps, self.now, self.hold)
+        held_now = bool(waits) and self.hold is not None
+        if waits and (paused_at is None or (held_now and self.get("held_by") is None)):
+            # A run already waiting (for people, say) that a pause now holds too says so.
             self.note("run_paused", detail={"waiting_for": waits})
-            self.set(paused_at=self.now)
+            self.set(paused_at=paused_at or self.now)
         elif not waits and paused_at is not None:
             self._resume(paused_at)
+        if held_now:
+            assert self.hold is not None
+            check: datetime | None = self.get("hold_check_at")
+            if self.get("held_by") != self.hold.key or check is None or check <= self.now:
+                self.set(held_by=self.hold.key, hold_check_at=self.now + HOLD_RECHECK)
+        elif self.get("held_by") is not None:
+            self.set(held_by=None, hold_check_at=None)
 
     def _resume(self, paused_at: datetime) -> None:
+        detail: dict[str, JsonValue] = {"paused_at": paused_at.isoformat()}
+        held_by: str | None = self.get("held_by")
+        control = self.context.control
+        resume = control.resume_of(held_by) if control is not None and held_by else None
+        if held_by is not None:
+            detail["held_by"] = held_by
+        if resume is not None:
+            detail["command_id"] = resume.command_id
+            detail["issued_by"] = resume.issued_by
+            detail["why"] = resume.reason
         self.note(
             "run_resumed",
             duration_ms=(self.now - paused_at).total_seconds() * 1000,
-            detail={"paused_at": paused_at.isoformat()},
+            detail=detail,
         )
-        self.set(paused_at=None)
+        self.set(paused_at=None, held_by=None, hold_check_at=None)
 
     # -- run events ------------------------------------------------------------------------
 
@@ -324,6 +360,18 @@ class Transition:
         """
         from streams.coordinator._budgets import MODEL_KINDS, admit
 
+        if self.hold is not None:
+            # Held by an operator's pause: nothing new starts; the step waits, pending, and
+            # goes when the run is resumed (a retry then goes at once, without its backoff).
+            if self.steps[name].phase != StepPhase.pending:
+                self.set_step(
+                    name,
+                    phase=StepPhase.pending,
+                    deadline_at=None,
+                    not_before=None,
+                    retry_tier=None,
+                )
+            return
         budget: Budget = self.old.budget
         dispatches: int = self.get("dispatches")
         if budget.max_steps is not None and dispatches >= budget.max_steps:
@@ -532,11 +580,12 @@ class Transition:
         )
 
 
-def _waits(steps: dict[str, StepState], now: datetime) -> list[JsonValue]:
-    """What a run waits for, when it waits only for people and retry tiers; else empty.
+def _waits(steps: dict[str, StepState], now: datetime, hold: Hold | None) -> list[JsonValue]:
+    """What a run waits for, when it waits only for people, retry tiers and pauses; else empty.
 
     Empty too when anything of the run is under way: an attempt running (or its result on
-    the way), or a model call's reservation awaiting the spend ledger's verdict.
+    the way), or a model call's reservation awaiting the spend ledger's verdict. A run an
+    operator's pause holds waits for it once nothing of it is under way.
     """
     waits: list[JsonValue] = []
     for name, step in steps.items():
@@ -561,8 +610,10 @@ def _waits(steps: dict[str, StepState], now: datetime) -> list[JsonValue]:
                 )
             elif not step.waiting_on:
                 return []
-        elif step.phase == StepPhase.pending and step.reservation is not None:
-            return []
+        elif step.phase == StepPhase.pending and step.reservation is not None and hold is None:
+            return []  # held, the verdict can wait: the call is not made before the resume
+    if hold is not None:
+        waits.append(hold.detail())
     return waits
 
 
