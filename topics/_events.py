@@ -504,6 +504,10 @@ class SpendKind(StrEnum):
 
     reserve = "reserve"
     settle = "settle"
+    #: An operator set the tenant's ceiling to ``amount_usd`` (``baton control caps``).
+    cap = "cap"
+    #: An operator returned the tenant to the ceiling policies.yaml sets.
+    uncap = "uncap"
 
 
 class SpendRecorded(Event):
@@ -512,13 +516,20 @@ class SpendRecorded(Event):
     Before a model step of a tenant with a ceiling runs, its coordinator ``reserve``s the
     step's estimated cost; every coordinator reads the ledger in order and admits the
     reservation if the tenant's spend in the window, plus it, stays within the ceiling. The
-    step's result (or a late one) ``settle``s it to what the call really cost.
+    step's result (or a late one) ``settle``s it to what the call really cost. A ``cap``
+    (or ``uncap``) entry changes the tenant's ceiling from its place in the ledger on, for
+    every coordinator alike; its ``reservation_id`` is ``caps/<command id>``, its run and
+    step are empty.
     """
 
     tenant: str = Field(min_length=1, description="Who pays.")
     reservation_id: str = Field(description="``<run>/<step>/<attempt>``: one model call.")
-    kind: SpendKind = Field(description="reserve (an estimate) or settle (the actual cost).")
-    amount_usd: Money = Field(ge=0, description="Estimated (reserve) or actual (settle) cost.")
+    kind: SpendKind = Field(
+        description="reserve (an estimate), settle (the actual cost), cap or uncap (ceiling)."
+    )
+    amount_usd: Money = Field(
+        ge=0, description="Estimated (reserve) or actual (settle) cost; cap: the new ceiling."
+    )
     run_id: str = Field(description="The run the call belongs to.")
     step: str = Field(description="The step the call belongs to.")
     at: Timestamp = Field(description="When the reservation was made; windows count it then.")

@@ -43,6 +43,7 @@ def _register() -> None:
     from streams.cli import (
         _approvals,
         _bench,
+        _control,
         _demo,
         _dlq,
         _kafka,
@@ -67,6 +68,7 @@ def _register() -> None:
     main.add_command(_dlq.replay_command)
     main.add_command(_bench.bench)
     main.add_command(_approvals.approvals_group)
+    main.add_command(_control.control_group)
 
 
 _register()

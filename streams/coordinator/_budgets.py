@@ -192,16 +192,20 @@ def _verdict(
         return request, held.estimate
     ceiling = t.context.policies.ceiling(t.old.tenant)
     assert ceiling is not None and ceiling.max_cost_usd is not None, "reserved under a ceiling"
-    spent = ledger.spent(t.old.tenant, t.now) if ledger is not None else Decimal(0)
+    assert ledger is not None, "a verdict comes from the ledger"
+    spent = ledger.spent(t.old.tenant, t.now)
+    limit = ledger.ceiling_usd(t.old.tenant)
+    source = ledger.cap_source(t.old.tenant)
     shared = t.context.policies.account(t.old.tenant) != t.old.tenant
     whose = " (the ceiling every tenant not listed shares)" if shared else ""
+    set_by = f", set at run time by {source}" if source else ""
     t.set_step(name, reservation=None)
     _stop(
         t,
         name,
-        f"tenant {t.old.tenant}{whose}: ceiling ${_usd(ceiling.max_cost_usd)} per "
-        f"{_span(ceiling.window)} reached (${_usd(spent)} spent in the window; {name} "
-        f"needs ~${_usd(held.estimate.cost_usd)})",
+        f"tenant {t.old.tenant}{whose}: ceiling ${_usd(limit or Decimal(0))} per "
+        f"{_span(ceiling.window)}{set_by} reached (${_usd(spent)} spent in the window; "
+        f"{name} needs ~${_usd(held.estimate.cost_usd)})",
     )
     return None
 

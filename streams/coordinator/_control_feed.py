@@ -32,7 +32,6 @@ class ControlFollower:
         codec: Decodes the commands.
         book: The book to apply them to.
         released: Called with the scope key of a pause a resume lifted.
-        changed: Called with each scope command once applied (caps reach the ledger so).
         poison: Called with a record that does not decode and the reason.
     """
 
@@ -45,13 +44,11 @@ class ControlFollower:
         book: ControlBook,
         released: Callable[[str], None],
         poison: Callable[[Any, str], Awaitable[None]],
-        changed: Callable[[ControlCommand], None] | None = None,
     ) -> None:
         self.catalog = catalog
         self.codec = codec
         self.book = book
         self._released = released
-        self._changed = changed
         self._poison = poison
         self._bootstrap = bootstrap
         self._task: asyncio.Task[None] | None = None
@@ -124,5 +121,3 @@ class ControlFollower:
         log.info("control: %s %s by %r", command.action.value, scope, command.issued_by)
         if self.book.apply(command):
             self._released(scope)
-        if self._changed is not None:
-            self._changed(command)

@@ -28,7 +28,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
+
+from pydantic import JsonValue
 
 from processors import ModelCatalog, ToolRegistry, template_budget
 from streams._access import Access
@@ -47,6 +50,7 @@ from topics import (
     MAX_RECORD_BYTES,
     ApprovalRequested,
     Codec,
+    ControlAction,
     ControlCommand,
     DeadLetter,
     DecodeError,
@@ -54,6 +58,7 @@ from topics import (
     RetryableError,
     RunEvent,
     RunResult,
+    SpendKind,
     SpendRecorded,
     StepRequested,
     TaskSubmitted,
@@ -179,7 +184,11 @@ class Handler:
             await self._dead_letter(batch, record, "DecodeError", exc.reason, now)
             return
         if isinstance(inbound, ControlCommand) and inbound.scope is not None:
-            return  # a tenant's or workflow's: every worker's control follower applies it
+            # A tenant's or workflow's: every worker's control follower applies it. A caps
+            # command's owner also writes it to the tenant's ledger, once.
+            if inbound.action == ControlAction.caps:
+                await self._caps(batch, inbound, record, now)
+            return
         run_id = run_id_of(inbound)
         if run_id is None:
             await self._dead_letter(batch, record, "MissingRunId", "the event names no run", now)
@@ -214,6 +223,59 @@ class Handler:
                 payload_type=type(inbound).__name__,
             )
         await self._apply(batch, run_id, inbound, effects, record, started)
+
+    async def _caps(
+        self, batch: Batch, command: ControlCommand, record: Any, now: datetime
+    ) -> None:
+        """Write a tenant's new ceiling to its ledger, audited by a control event.
+
+        The event is a run event of the scope (``caps/<tenant>``, never a run id), its
+        ``seq`` the command's offset, in this partition's run-event batch.
+        """
+        tenant = command.tenant
+        assert tenant is not None, "a caps command names its tenant"
+        account = self.policies.account(tenant)
+        detail: dict[str, JsonValue] = {
+            "command_id": command.command_id,
+            "issued_by": command.issued_by,
+            "why": command.reason,
+            "max_cost_usd": None if command.max_cost_usd is None else str(command.max_cost_usd),
+        }
+        ceiling = self.policies.ceiling(tenant)
+        if account != tenant or ceiling is None:
+            kind = "tenant_caps_ignored"
+            detail["reason"] = (
+                f"tenant {tenant} has no ceiling of its own in policies.yaml (tenants:)"
+            )
+        else:
+            kind = "tenant_caps_changed"
+            detail["policies_max_cost_usd"] = str(ceiling.max_cost_usd)
+            entry = SpendRecorded(
+                tenant=account,
+                reservation_id=f"caps/{command.command_id}",
+                kind=SpendKind.uncap if command.max_cost_usd is None else SpendKind.cap,
+                amount_usd=command.max_cost_usd or Decimal(0),
+                run_id="",
+                step="",
+                at=command.issued_at,
+            )
+            spend = self.catalog.spend
+            await batch.send(
+                spend.name,
+                account.encode(),
+                self.codec.encode(entry),
+                partition_for(account, spend.partitions),
+            )
+        log.info("control: %s for %s (%s)", kind, tenant, command.command_id)
+        event = RunEvent(
+            run_id=command.scope or "",
+            seq=record.offset,
+            type=kind,
+            at=now,
+            tenant=tenant,
+            detail=detail,
+        )
+        batch.events.append(self.codec.encode_item(event))
 
     async def timer(self, batch: Batch, run_id: str) -> bool:
         """Look at a run whose wake-up is due; whether its state changed."""

@@ -24,6 +24,13 @@ Tenants not listed by name in ``policies.yaml`` share one account, the ``"*"`` e
 (``Policies.account``): their entries are keyed by the account, so they are ordered on one
 partition like any tenant's, and a new tenant name never starts a fresh ceiling.
 
+An operator may change a tenant's ceiling at run time (``baton control caps``): the
+coordinator that reads the command writes a ``cap`` entry (``uncap`` to return to
+policies.yaml's) to the tenant's ledger partition, so every coordinator judges the
+reservations after it, and none before it, against the new ceiling. A worker that starts
+after the entry left its window takes the ceiling from the control topic instead (``seed``);
+an entry older than the ceiling in force changes nothing.
+
 This module is the pure part (tested without Kafka); ``_runtime`` feeds it the topic.
 """
 
@@ -81,14 +88,48 @@ class SpendLedger:
         self._tenants: dict[str, _Tenant] = {}
         self._verdicts: dict[str, bool] = {}
         self._verdict_times: deque[tuple[datetime, str]] = deque()
+        #: Ceilings set at run time, by account: when set, and the amount (``None``: back
+        #: to policies.yaml's).
+        self._caps: dict[str, tuple[datetime, Decimal | None, str]] = {}
         #: Entries applied so far.
         self.applied = 0
+
+    def seed(self, account: str, at: datetime, amount: Decimal | None, by: str) -> None:
+        """A ceiling set at run time before the ledger's window (from the control topic)."""
+        self._set_cap(account, at, amount, by)
+
+    def _set_cap(self, account: str, at: datetime, amount: Decimal | None, by: str) -> None:
+        current = self._caps.get(account)
+        if current is None or current[0] < at:
+            self._caps[account] = (at, amount, by)
+
+    def ceiling_usd(self, tenant: str) -> Decimal | None:
+        """A tenant's ceiling now: set at run time, else policies.yaml's (``None``: none)."""
+        account = self.policies.account(tenant)
+        if account is None:
+            return None
+        cap = self._caps.get(account)
+        if cap is not None and cap[1] is not None:
+            return cap[1]
+        ceiling = self.policies.tenants[account]
+        return ceiling.max_cost_usd
+
+    def cap_source(self, tenant: str) -> str | None:
+        """Who set a tenant's ceiling at run time (``caps/<command id>``), or ``None``."""
+        account = self.policies.account(tenant)
+        cap = self._caps.get(account) if account is not None else None
+        return cap[2] if cap is not None and cap[1] is not None else None
 
     def apply(self, entry: SpendRecorded) -> bool | None:
         """Apply one entry; for a new reservation, the verdict on it (else ``None``)."""
         self.applied += 1
         account = self.policies.account(entry.tenant)
         ceiling = self.policies.ceiling(entry.tenant)
+        if entry.kind in (SpendKind.cap, SpendKind.uncap):
+            if account is not None:
+                amount = entry.amount_usd if entry.kind == SpendKind.cap else None
+                self._set_cap(account, entry.at, amount, entry.reservation_id)
+            return None
         if entry.kind == SpendKind.settle:
             if account is not None and self._verdicts.get(entry.reservation_id) is not False:
                 tenant = self._tenants.setdefault(account, _Tenant())
@@ -98,10 +139,11 @@ class SpendLedger:
         if entry.reservation_id in self._verdicts:
             return None  # written twice (at least once): the first one counts
         admitted = True
-        if account is not None and ceiling is not None and ceiling.max_cost_usd is not None:
+        limit = self.ceiling_usd(entry.tenant)
+        if account is not None and ceiling is not None and limit is not None:
             tenant = self._tenants.setdefault(account, _Tenant())
             tenant.forget_before(entry.at - timedelta(seconds=ceiling.window))
-            admitted = tenant.total + entry.amount_usd <= ceiling.max_cost_usd
+            admitted = tenant.total + entry.amount_usd <= limit
             if admitted:
                 tenant.put(entry.reservation_id, entry.at, entry.amount_usd)
         self._remember(entry.reservation_id, entry.at, admitted)

@@ -202,6 +202,12 @@ class CoordinatorRuntime:
             self.notifier.start()
         # Before the loop: a run must never start because its tenant's pause was not read.
         await self.control_feed.start()
+        if self.ledger is not None:
+            # Ceilings set at run time whose ledger entries may be older than its window.
+            for tenant, command in self.control.caps.items():
+                self.ledger.seed(
+                    tenant, command.issued_at, command.max_cost_usd, f"caps/{command.command_id}"
+                )
         if self.spend is not None:
             await self.spend.start()
         await self.loop.start(self.plain)

@@ -13,9 +13,20 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from streams._policies import Policies
 from streams.coordinator._control import HOLD_RECHECK, ControlBook
+from streams.coordinator._ledger import SpendLedger
 from tests.unit.test_decide import LINEAR, T0, Run, failed, names, ok, task
-from topics import ControlAction, ControlCommand, RunEvent, RunStatus, StepRequested, TimerFired
+from topics import (
+    ControlAction,
+    ControlCommand,
+    RunEvent,
+    RunStatus,
+    SpendKind,
+    SpendRecorded,
+    StepRequested,
+    TimerFired,
+)
 
 
 def command(action: str, **scope: Any) -> ControlCommand:
@@ -172,3 +183,41 @@ def test_scope_keys_never_share_a_key_with_a_run() -> None:
     assert command("resume", workflow="w").scope == "workflow/w"
     assert command("caps", tenant="acme").scope == "caps/acme"
     assert ControlCommand(command_id="c", action="cancel", run_id="a:b", issued_at=T0).scope is None
+
+
+def spend(kind: str, amount: str, n: int, *, at_s: float = 0) -> SpendRecorded:
+    return SpendRecorded(
+        tenant="acme",
+        reservation_id=f"r{n}/s/1" if kind in ("reserve", "settle") else f"caps/c{n}",
+        kind=SpendKind(kind),
+        amount_usd=Decimal(amount),
+        run_id=f"r{n}" if kind in ("reserve", "settle") else "",
+        step="s" if kind in ("reserve", "settle") else "",
+        at=T0 + timedelta(seconds=at_s),
+    )
+
+
+def test_a_cap_entry_changes_the_ceiling_from_its_place_in_the_ledger_on() -> None:
+    policies = Policies.model_validate({"tenants": {"acme": {"max_cost_usd": 1, "window": "1h"}}})
+    ledger = SpendLedger(policies)
+    assert ledger.apply(spend("reserve", "0.6", 1, at_s=1)) is True
+    assert ledger.apply(spend("reserve", "0.6", 2, at_s=2)) is False  # 1.2 > 1
+    assert ledger.apply(spend("cap", "2", 3, at_s=3)) is None
+    assert ledger.ceiling_usd("acme") == Decimal(2)
+    assert ledger.cap_source("acme") == "caps/c3"
+    assert ledger.apply(spend("reserve", "0.6", 4, at_s=4)) is True  # 1.2 <= 2
+    # An older command's entry, written late, does not undo the newer one.
+    assert ledger.apply(spend("uncap", "0", 5, at_s=2.5)) is None
+    assert ledger.ceiling_usd("acme") == Decimal(2)
+    assert ledger.apply(spend("uncap", "0", 6, at_s=5)) is None
+    assert ledger.ceiling_usd("acme") == Decimal(1) and ledger.cap_source("acme") is None
+    assert ledger.apply(spend("reserve", "0.1", 7, at_s=6)) is False
+
+
+def test_a_ledger_started_after_the_entry_takes_the_cap_from_the_control_topic() -> None:
+    policies = Policies.model_validate({"tenants": {"acme": {"max_cost_usd": 1}}})
+    ledger = SpendLedger(policies)
+    ledger.seed("acme", T0, Decimal("0.5"), "caps/c0")
+    assert ledger.apply(spend("reserve", "0.6", 1, at_s=1)) is False
+    assert ledger.apply(spend("cap", "3", 2, at_s=2)) is None
+    assert ledger.apply(spend("reserve", "0.6", 3, at_s=3)) is True
