@@ -20,6 +20,8 @@
   decision with its key, naming the request's digest, and publishes it to
   ``approvals.decided``; the run's coordinator weighs it.
 - ``GET /``, ``GET /static/{name}``: the approval inbox (``streams.web``), open.
+- ``/v1/control/...``: operators pause and resume tenants and workflows and change caps
+  (``streams._control_api``).
 - ``GET /healthz``: liveness, and which partitions this worker owns (no run data), open.
 - ``GET /metrics``: the worker's Prometheus metrics, for a principal that acts for every
   tenant (they hold every tenant's spend): 401 without a valid token, 403 for one of a
@@ -59,6 +61,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from streams import web as inbox
 from streams._access import ALL_TENANTS, DEFAULT_TENANT, Access, Identity
+from streams._control_api import install_control_api
 from streams._live import RunStreamReader
 from streams._metrics import CONTENT_TYPE, Metrics
 from streams._peers import (
@@ -846,6 +849,7 @@ def install_api(
         return (await api.identify(request)).identity
 
     _install_metrics(app, identify, metrics if metrics is not None else runtime.metrics)
+    install_control_api(app, runtime, identify)
 
     @app.page("/v1/runs")
     class Runs(_View):
