@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from streams._access import Access, load_access
+from streams._control_api import CONTROL_GROUP
 from streams._policies import Policies
 from streams.coordinator import CoordinatorRuntime
 from tests.unit.test_api_approvals import Producer, runtime, serving
@@ -182,3 +183,18 @@ async def test_a_command_that_cannot_be_published_says_so(owner: CoordinatorRunt
         answer = await client.post("/v1/control/tenants/acme/pause", headers=auth("oscar"))
         assert answer.status_code == 503
         assert "could not publish the command" in answer.json()["error"]
+
+
+def test_the_documented_operators_access_file_gives_control_to_whom_it_says(
+    tmp_path: Path,
+) -> None:
+    docs = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    section = docs.split("## Pausing tenants and workflows", 1)[1]
+    block = section.split("```yaml\n# access.yaml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "access.yaml"
+    path.write_text(block)
+    loaded = load_access(path, {"BATON_TOKEN_ONCALL": "t1", "BATON_TOKEN_ACME_OPS": "t2"})
+    oncall, acme = loaded.authenticate("t1"), loaded.authenticate("t2")
+    assert oncall is not None and acme is not None
+    assert CONTROL_GROUP in oncall.groups and CONTROL_GROUP in acme.groups
+    assert oncall.acts_for("globex") and not acme.acts_for("globex")
