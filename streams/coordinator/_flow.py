@@ -30,6 +30,9 @@ def advance(t: Transition) -> None:
     A run an operator's pause holds starts nothing (it completes if nothing is left).
     """
     if t.hold is not None:
+        for name, step in list(t.steps.items()):
+            if step.reservation is not None and step.phase == StepPhase.pending:
+                t.hold_step(name)  # its verdict came, or is on its way: it waits all the same
         if t.running and all(t.steps[name].phase.done for name in t.wf.order):
             _complete(t)
         return

@@ -361,16 +361,7 @@ class Transition:
         from streams.coordinator._budgets import MODEL_KINDS, admit
 
         if self.hold is not None:
-            # Held by an operator's pause: nothing new starts; the step waits, pending, and
-            # goes when the run is resumed (a retry then goes at once, without its backoff).
-            if self.steps[name].phase != StepPhase.pending:
-                self.set_step(
-                    name,
-                    phase=StepPhase.pending,
-                    deadline_at=None,
-                    not_before=None,
-                    retry_tier=None,
-                )
+            self.hold_step(name)
             return
         budget: Budget = self.old.budget
         dispatches: int = self.get("dispatches")
@@ -452,6 +443,26 @@ class Transition:
             detail["retry_tier"] = tier.name
             detail["not_before"] = request.not_before.isoformat() if request.not_before else None
         self.note("step_dispatched", name, attempt, detail)
+
+    def hold_step(self, name: str) -> None:
+        """Keep a step from starting while an operator's pause holds the run.
+
+        The step waits, pending, and goes when the run is resumed (a retry then goes at
+        once, without its backoff). A model call's reservation is given back to the ledger
+        (settled at nothing): its verdict may be forgotten by the time the run resumes, so
+        the next attempt, numbered past it, reserves afresh.
+        """
+        from streams.coordinator._budgets import settle
+
+        step = self.steps[name]
+        if step.reservation is not None:
+            attempt = step.attempt + 1
+            settle(self, name, attempt, None)
+            self.set_step(name, reservation=None, attempt=attempt)
+        if step.phase != StepPhase.pending:
+            self.set_step(
+                name, phase=StepPhase.pending, deadline_at=None, not_before=None, retry_tier=None
+            )
 
     def _routes(self, name: str) -> list[str]:
         """A model step's route and fallbacks, rendered when it is first dispatched.

@@ -221,3 +221,28 @@ def test_a_ledger_started_after_the_entry_takes_the_cap_from_the_control_topic()
     assert ledger.apply(spend("reserve", "0.6", 1, at_s=1)) is False
     assert ledger.apply(spend("cap", "3", 2, at_s=2)) is None
     assert ledger.apply(spend("reserve", "0.6", 3, at_s=3)) is True
+
+
+def test_a_reservation_made_before_a_pause_is_given_back_and_made_afresh_on_resume() -> None:
+    policies = Policies.model_validate({"tenants": {"acme": {"max_cost_usd": 10}}})
+    ledger = SpendLedger(policies)
+    book = ControlBook()
+    run = Run(LINEAR, control=book, policies=policies, ledger=ledger)
+    run.send(task(tenant="acme"))
+    (reserved,) = [e for e in run.emitted if isinstance(e, SpendRecorded)]
+    assert reserved.kind == SpendKind.reserve and reserved.reservation_id == "r1/a/1"
+    book.apply(command("pause", tenant="acme"))
+    assert ledger.apply(reserved) is True  # the verdict wakes the run: it is held now
+    run.send(TimerFired(run_id="r1", fired_at=T0))
+    assert run.types() == ["run_paused"]
+    (given_back,) = [e for e in run.last.emit if isinstance(e, SpendRecorded)]
+    assert given_back.kind == SpendKind.settle and given_back.amount_usd == 0
+    assert given_back.reservation_id == "r1/a/1" and given_back.at == reserved.at
+    assert run.state is not None and run.state.steps["a"].reservation is None
+    assert requests(run) == []
+
+    book.apply(command("resume", tenant="acme"))
+    run.send(TimerFired(run_id="r1", fired_at=T0))
+    assert run.types() == ["run_resumed", "spend_reserved"]
+    (afresh,) = [e for e in run.last.emit if isinstance(e, SpendRecorded)]
+    assert afresh.kind == SpendKind.reserve and afresh.reservation_id == "r1/a/2"
