@@ -28,10 +28,17 @@ from pydantic import JsonValue
 
 from topics import ControlAction, ControlCommand
 
-__all__ = ["HOLD_RECHECK", "ControlBook", "Hold"]
+__all__ = ["HOLD_RECHECK", "ControlBook", "Hold", "usd"]
 
 #: How often a held run looks at the book again by itself (a missed wake costs this much).
 HOLD_RECHECK = timedelta(seconds=30)
+
+
+def usd(amount: Decimal | None) -> str | None:
+    """An amount as operators write it (``2.5``, not ``2.500000000000``)."""
+    if amount is None:
+        return None
+    return format(amount.normalize(), "f")
 
 
 @dataclass(frozen=True)
@@ -134,7 +141,7 @@ class ControlBook:
                 },
             },
             "caps": {
-                tenant: {**item(c), "max_cost_usd": str(c.max_cost_usd)}
+                tenant: {**item(c), "max_cost_usd": usd(c.max_cost_usd)}
                 for tenant, c in sorted(self.caps.items())
             },
         }

@@ -40,7 +40,7 @@ from streams._deadletters import too_large as record_too_large
 from streams._policies import Policies
 from streams._workflows import WorkflowBook, WorkflowFeed
 from streams.coordinator._batch import Batch
-from streams.coordinator._control import ControlBook
+from streams.coordinator._control import ControlBook, usd
 from streams.coordinator._decide import Context, Decision, Inbound, decide, too_large
 from streams.coordinator._ledger import SpendLedger
 from streams.coordinator._state import RunState, RunTrace
@@ -239,7 +239,7 @@ class Handler:
             "command_id": command.command_id,
             "issued_by": command.issued_by,
             "why": command.reason,
-            "max_cost_usd": None if command.max_cost_usd is None else str(command.max_cost_usd),
+            "max_cost_usd": usd(command.max_cost_usd),
         }
         ceiling = self.policies.ceiling(tenant)
         if account != tenant or ceiling is None:
@@ -249,7 +249,7 @@ class Handler:
             )
         else:
             kind = "tenant_caps_changed"
-            detail["policies_max_cost_usd"] = str(ceiling.max_cost_usd)
+            detail["policies_max_cost_usd"] = usd(ceiling.max_cost_usd)
             entry = SpendRecorded(
                 tenant=account,
                 reservation_id=f"caps/{command.command_id}",

@@ -218,7 +218,9 @@ class Transition:
             duration_ms=(self.now - paused_at).total_seconds() * 1000,
             detail=detail,
         )
-        self.set(paused_at=None, held_by=None, hold_check_at=None)
+        self.set(paused_at=None)
+        if held_by is not None:  # a field never set is not stored
+            self.set(held_by=None, hold_check_at=None)
 
     # -- run events ------------------------------------------------------------------------
 

@@ -278,7 +278,7 @@ async def test_a_cap_changed_at_run_time_judges_the_next_reservation(
     (changed,) = audit
     assert changed.tenant == "acme"
     assert isinstance(changed.detail, dict)
-    assert changed.detail["max_cost_usd"] == "1.000000000000"
+    assert changed.detail["max_cost_usd"] == "1"
     assert changed.detail["policies_max_cost_usd"] == "0.001"
     assert changed.detail["why"] == "launch"
 
