@@ -99,7 +99,7 @@ class ProcessorService:
         bootstrap: str,
         catalog: TopicCatalog,
         codec: Codec,
-        processors: Mapping[StepKind, Processor],
+        processors: Mapping[str, Processor],
         worker: str,
         instance_id: str | None,
         concurrency: int,
@@ -228,8 +228,8 @@ class ProcessorService:
             await self._dead_letter(record, exc.reason)
             return
         kind = self._kinds.get(record.topic)
-        if kind is None or request.kind != kind:
-            await self._dead_letter(record, f"a {request.kind} request on {record.topic}")
+        if kind is None or request.kind_name != kind:
+            await self._dead_letter(record, f"a {request.kind_name} request on {record.topic}")
             return
         if self.clock() > request.deadline_at + _STALE_GRACE:
             self.skipped_stale += 1
@@ -268,7 +268,7 @@ class ProcessorService:
         try:
             result = await execute(processor, request, worker=self.worker, now=self.clock)
             self.metrics.step_ran(
-                request.kind.value,
+                request.kind_name,
                 result.usage.route if result.usage is not None else None,
                 (result.finished_at - result.started_at).total_seconds(),
             )

@@ -164,7 +164,7 @@ class RetryRelay(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         for tp, queue in self._pending.items():
             while queue and queue[0][0] <= now:
                 _, record, request = queue.popleft()
-                topic = self.catalog.steps(request.kind)
+                topic = self.catalog.steps(request.kind_name)
                 # Its headers too: a traced request keeps its trace through the tier.
                 await self._producer.send(
                     topic.name,

@@ -10,12 +10,19 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from processors import ModelCatalog, is_template, load_model_catalog
+from processors import ModelCatalog, installed_kinds, is_template, load_model_catalog
 from streams._config import Settings
 from streams._workflows import deploy_workflows, read_workflows
 from streams.cli._main import console, settings
 from streams.localkafka import resolve_bootstrap
-from streams.workflow import LlmStep, Workflow, WorkflowError, WorkflowSpec, load_workflow
+from streams.workflow import (
+    LlmStep,
+    Workflow,
+    WorkflowError,
+    WorkflowSpec,
+    check_kinds,
+    load_workflow,
+)
 from topics import ConfigurationError
 
 __all__ = ["check_routes", "workflows_group"]
@@ -54,10 +61,12 @@ def _load_all(files: tuple[Path, ...], config: Settings) -> list[Workflow]:
     if not files:
         raise ConfigurationError("give at least one workflow file")
     models = load_model_catalog(config.models_file) if config.models_file else None
+    kinds = installed_kinds()
     loaded, problems = [], []
     for path in files:
         try:
             workflow = load_workflow(path)
+            check_kinds(workflow, kinds, str(path))
             if models is not None:
                 check_routes(workflow, models, str(path))
             loaded.append(workflow)
@@ -71,7 +80,7 @@ def _load_all(files: tuple[Path, ...], config: Settings) -> list[Workflow]:
 @workflows_group.command("validate")
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 def validate(files: tuple[Path, ...]) -> None:
-    """Check workflow files (and their routes, when BATON_MODELS_FILE is set)."""
+    """Check workflow files: custom kinds and their params, routes (with BATON_MODELS_FILE)."""
     for workflow in _load_all(files, settings()):
         console.print(
             f"[green]ok[/]  {escape(workflow.name)} v{workflow.spec.version} "

@@ -20,6 +20,7 @@ from streams.coordinator._state import RunState, StepPhase, StepState
 from streams.workflow import (
     DEFAULT_TIMEOUTS,
     AgentStep,
+    CustomStep,
     LlmStep,
     StepSpec,
     TransformStep,
@@ -27,6 +28,7 @@ from streams.workflow import (
     Workflow,
 )
 from topics import (
+    BUILTIN_KINDS,
     Budget,
     Event,
     PermanentError,
@@ -46,6 +48,9 @@ if TYPE_CHECKING:
     from streams.coordinator._decide import Context, Decision
 
 __all__ = ["Transition", "add_usage"]
+
+#: A built-in kind's wire value by name; any other kind travels as ``custom`` + its name.
+_BUILTIN_KINDS = {kind.value: kind for kind in BUILTIN_KINDS}
 
 _OUTCOMES = {
     StepPhase.succeeded: StepOutcome.succeeded,
@@ -280,12 +285,14 @@ class Transition:
             key = step.call.key
         else:
             key = f"{self.old.run_id}/{name}" + (f"/rerun-{step.reruns}" if step.reruns else "")
+        builtin = _BUILTIN_KINDS.get(spec.kind)
         # Built from the run's valid state and rendered templates (JSON by construction):
         # not validated again. The processor that reads it validates what it received.
         return StepRequested.model_construct(
             run_id=self.old.run_id,
             step=name,
-            kind=StepKind(spec.kind),
+            kind=StepKind.custom if builtin is None else builtin,
+            custom_kind=spec.kind if builtin is None else None,
             attempt=attempt,
             idempotency_key=key,
             workflow=self.old.workflow,
@@ -307,6 +314,18 @@ class Transition:
         """
         from streams.coordinator._budgets import MODEL_KINDS, admit
 
+        spec = self.spec(name)
+        catalog = self.context.catalog
+        if isinstance(spec, CustomStep) and catalog is not None:
+            if spec.kind not in catalog.custom_kinds:
+                installed = ", ".join(sorted(catalog.custom_kinds)) or "none"
+                self.fail_step(
+                    name,
+                    "UnknownStepKind",
+                    f"steps.{name}: step kind {spec.kind!r} is not installed on this "
+                    f"coordinator (custom kinds installed: {installed})",
+                )
+                return
         budget: Budget = self.old.budget
         dispatches: int = self.get("dispatches")
         if budget.max_steps is not None and dispatches >= budget.max_steps:
