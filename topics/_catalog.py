@@ -388,7 +388,7 @@ class TopicCatalog:
         except KeyError:
             custom = ", ".join(sorted(self.custom_kinds)) or "none"
             raise ConfigurationError(
-                f"unknown step kind {kind!r} (custom kinds installed: {custom})"
+                f"unknown step kind {str(kind)!r} (custom kinds installed: {custom})"
             ) from None
 
     def retry(self, tier: str) -> Topic:
