@@ -10,7 +10,8 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from processors import ModelCatalog, installed_kinds, is_template, load_model_catalog
+from processors import ModelCatalog, is_template, load_model_catalog
+from processors import installed_kinds as kinds
 from streams._config import Settings
 from streams._workflows import deploy_workflows, read_workflows
 from streams.cli._main import console, settings
@@ -19,8 +20,8 @@ from streams.workflow import (
     LlmStep,
     Workflow,
     WorkflowError,
-    WorkflowSpec,
     check_kinds,
+    editor_schema,
     load_workflow,
 )
 from topics import ConfigurationError
@@ -61,12 +62,12 @@ def _load_all(files: tuple[Path, ...], config: Settings) -> list[Workflow]:
     if not files:
         raise ConfigurationError("give at least one workflow file")
     models = load_model_catalog(config.models_file) if config.models_file else None
-    kinds = installed_kinds()
+    installed = kinds()
     loaded, problems = [], []
     for path in files:
         try:
             workflow = load_workflow(path)
-            check_kinds(workflow, kinds, str(path))
+            check_kinds(workflow, installed, str(path))
             if models is not None:
                 check_routes(workflow, models, str(path))
             loaded.append(workflow)
@@ -125,6 +126,11 @@ def list_() -> None:
 
 
 @workflows_group.command("schema")
-def schema() -> None:
+@click.option(
+    "--installed-kinds",
+    is_flag=True,
+    help="Spell out the params of the custom step kinds installed here.",
+)
+def schema(installed_kinds: bool) -> None:
     """Print the JSON Schema of workflow files (for editors)."""
-    click.echo(json.dumps(WorkflowSpec.model_json_schema(by_alias=True), indent=2))
+    click.echo(json.dumps(editor_schema(kinds() if installed_kinds else None), indent=2))

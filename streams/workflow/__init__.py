@@ -1,5 +1,6 @@
 """Workflows: the YAML format, loading and checking, and content-hash versions."""
 
+from streams.workflow._schema import editor_schema
 from streams.workflow._spec import (
     CUSTOM_TIMEOUT,
     DEFAULT_TIMEOUTS,
@@ -61,6 +62,7 @@ __all__ = [
     "WorkflowError",
     "WorkflowSpec",
     "check_kinds",
+    "editor_schema",
     "load_workflow",
     "parse_duration",
     "parse_workflow",

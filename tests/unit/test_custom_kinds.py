@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+import jsonschema
 import pytest
+import yaml
 from pydantic import BaseModel, ValidationError
 
 from processors import (
@@ -28,7 +30,14 @@ from processors import (
 )
 from streams._policies import Policies
 from streams.coordinator import Context, decide
-from streams.workflow import CustomStep, WorkflowError, check_kinds, parse_workflow
+from streams.workflow import (
+    CustomStep,
+    WorkflowError,
+    WorkflowSpec,
+    check_kinds,
+    editor_schema,
+    parse_workflow,
+)
 from tests.unit.test_decide import T0, Run, failed, ok, task
 from topics import (
     BUILTIN_KINDS,
@@ -433,3 +442,24 @@ def test_an_approval_policy_gates_a_custom_kind_by_its_name() -> None:
     types = [e.type for e in decision.emit if isinstance(e, RunEvent)]
     assert "approval_requested" in types
     assert not [e for e in decision.emit if isinstance(e, StepRequested)]
+
+
+# -- the editor schema -----------------------------------------------------------------------
+
+
+def test_the_editor_schema_spells_out_the_installed_kinds_params() -> None:
+    schema = editor_schema(installed_kinds())
+    document = yaml.safe_load(MOOD)
+    jsonschema.validate(document, schema)  # a template where a number goes: fine
+
+    document["steps"]["mood"]["params"]["threshold"] = 2
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(document, schema)
+    document["steps"]["mood"]["params"] = {"threshold": 0.5}  # text is required
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(document, schema)
+    # Any other custom kind still has the generic shape; the committed schema has only that.
+    document["steps"]["mood"] = {"kind": "acme.other", "params": {"anything": [1]}}
+    jsonschema.validate(document, schema)
+    assert editor_schema() == WorkflowSpec.model_json_schema(by_alias=True)
+    assert "CustomStep.sentiment" not in editor_schema()["$defs"]
