@@ -11,22 +11,37 @@ stops at the retry instead.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from baton_sentiment.service import SentimentService
 
 from streams._client import BatonClient
+from streams._relay import RetryRelay
 from tests.integration.workers import (
     CODEC,
     Cluster,
     Workers,
     free_port,
     has,
+    poll_decoded,
     poll_run_events,
     read_topic,
 )
-from topics import Budget, RunEvent, RunStatus, StepKind, StepRequested, TaskSubmitted
+from topics import (
+    Budget,
+    DeadLetter,
+    RunEvent,
+    RunStatus,
+    StepKind,
+    StepRequested,
+    TaskSubmitted,
+    TopicCatalog,
+    create_topics,
+    partition_for,
+)
 
 WORKFLOW = """
 workflow: moods
@@ -142,3 +157,62 @@ async def test_a_custom_kind_is_retried_by_its_policy_and_stopped_by_a_budget(
     mine = sorted((r.run_id, r.attempt) for r in requests)
     assert mine == [("mood-capped", 1)] + [("mood-ok", n) for n in range(1, mood.attempts + 1)]
     assert {(r.kind, r.custom_kind) for r in requests} == {(StepKind.custom, "sentiment")}
+
+
+async def test_the_retry_relay_releases_installed_kinds_and_dead_letters_others(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    # What a relay on a worker without acme.other sees when a coordinator that has it sends
+    # one of its retries: it cannot release the request to a topic it has not got.
+    catalog = TopicCatalog(prefix=topic_prefix, partitions=2, custom_kinds=("sentiment",))
+    await create_topics(kafka_bootstrap, catalog)
+    relay = RetryRelay(kafka_bootstrap, catalog, session_timeout=10)
+    now = datetime.now(UTC)
+    tier = catalog.retry_tiers[0]
+    requests = [
+        StepRequested(
+            run_id=run_id,
+            step="mood",
+            kind=StepKind.custom,
+            custom_kind=kind,
+            attempt=2,
+            idempotency_key=f"{run_id}/mood",
+            workflow="moods",
+            workflow_version="v",
+            params={"text": "hi"},
+            dispatched_at=now,
+            deadline_at=now + timedelta(minutes=1),
+            not_before=now,
+            retry_tier=tier.name,
+        )
+        for run_id, kind in (("known", "sentiment"), ("unknown", "acme.other"))
+    ]
+    await relay.start()
+    try:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+        await producer.start()
+        try:
+            for request in requests:
+                retry = catalog.retry(tier.name)
+                await producer.send(
+                    retry.name,
+                    CODEC.encode(request),
+                    key=request.run_id.encode(),
+                    partition=partition_for(request.run_id, retry.partitions),
+                )
+            await producer.flush()
+        finally:
+            await producer.stop()
+        cluster = Cluster(kafka_bootstrap, topic_prefix, Path("."), partitions=2)
+        released = await poll_decoded(
+            cluster, catalog.steps("sentiment").name, StepRequested, lambda found: bool(found)
+        )
+        letters = await poll_decoded(
+            cluster, catalog.dead_letter.name, DeadLetter, lambda found: bool(found)
+        )
+    finally:
+        await relay.stop()
+    assert [(r.run_id, r.custom_kind) for r in released] == [("known", "sentiment")]
+    (letter,) = letters
+    assert (letter.key, letter.error_class) == (b"unknown", "UnknownStepKind")
+    assert letter.error == "step kind 'acme.other' is not installed on this worker"
