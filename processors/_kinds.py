@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import inspect
 import typing
-from collections.abc import Mapping
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -74,15 +76,16 @@ class KindSetup:
     """What a worker gives the processors of custom kinds when it builds them.
 
     Attributes:
-        http_client: The worker's shared HTTP client (it does not retry on its own).
+        http_client: The worker's shared HTTP client (it does not retry on its own, and the
+            worker closes it).
         environ: Where secrets and settings are read, e.g. ``os.environ``.
     """
 
-    http_client: httpx.AsyncClient | None = None
+    http_client: httpx.AsyncClient
     environ: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
-class CustomProcessor(Generic[_P]):
+class CustomProcessor(ABC, Generic[_P]):
     """The base of a step kind a package adds, typed by its parameter model ``_P``.
 
     Subclass it as ``CustomProcessor[MyParams]``: ``params_model`` is taken from the type
@@ -109,6 +112,7 @@ class CustomProcessor(Generic[_P]):
     def __init__(self, setup: KindSetup) -> None:
         self.setup = setup
 
+    @abstractmethod
     async def run(self, params: _P, request: StepRequested) -> StepOutput | JsonValue:
         """Run one attempt of a step.
 
@@ -124,7 +128,6 @@ class CustomProcessor(Generic[_P]):
             RetryableError: The step should be tried again (as the retry policy allows).
             PermanentError: Trying again cannot help; the step fails.
         """
-        raise NotImplementedError
 
     def classify(self, error: Exception) -> BatonError | None:
         """Where an exception ``run`` raised sits in baton's tree; ``None``: it is a bug.
@@ -148,7 +151,7 @@ class CustomKindProcessor:
         self,
         kind: str,
         processor: CustomProcessor[Any],
-        clock: typing.Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._kind = kind
         self.processor = processor
@@ -210,14 +213,14 @@ class InstalledKind:
 
 
 def load_kinds(
-    entry_points: typing.Iterable[importlib.metadata.EntryPoint] | None = None,
+    entry_points: Iterable[importlib.metadata.EntryPoint] | None = None,
 ) -> Mapping[str, InstalledKind]:
     """Every custom kind of the ``baton.processors`` group (or of ``entry_points``), loaded.
 
     Raises:
         ConfigurationError: An entry point is badly named, registered twice, cannot be
-            imported, or is not a ``CustomProcessor`` subclass with a parameter model; the
-            message names the entry point and its distribution.
+            imported, or is not a ``CustomProcessor`` subclass with a parameter model and a
+            ``run``; the message names the entry point and its distribution.
     """
     if entry_points is None:
         entry_points = importlib.metadata.entry_points(group=KIND_ENTRY_POINT_GROUP)
@@ -251,6 +254,8 @@ def load_kinds(
             raise ConfigurationError(
                 f"{where} ({origin}) has no parameter model: subclass CustomProcessor[YourParams]"
             )
+        if inspect.isabstract(target):
+            raise ConfigurationError(f"{where} ({origin}) does not implement run")
         kinds[name] = InstalledKind(name, target, origin)
     return MappingProxyType(kinds)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+import httpx
 import jsonschema
 import pytest
 import yaml
@@ -54,6 +55,8 @@ from topics import (
 from topics._avro_writer import compile_writer
 
 REGISTRY = SchemaRegistry.load()
+#: The echo processors are handed one, as a worker's would be; they never use it.
+CLIENT = httpx.AsyncClient()
 
 
 def _request(**changes: Any) -> StepRequested:
@@ -196,6 +199,10 @@ def plugin_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
                     return params.x
 
             class Untyped(CustomProcessor):  # no parameter model
+                async def run(self, params, request):
+                    return None
+
+            class NoRun(CustomProcessor[Params]):
                 pass
 
             NOT_A_CLASS = 3
@@ -216,7 +223,7 @@ def test_an_entry_point_names_a_kind_and_its_processor(plugin_module: str) -> No
     (kind,) = kinds.values()
     assert kind.name == "acme.good" and kind.processor.__name__ == "Good"
     assert kind.processor.params_model.__name__ == "Params"
-    assert kind.build(KindSetup()).kind == "acme.good"
+    assert kind.build(KindSetup(CLIENT)).kind == "acme.good"
 
 
 @pytest.mark.parametrize(
@@ -226,6 +233,7 @@ def test_an_entry_point_names_a_kind_and_its_processor(plugin_module: str) -> No
         ([("agent", "{m}:Good")], r"'agent' is a kind baton has built in"),
         ([("acme", "{m}:NOT_A_CLASS")], r"\(unknown distribution: .*\) is not a CustomProcessor"),
         ([("acme", "{m}:Untyped")], "has no parameter model: subclass CustomProcessor"),
+        ([("acme", "{m}:NoRun")], "does not implement run"),
         ([("acme", "no_such_module_here:Good")], "cannot be loaded: ModuleNotFoundError"),
         ([("acme", "{m}:Good"), ("acme", "{m}:Other")], "registered more than once"),
     ],
@@ -246,7 +254,7 @@ def test_the_example_package_is_installed() -> None:
 
 
 def _echo(clock: datetime = T0) -> CustomKindProcessor:
-    return CustomKindProcessor("echo", Echo(KindSetup()), clock=lambda: clock)
+    return CustomKindProcessor("echo", Echo(KindSetup(CLIENT)), clock=lambda: clock)
 
 
 async def test_params_are_parsed_into_the_model_and_the_output_wrapped() -> None:
@@ -288,7 +296,7 @@ class Flaky(CustomProcessor[EchoParams]):
 
 async def _flaky(text: str, *, deadline_s: float = 60.0) -> Any:
     now = datetime.now(UTC)
-    processor = CustomKindProcessor("flaky", Flaky(KindSetup()))
+    processor = CustomKindProcessor("flaky", Flaky(KindSetup(CLIENT)))
     request = _request(
         custom_kind="flaky", params={"text": text}, deadline_at=now + timedelta(seconds=deadline_s)
     )

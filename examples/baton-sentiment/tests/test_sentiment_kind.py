@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -43,9 +43,15 @@ def request(params: dict[str, Any], *, deadline_s: float = 30.0) -> StepRequeste
     )
 
 
-def kind(url: str | None, client: httpx.AsyncClient | None = None) -> CustomKindProcessor:
+def kind(url: str | None, client: httpx.AsyncClient) -> CustomKindProcessor:
     environ = {URL_VARIABLE: url} if url is not None else {}
     return CustomKindProcessor("sentiment", SentimentProcessor(KindSetup(client, environ)))
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as shared:  # as a worker's: no retries of its own
+        yield shared
 
 
 @pytest.fixture
@@ -76,13 +82,12 @@ def test_the_lexicon_scores_words_and_negations(text: str, expected: tuple[float
 
 
 async def test_a_text_is_scored_and_labelled_through_the_service(
-    service: SentimentService,
+    service: SentimentService, client: httpx.AsyncClient
 ) -> None:
-    async with httpx.AsyncClient() as client:
-        happy = await kind(service.url, client).run(request({"text": "great, thanks!"}))
-        unsure = await kind(service.url).run(
-            request({"text": "good but slow and late", "threshold": 0.5})
-        )
+    happy = await kind(service.url, client).run(request({"text": "great, thanks!"}))
+    unsure = await kind(service.url, client).run(
+        request({"text": "good but slow and late", "threshold": 0.5})
+    )
 
     assert happy.output == {"label": "positive", "score": 1.0, "matched": 2}
     assert unsure.output == {"label": "neutral", "score": pytest.approx(-1 / 3), "matched": 3}
@@ -94,8 +99,8 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def test_a_service_that_is_down_is_a_retryable_failure() -> None:
-    processor = kind(f"http://127.0.0.1:{_closed_port()}")
+async def test_a_service_that_is_down_is_a_retryable_failure(client: httpx.AsyncClient) -> None:
+    processor = kind(f"http://127.0.0.1:{_closed_port()}", client)
     with pytest.raises(SentimentUnavailable, match="ConnectError"):
         await processor.run(request({"text": "hello"}))
 
@@ -118,14 +123,17 @@ class _Busy(BaseHTTPRequestHandler):
         pass
 
 
-async def test_a_busy_service_asks_for_its_retry_after() -> None:
+async def test_a_busy_service_asks_for_its_retry_after(client: httpx.AsyncClient) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Busy)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         host, port = server.server_address[:2]
         result = await execute(
-            kind(f"http://{host!s}:{port}"), request({"text": "hi"}), worker="w", now=lambda: T0
+            kind(f"http://{host!s}:{port}", client),
+            request({"text": "hi"}),
+            worker="w",
+            now=lambda: T0,
         )
     finally:
         server.shutdown()
@@ -135,14 +143,21 @@ async def test_a_busy_service_asks_for_its_retry_after() -> None:
     assert result.error.retry_after_s == 7.0
 
 
-async def test_a_refused_request_is_a_permanent_failure(service: SentimentService) -> None:
+async def test_a_refused_request_is_a_permanent_failure(
+    service: SentimentService, client: httpx.AsyncClient
+) -> None:
     with pytest.raises(SentimentRejected, match="HTTP 404"):
-        await kind(f"{service.url}/elsewhere").run(request({"text": "hello"}))
+        await kind(f"{service.url}/elsewhere", client).run(request({"text": "hello"}))
 
 
-async def test_params_that_break_the_model_are_invalid_params(service: SentimentService) -> None:
+async def test_params_that_break_the_model_are_invalid_params(
+    service: SentimentService, client: httpx.AsyncClient
+) -> None:
     result = await execute(
-        kind(service.url), request({"text": "hi", "threshold": 3}), worker="w", now=lambda: T0
+        kind(service.url, client),
+        request({"text": "hi", "threshold": 3}),
+        worker="w",
+        now=lambda: T0,
     )
     assert result.error is not None
     assert result.error.error_class == "InvalidParams"
@@ -157,6 +172,8 @@ async def test_params_that_break_the_model_are_invalid_params(service: Sentiment
         ("http://", r"an http\(s\) URL, not 'http:'"),
     ],
 )
-async def test_the_service_url_is_configuration(url: str | None, problem: str) -> None:
+async def test_the_service_url_is_configuration(
+    url: str | None, problem: str, client: httpx.AsyncClient
+) -> None:
     with pytest.raises(ConfigurationError, match=problem):
-        await kind(url).run(request({"text": "hello"}))
+        await kind(url, client).run(request({"text": "hello"}))

@@ -74,13 +74,9 @@ class SentimentProcessor(CustomProcessor[SentimentParams]):
         url = f"{self._url()}/v1/score"
         headers = {"Idempotency-Key": request.idempotency_key}
         body = {"text": params.text}
-        if self.setup.http_client is not None:
-            response = await self.setup.http_client.post(
-                url, json=body, headers=headers, timeout=_TIMEOUT_S
-            )
-        else:
-            async with httpx.AsyncClient() as client:
-                response = await client.post(url, json=body, headers=headers, timeout=_TIMEOUT_S)
+        response = await self.setup.http_client.post(
+            url, json=body, headers=headers, timeout=_TIMEOUT_S
+        )
         score, matched = _answer(response)
         return {"label": _label(score, params.threshold), "score": score, "matched": matched}
 
