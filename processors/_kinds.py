@@ -95,7 +95,7 @@ class CustomProcessor(ABC, Generic[_P]):
     Attributes:
         params_model: The pydantic model a step's ``params:`` must satisfy, at deploy (the
             fields that hold no template) and again, rendered, in the processor.
-        description: One line on what the kind does (``baton`` listings, docs).
+        description: One line on what the kind does (shown by the editor schema).
     """
 
     params_model: ClassVar[type[BaseModel]]
@@ -178,19 +178,16 @@ class CustomKindProcessor:
                 outcome = await self.processor.run(params, request)
         except BatonError:
             raise
-        except TimeoutError as exc:
-            if scope.expired():
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and scope.expired():
                 raise KindTimeout(
                     f"{self._kind} attempt {request.attempt} still running at its deadline"
                 ) from None
-            raise self._classified(exc) from exc
-        except Exception as exc:
-            raise self._classified(exc) from exc
+            classified = self.processor.classify(exc)
+            if classified is None:
+                raise  # a bug: ``execute`` logs it and reports an InternalError
+            raise classified from exc
         return outcome if isinstance(outcome, StepOutput) else StepOutput(outcome)
-
-    def _classified(self, exc: Exception) -> Exception:
-        classified = self.processor.classify(exc)
-        return exc if classified is None else classified
 
 
 @dataclass(frozen=True)
