@@ -10,10 +10,14 @@ CHROMIUM_STAMP := $(VENV)/.chromium
 
 .PHONY: setup demo test check lint types unit integration chaos bench clean
 
-$(STAMP): pyproject.toml
+# The example step kind (examples/baton-sentiment) is installed beside baton, in one resolve so
+# that its `baton` requirement is this checkout: the tests run it as every worker would.
+EXAMPLE_KIND := examples/baton-sentiment
+
+$(STAMP): pyproject.toml $(EXAMPLE_KIND)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]' -e $(EXAMPLE_KIND)
 	touch $@
 
 # Playwright drives Debian's chromium package (/usr/bin/chromium); it never downloads browsers.
@@ -35,6 +39,7 @@ lint: $(STAMP)
 
 types: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy $(EXAMPLE_KIND)/src $(EXAMPLE_KIND)/tests
 
 test: setup check
 	$(BIN)/pytest

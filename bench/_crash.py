@@ -52,7 +52,7 @@ from bench._workload import (
 from streams._client import BatonClient
 from streams._workflows import deploy_workflows
 from streams.workflow import parse_workflow
-from topics import Codec, RunResult, RunStatus, StepKind, TopicCatalog
+from topics import BUILTIN_KINDS, Codec, RunResult, RunStatus, StepKind, TopicCatalog
 
 __all__ = ["CrashPlan", "count_by_key", "first_appended_after", "measure_crash"]
 
@@ -254,7 +254,7 @@ async def measure_crash(bench: Bench, plan: CrashPlan, say: Callable[[str], None
         bench.processes.pop(LLM_ROLE, None)
     say(f"  reading back {key}")
     requests: list[Stamped] = []
-    for kind in StepKind:
+    for kind in BUILTIN_KINDS:
         requests += await read_topic(bootstrap, catalog.steps(kind).name, catalog.partitions)
     resumed_ms = first_appended_after(requests, keys, restart_wall_ms)
     step_results = await read_topic(bootstrap, catalog.step_results.name, catalog.partitions)

@@ -14,10 +14,10 @@ from dataclasses import replace as _replace
 from bench._kafka import path_topics, read_topic
 from bench._latency import RequestStamp, ResultStamp, RunStamp
 from topics import (
+    BUILTIN_KINDS,
     Codec,
     RunEvent,
     RunResult,
-    StepKind,
     StepRequested,
     StepResult,
     Topic,
@@ -82,7 +82,7 @@ class Readback:
 def _other_run_topics(catalog: TopicCatalog) -> list[tuple[str, Topic]]:
     """Every other topic keyed by run id (retries, dead letters, approvals, timers...)."""
     read = {t.name for t in path_topics(catalog)}
-    read |= {catalog.steps(kind).name for kind in StepKind}
+    read |= {catalog.steps(kind).name for kind in BUILTIN_KINDS}
     # The coordinator's own topics are written in batches for many runs; the worker counts
     # them (``/healthz`` ``written``), and the journal is deleted after each flush.
     read |= {catalog.run_events.name, catalog.run_state.name, catalog.run_journal.name}
@@ -120,7 +120,7 @@ async def read_back(bootstrap: str, catalog: TopicCatalog, run_ids: Iterable[str
         run_id = count("tasks", record.key, record.value)
         if run_id is not None:
             ends[run_id] = _replace(ends[run_id], task_appended_ms=record.timestamp_ms)
-    for kind in StepKind:
+    for kind in BUILTIN_KINDS:
         for record in await read_topic(bootstrap, catalog.steps(kind).name, partitions):
             if count("step requests", record.key, record.value):
                 request = codec.decode(record.value, StepRequested)

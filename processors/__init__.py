@@ -1,5 +1,8 @@
 """What a step does: model calls, agent turns, tools, retrieval, validation, transforms.
 
+Packages add step kinds of their own through the ``baton.processors`` entry-point group
+(``CustomProcessor``; see ``processors._kinds`` and docs/extending.md).
+
 No Kafka here: every processor is a plain async callable, testable on its own.
 """
 
@@ -12,6 +15,9 @@ from processors._catalog import ModelCatalog, RouteSpec, ScriptRule, load_model_
 from processors._errors import (
     CircuitOpen,
     InvalidParams,
+    KindFailed,
+    KindTimeout,
+    KindUnavailable,
     OutputSchemaViolation,
     ProviderRateLimited,
     ProviderRejected,
@@ -27,6 +33,15 @@ from processors._errors import (
     UnknownSource,
     UnknownTool,
     ValidationFailed,
+)
+from processors._kinds import (
+    KIND_ENTRY_POINT_GROUP,
+    CustomKindProcessor,
+    CustomProcessor,
+    InstalledKind,
+    KindSetup,
+    installed_kinds,
+    load_kinds,
 )
 from processors._llm import LlmParams, LlmProcessor, ModelClient
 from processors._openai import OpenAIProvider
@@ -103,6 +118,14 @@ __all__ = [
     "HttpSourceSpec",
     "HttpToolSpec",
     "INTERNAL_ERROR",
+    "KIND_ENTRY_POINT_GROUP",
+    "CustomKindProcessor",
+    "CustomProcessor",
+    "InstalledKind",
+    "KindFailed",
+    "KindSetup",
+    "KindTimeout",
+    "KindUnavailable",
     "STEP_TRACE",
     "InvalidParams",
     "LlmParams",
@@ -167,6 +190,8 @@ __all__ = [
     "compile_template",
     "current_stream",
     "execute",
+    "installed_kinds",
+    "load_kinds",
     "is_template",
     "load_model_catalog",
     "load_tools",

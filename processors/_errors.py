@@ -11,7 +11,9 @@ The branch decides what happens next: the processor retries retryable errors in-
      │    ├── CircuitOpen            the provider's breaker is open: not called, go elsewhere
      │    ├── ToolTimeout            a tool or search source did not answer within its timeout
      │    ├── ToolUnavailable        connection errors, HTTP 408/409/5xx, unusable answers
-     │    └── ToolRateLimited        HTTP 429 from a tool; ``retry_after`` from ``Retry-After``
+     │    ├── ToolRateLimited        HTTP 429 from a tool; ``retry_after`` from ``Retry-After``
+     │    ├── KindUnavailable        a custom kind's far side is down or busy (packages raise it)
+     │    └── KindTimeout            a custom kind's attempt was still running at its deadline
      ├── PermanentError              (topics) trying again cannot help
      │    ├── ProviderRejected       any other 4xx: the provider refused the request
      │    ├── OutputSchemaViolation  the model's answer is not JSON or misses the output schema
@@ -22,6 +24,7 @@ The branch decides what happens next: the processor retries retryable errors in-
      │    ├── ToolFailed             a python tool raised, or an answer has the wrong shape
      │    ├── UnknownTool            a tool name the registry lacks (an agent's model may ask)
      │    ├── UnknownSource          a retrieval source the registry lacks
+     │    ├── KindFailed             a custom kind failed for good (packages raise it)
      │    └── TemplateRenderError    a template failed while rendering: a missing value, a type
      │         │                     error
      │         └── TemplateLimitExceeded  it went over a sandbox limit (size, time, ...): named
@@ -42,6 +45,9 @@ from topics import ConfigurationError, PermanentError, RetryableError, Usage
 __all__ = [
     "CircuitOpen",
     "InvalidParams",
+    "KindFailed",
+    "KindTimeout",
+    "KindUnavailable",
     "OutputSchemaViolation",
     "ProviderRateLimited",
     "ProviderRejected",
@@ -189,6 +195,22 @@ class UnknownTool(PermanentError):
 
 class UnknownSource(PermanentError):
     """A retrieval source name the registry does not have."""
+
+
+class KindUnavailable(RetryableError):
+    """A custom kind's far side is down or busy: the step is tried again, as its policy says.
+
+    Packages raise it (or a subclass of their own) from ``CustomProcessor.run``; a
+    ``retry_after`` asks the coordinator to wait at least that long.
+    """
+
+
+class KindTimeout(RetryableError):
+    """A custom kind's attempt was still running at its deadline, so it was stopped."""
+
+
+class KindFailed(PermanentError):
+    """A custom kind failed in a way trying again cannot fix (packages raise it)."""
 
 
 class TemplateError(ConfigurationError):

@@ -17,7 +17,6 @@ from topics import (
     BatonError,
     RetryableError,
     StepError,
-    StepKind,
     StepRequested,
     StepResult,
     StepStatus,
@@ -64,8 +63,8 @@ class Processor(Protocol):
     """
 
     @property
-    def kind(self) -> StepKind:
-        """The step kind this processor runs."""
+    def kind(self) -> str:
+        """The step kind this processor runs (a ``StepKind``, or a custom kind's name)."""
         ...
 
     async def run(self, request: StepRequested) -> StepOutput:
@@ -121,7 +120,7 @@ async def execute(
     except Exception as exc:
         logger.exception(
             "bug in the %s processor: run %s step %s attempt %d",
-            request.kind,
+            request.kind_name,
             request.run_id,
             request.step,
             request.attempt,
@@ -152,7 +151,7 @@ def parse_params(model: type[_P], request: StepRequested) -> _P:
     try:
         return model.model_validate(request.params)
     except ValidationError as exc:
-        raise InvalidParams(f"{request.kind} params: {_describe(exc)}") from None
+        raise InvalidParams(f"{request.kind_name} params: {_describe(exc)}") from None
 
 
 def run_context(request: StepRequested) -> dict[str, Any]:
@@ -162,7 +161,7 @@ def run_context(request: StepRequested) -> dict[str, Any]:
         InvalidParams: The request carries no context object.
     """
     if not isinstance(request.context, dict):
-        raise InvalidParams(f"{request.kind} step: the request has no context object")
+        raise InvalidParams(f"{request.kind_name} step: the request has no context object")
     return request.context
 
 

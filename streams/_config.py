@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from processors import installed_kinds
 from streams.workflow import parse_duration
 from topics import (
     DEFAULT_RUN_RETENTION_S,
@@ -150,12 +151,17 @@ class Settings(BaseModel):
         return (self.api_url or f"http://127.0.0.1:{self.web_port}").rstrip("/")
 
     def catalog(self) -> TopicCatalog:
-        """The topic catalog these settings describe."""
+        """The topic catalog these settings describe, with the custom kinds installed here.
+
+        Raises:
+            ConfigurationError: An installed custom kind cannot be loaded (its entry point).
+        """
         return TopicCatalog(
             prefix=self.topic_prefix,
             partitions=self.partitions,
             retry_tiers=self.tiers(),
             run_retention_s=self.run_retention,
+            custom_kinds=tuple(installed_kinds()),
         )
 
     def codec(self) -> Codec:

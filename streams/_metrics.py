@@ -89,7 +89,7 @@ class Tally:
                 else:
                     continue
             elif type(event) is StepRequested:
-                key = ("step_attempts", event.kind.value)
+                key = ("step_attempts", event.kind_name)
             elif type(event) is RunResult:
                 key = ("runs_finished", event.workflow, event.status.value)
             elif type(event) is DeadLetter:

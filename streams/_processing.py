@@ -104,7 +104,7 @@ class ProcessorService:
         bootstrap: str,
         catalog: TopicCatalog,
         codec: Codec,
-        processors: Mapping[StepKind, Processor],
+        processors: Mapping[str, Processor],
         worker: str,
         instance_id: str | None,
         concurrency: int,
@@ -233,8 +233,8 @@ class ProcessorService:
             await self._dead_letter(record, exc.reason)
             return
         kind = self._kinds.get(record.topic)
-        if kind is None or request.kind != kind:
-            await self._dead_letter(record, f"a {request.kind} request on {record.topic}")
+        if kind is None or request.kind_name != kind:
+            await self._dead_letter(record, f"a {request.kind_name} request on {record.topic}")
             return
         if self.clock() > request.deadline_at + _STALE_GRACE:
             self.skipped_stale += 1
@@ -279,7 +279,7 @@ class ProcessorService:
             if stream is not None:
                 await stream.close()  # the text is in the log before the result
             self.metrics.step_ran(
-                request.kind.value,
+                request.kind_name,
                 result.usage.route if result.usage is not None else None,
                 (result.finished_at - result.started_at).total_seconds(),
             )

@@ -164,7 +164,7 @@ class RetryRelay(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         for tp, queue in self._pending.items():
             while queue and queue[0][0] <= now:
                 _, record, request = queue.popleft()
-                topic = self.catalog.steps(request.kind)
+                topic = self.catalog.steps(request.kind_name)
                 # Its headers too: a traced request keeps its trace through the tier.
                 await self._producer.send(
                     topic.name,
@@ -192,6 +192,16 @@ class RetryRelay(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
             if not queue:
                 await self._consumer.commit({tp: record.offset + 1})
             return
+        if request.custom_kind is not None and request.custom_kind not in self.catalog.custom_kinds:
+            # A coordinator with the kind sent it; this worker has no topic to release it to.
+            await self._dead_letter(
+                record,
+                f"step kind {request.custom_kind!r} is not installed on this worker",
+                "UnknownStepKind",
+            )
+            if not queue:
+                await self._consumer.commit({tp: record.offset + 1})
+            return
         due = (
             request.not_before.timestamp()
             if request.not_before is not None
@@ -199,9 +209,11 @@ class RetryRelay(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         )
         queue.append((due, record, request))
 
-    async def _dead_letter(self, record: Any, reason: str) -> None:
+    async def _dead_letter(
+        self, record: Any, reason: str, error_class: str = "DecodeError"
+    ) -> None:
         log.warning("dead-lettering %s@%d: %s", record.topic, record.offset, reason)
-        letter = letter_for(record, error_class="DecodeError", reason=reason, at=datetime.now(UTC))
+        letter = letter_for(record, error_class=error_class, reason=reason, at=datetime.now(UTC))
         await self._producer.send_and_wait(
             self.catalog.dead_letter.name,
             self.codec.encode(letter),

@@ -404,7 +404,7 @@ class Tracing:
                 "messaging.kafka.offset": record.offset,
                 "messaging.consumer.group.name": self.processor_group,
                 "baton.step": request.step,
-                "baton.step.kind": request.kind.value,
+                "baton.step.kind": request.kind_name,
                 "baton.step.attempt": request.attempt,
             },
             start_time=started_ns,

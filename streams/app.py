@@ -37,6 +37,7 @@ from processors import (
     ToolRegistry,
     build_processors,
     cacheable,
+    installed_kinds,
     load_model_catalog,
     load_tools,
 )
@@ -56,7 +57,7 @@ from topics import ConfigurationError, StepKind, TopicCatalog, worker_source
 if TYPE_CHECKING:
     from streams._tracing import Tracing
 
-__all__ = ["PROCESSOR_KINDS", "Worker", "build_worker"]
+__all__ = ["PROCESSOR_KINDS", "Worker", "build_worker", "processor_kinds"]
 
 #: The step kinds this release has processors for.
 PROCESSOR_KINDS = (
@@ -67,6 +68,15 @@ PROCESSOR_KINDS = (
     StepKind.transform,
     StepKind.validate,
 )
+
+
+def processor_kinds() -> tuple[str, ...]:
+    """Every kind a worker here can run: the built-in ones, then the custom kinds installed.
+
+    Raises:
+        ConfigurationError: An installed custom kind cannot be loaded (its entry point).
+    """
+    return (*PROCESSOR_KINDS, *installed_kinds())
 
 
 class _Resources(mode.Service):
@@ -184,7 +194,7 @@ def build_worker(
     bootstrap: str,
     *,
     coordinator: bool = True,
-    kinds: Iterable[StepKind] | None = None,
+    kinds: Iterable[str] | None = None,
     environ: dict[str, str] | None = None,
     tracing: Tracing | None = None,
 ) -> Worker:
@@ -194,7 +204,8 @@ def build_worker(
         settings: The validated settings.
         bootstrap: Kafka bootstrap servers.
         coordinator: Run the coordinator (and serve the HTTP API).
-        kinds: Step kinds to run processors for (default: all; empty: none).
+        kinds: Step kinds to run processors for, custom ones included (default: every kind
+            ``processor_kinds`` lists; empty: none).
         environ: Where provider API keys are read from (default ``os.environ``).
         tracing: Trace runs with this (default: as ``settings.tracing`` says).
 
@@ -262,7 +273,7 @@ def build_worker(
         )
     processors = None
     cache = None
-    chosen = list(PROCESSOR_KINDS if kinds is None else kinds)
+    chosen = list(processor_kinds() if kinds is None else kinds)
     if chosen:
         calls_models = {StepKind.llm, StepKind.agent} & set(chosen)
         # No cache (no consumer, no producer) when no route's calls could be cached.
@@ -275,7 +286,8 @@ def build_worker(
                 metrics=metrics,
                 source=worker_source(settings.worker_id),
             )
-        built = build_processors(models, http, env, tools, cache=cache)
+        custom = {k: v for k, v in installed_kinds().items() if k in chosen}
+        built = build_processors(models, http, env, tools, cache=cache, custom=custom)
         _measure_breakers(metrics, built.values())
         processors = ProcessorService(
             bootstrap=bootstrap,

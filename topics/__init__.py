@@ -23,6 +23,7 @@ from topics._errors import (
     RetryableError,
 )
 from topics._events import (
+    BUILTIN_KINDS,
     ApprovalDecision,
     ApprovalRequested,
     ApprovalVerdict,
@@ -58,7 +59,14 @@ from topics._events import (
     Usage,
     WorkflowDefinition,
 )
-from topics._ids import ID_CHARACTERS, check_task_id, check_tenant
+from topics._ids import (
+    ID_CHARACTERS,
+    KIND_PATTERN,
+    RESERVED_KINDS,
+    check_kind,
+    check_task_id,
+    check_tenant,
+)
 from topics._json import (
     MAX_JSON_BYTES,
     MAX_JSON_DEPTH,
@@ -88,6 +96,9 @@ __all__ = [
     "DECISION_FORM",
     "DECISION_FORM_V3",
     "ID_CHARACTERS",
+    "KIND_PATTERN",
+    "RESERVED_KINDS",
+    "check_kind",
     "check_task_id",
     "client_source",
     "worker_source",
@@ -112,6 +123,7 @@ __all__ = [
     "ApprovalRequested",
     "ApprovalVerdict",
     "AttemptRecord",
+    "BUILTIN_KINDS",
     "BatonError",
     "Budget",
     "CacheEntry",

@@ -2,6 +2,11 @@
 
 Everything else refers to catalog entries (``catalog.tasks``, ``catalog.steps("llm")``), so a
 typo is an ``AttributeError`` at import rather than a silently empty stream.
+
+A step kind a package adds (``baton.processors``) has a request topic like a built-in's,
+``<prefix>.steps.<kind>``, for each kind of ``custom_kinds`` (the kinds installed where the
+catalog is built): ``create_topics`` makes them, and a kind not listed has no topic, so a
+request is never sent to a topic no worker created.
 """
 
 from __future__ import annotations
@@ -11,8 +16,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal
 
+from pydantic_core import PydanticCustomError
+
 from topics._errors import ConfigurationError
 from topics._events import (
+    BUILTIN_KINDS,
     ApprovalDecision,
     ApprovalRequested,
     CacheEntry,
@@ -32,6 +40,7 @@ from topics._events import (
     TimerFired,
     WorkflowDefinition,
 )
+from topics._ids import check_kind
 
 __all__ = [
     "DEFAULT_RETRY_TIERS",
@@ -117,13 +126,16 @@ class TopicCatalog:
         retry_tiers: The delayed-retry tiers, shortest first.
         run_retention_s: How long a finished run is remembered (its task id cannot start
             another run) and how long the run-state changelog keeps a record.
+        custom_kinds: The step kinds packages add (``baton.processors``) whose request
+            topics the catalog lists, as installed where it is built.
     """
 
     prefix: str = "baton"
     partitions: int = 12
     retry_tiers: tuple[RetryTier, ...] = DEFAULT_RETRY_TIERS
     run_retention_s: float = DEFAULT_RUN_RETENTION_S
-    _steps: dict[StepKind, Topic] = field(init=False, repr=False, compare=False)
+    custom_kinds: tuple[str, ...] = ()
+    _steps: dict[str, Topic] = field(init=False, repr=False, compare=False)
     _retries: dict[str, Topic] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -136,14 +148,11 @@ class TopicCatalog:
         tier_names = [tier.name for tier in self.retry_tiers]
         if len(set(tier_names)) != len(tier_names):
             raise ConfigurationError(f"retry tier names must be unique: {tier_names}")
+        for kind in self.custom_kinds:
+            if problem := _custom_kind_problem(kind):
+                raise ConfigurationError(f"custom step kind {kind!r}: {problem}")
         steps = {
-            kind: self._run_topic(
-                f"steps.{kind.value}",
-                (StepRequested,),
-                _DAY_MS,
-                f"coordinator / retry relay -> the {kind.value} processor",
-            )
-            for kind in StepKind
+            kind: self._step_topic(kind) for kind in (*BUILTIN_KINDS, *sorted(self.custom_kinds))
         }
         retries = {
             tier.name: self._run_topic(
@@ -159,6 +168,14 @@ class TopicCatalog:
 
     def _name(self, suffix: str) -> str:
         return f"{self.prefix}.{suffix}"
+
+    def _step_topic(self, kind: str) -> Topic:
+        return self._run_topic(
+            f"steps.{kind}",
+            (StepRequested,),
+            _DAY_MS,
+            f"coordinator / retry relay -> the {kind} processor",
+        )
 
     def _run_topic(
         self,
@@ -377,11 +394,18 @@ class TopicCatalog:
         )
 
     def steps(self, kind: StepKind | str) -> Topic:
-        """The request topic of one step kind."""
+        """The request topic of one step kind: a built-in one, or a listed custom kind's.
+
+        Raises:
+            ConfigurationError: ``kind`` is neither (the message lists the custom kinds).
+        """
         try:
-            return self._steps[StepKind(kind)]
-        except ValueError:
-            raise ConfigurationError(f"unknown step kind {kind!r}") from None
+            return self._steps[kind]
+        except KeyError:
+            custom = ", ".join(sorted(self.custom_kinds)) or "none"
+            raise ConfigurationError(
+                f"unknown step kind {str(kind)!r} (custom kinds installed: {custom})"
+            ) from None
 
     def retry(self, tier: str) -> Topic:
         """The delayed-retry topic of one tier."""
@@ -394,7 +418,8 @@ class TopicCatalog:
     def __iter__(self) -> Iterator[Topic]:
         """Every topic of the catalog, in a stable order."""
         yield self.tasks
-        yield from self._steps.values()
+        for kind in (*BUILTIN_KINDS, *sorted(self.custom_kinds)):
+            yield self._steps[kind]
         yield self.step_results
         yield from self._retries.values()
         yield self.dead_letter
@@ -417,3 +442,12 @@ class TopicCatalog:
             if topic.name == name:
                 return topic
         raise ConfigurationError(f"{name!r} is not a baton topic under prefix {self.prefix!r}")
+
+
+def _custom_kind_problem(kind: str) -> str:
+    """Why ``kind`` cannot be a custom step kind, or ``""``."""
+    try:
+        check_kind(kind)
+    except PydanticCustomError as exc:
+        return str(exc)
+    return ""

@@ -22,13 +22,14 @@ from pydantic import (
     model_validator,
 )
 
-from topics._ids import check_task_id, check_tenant
+from topics._ids import check_kind, check_task_id, check_tenant
 
 __all__ = [
     "ApprovalDecision",
     "ApprovalRequested",
     "ApprovalVerdict",
     "AttemptRecord",
+    "BUILTIN_KINDS",
     "Budget",
     "CacheEntry",
     "CachedToolCall",
@@ -92,7 +93,11 @@ class Event(Record):
 
 
 class StepKind(StrEnum):
-    """What a step does; each kind has its own request topic and processor."""
+    """What a step does; each kind has its own request topic and processor.
+
+    ``custom`` is not a kind of its own: it marks a request for a kind a package registered
+    (entry-point group ``baton.processors``), whose name travels in ``custom_kind``.
+    """
 
     llm = "llm"
     tool = "tool"
@@ -100,6 +105,11 @@ class StepKind(StrEnum):
     validate = "validate"
     transform = "transform"
     agent = "agent"
+    custom = "custom"  # added last: Avro enums only grow at the end
+
+
+#: The kinds baton has processors for itself, each with its request topic.
+BUILTIN_KINDS: tuple[StepKind, ...] = tuple(k for k in StepKind if k is not StepKind.custom)
 
 
 class StepStatus(StrEnum):
@@ -241,6 +251,21 @@ class StepRequested(Event):
     retry_tier: str | None = Field(
         default=None, description="Delayed retries: the retry tier it waits in (5s, 1m, ...)."
     )
+    custom_kind: Annotated[str, AfterValidator(check_kind)] | None = Field(
+        default=None,
+        description="The name of a kind a package registered, when kind is custom.",
+    )
+
+    @model_validator(mode="after")
+    def _custom_kind_named(self) -> StepRequested:
+        if (self.kind is StepKind.custom) != (self.custom_kind is not None):
+            raise ValueError("custom_kind is given exactly when kind is custom")
+        return self
+
+    @property
+    def kind_name(self) -> str:
+        """The step's kind: a built-in kind's value, or the custom kind's name."""
+        return self.kind.value if self.custom_kind is None else self.custom_kind
 
 
 class StepResult(Event):

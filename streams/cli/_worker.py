@@ -6,28 +6,25 @@ import asyncio
 
 import click
 
-from streams.app import PROCESSOR_KINDS, build_worker
+from streams.app import build_worker, processor_kinds
 from streams.cli._main import console, settings
 from streams.localkafka import resolve_bootstrap
-from topics import ConfigurationError, StepKind, create_topics
+from topics import ConfigurationError, create_topics
 
 
-def _kinds(value: str | None) -> list[StepKind] | None:
+def _kinds(value: str | None) -> list[str] | None:
+    """The kinds ``--processors`` names: built-in ones and custom kinds installed here."""
     if value is None:
         return None
     if value.strip() == "none":
         return []
     kinds = []
-    known = ", ".join(k.value for k in PROCESSOR_KINDS)
+    runnable = processor_kinds()
+    known = ", ".join(runnable)
     for name in value.split(","):
-        try:
-            kind = StepKind(name.strip())
-        except ValueError:
-            raise ConfigurationError(
-                f"--processors: unknown step kind {name!r} ({known})"
-            ) from None
-        if kind not in PROCESSOR_KINDS:
-            raise ConfigurationError(f"--processors: no processor for {kind.value} yet ({known})")
+        kind = name.strip()
+        if kind not in runnable:
+            raise ConfigurationError(f"--processors: unknown step kind {kind!r} ({known})")
         kinds.append(kind)
     return kinds
 
@@ -62,6 +59,6 @@ def worker(processors: str | None, no_coordinator: bool, loglevel: str) -> None:
     if built.runtime is not None:
         roles.append(f"coordinator ({config.processing_guarantee}, API on {config.api})")
     if kinds != []:
-        roles.append("processors: " + ", ".join(k.value for k in (kinds or PROCESSOR_KINDS)))
+        roles.append("processors: " + ", ".join(kinds or processor_kinds()))
     console.print(f"worker [bold]{config.worker_id}[/] on {bootstrap}: " + "; ".join(roles))
     built.run()

@@ -11,11 +11,19 @@ from rich.markup import escape
 from rich.table import Table
 
 from processors import ModelCatalog, is_template, load_model_catalog
+from processors import installed_kinds as kinds
 from streams._config import Settings
 from streams._workflows import deploy_workflows, read_workflows
 from streams.cli._main import console, settings
 from streams.localkafka import resolve_bootstrap
-from streams.workflow import LlmStep, Workflow, WorkflowError, WorkflowSpec, load_workflow
+from streams.workflow import (
+    LlmStep,
+    Workflow,
+    WorkflowError,
+    check_kinds,
+    editor_schema,
+    load_workflow,
+)
 from topics import ConfigurationError
 
 __all__ = ["check_routes", "workflows_group"]
@@ -54,10 +62,12 @@ def _load_all(files: tuple[Path, ...], config: Settings) -> list[Workflow]:
     if not files:
         raise ConfigurationError("give at least one workflow file")
     models = load_model_catalog(config.models_file) if config.models_file else None
+    installed = kinds()
     loaded, problems = [], []
     for path in files:
         try:
             workflow = load_workflow(path)
+            check_kinds(workflow, installed, str(path))
             if models is not None:
                 check_routes(workflow, models, str(path))
             loaded.append(workflow)
@@ -71,7 +81,7 @@ def _load_all(files: tuple[Path, ...], config: Settings) -> list[Workflow]:
 @workflows_group.command("validate")
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 def validate(files: tuple[Path, ...]) -> None:
-    """Check workflow files (and their routes, when BATON_MODELS_FILE is set)."""
+    """Check workflow files: custom kinds and their params, routes (with BATON_MODELS_FILE)."""
     for workflow in _load_all(files, settings()):
         console.print(
             f"[green]ok[/]  {escape(workflow.name)} v{workflow.spec.version} "
@@ -116,6 +126,11 @@ def list_() -> None:
 
 
 @workflows_group.command("schema")
-def schema() -> None:
+@click.option(
+    "--installed-kinds",
+    is_flag=True,
+    help="Spell out the params of the custom step kinds installed here.",
+)
+def schema(installed_kinds: bool) -> None:
     """Print the JSON Schema of workflow files (for editors)."""
-    click.echo(json.dumps(WorkflowSpec.model_json_schema(by_alias=True), indent=2))
+    click.echo(json.dumps(editor_schema(kinds() if installed_kinds else None), indent=2))

@@ -65,7 +65,8 @@ class Context:
         workflow: The run's workflow version (for a task: the version it asks for, or the
             latest deployed), or ``None`` when it is not deployed.
         tiers: The delayed-retry tiers, shortest first.
-        catalog: The topics (named in dead letters); ``None`` leaves dead letters out.
+        catalog: The topics (named in dead letters; its custom kinds are those a step may
+            be dispatched to); ``None`` leaves dead letters out and checks no kind.
         codec: Encodes the request a dead letter keeps; ``None`` leaves dead letters out.
         policies: The organisation's policies (approval gates, ...).
         access: Reviewers' groups and the keys decisions are signed with.

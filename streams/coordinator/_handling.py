@@ -366,7 +366,7 @@ class Handler:
             topic = (
                 self.catalog.retry(event.retry_tier)
                 if event.retry_tier
-                else self.catalog.steps(event.kind)
+                else self.catalog.steps(event.kind_name)
             )
         else:
             topic = self._routes[type(event)]

@@ -2,8 +2,8 @@
 
 ``llm`` and ``agent`` steps get their messages rendered here (the coordinator needs them
 anyway, to know what it is sending and what it may cost); so do ``tool`` arguments and
-``retrieve`` queries. ``transform`` and ``validate`` steps get their templates and the run
-context, and the processor renders them.
+``retrieve`` queries and a custom kind's ``params``. ``transform`` and ``validate`` steps get
+their templates and the run context, and the processor renders them.
 
 A tool call an agent's model asked for carries the model's arguments exactly as given: they
 are data, never rendered as templates.
@@ -27,6 +27,7 @@ from streams.coordinator._state import StepState
 from streams.workflow import (
     AgentStep,
     ContextReads,
+    CustomStep,
     LlmStep,
     RetrieveStep,
     StepSpec,
@@ -72,6 +73,8 @@ def request_params(
         return {"source": spec.source, "query": _text(query), "top_k": spec.top_k}, None
     if isinstance(spec, TransformStep):
         return {"output": spec.output}, _narrowed(context, reads)
+    if isinstance(spec, CustomStep):
+        return render_value(spec.params, context), None
     assert isinstance(spec, ValidateStep)
     params: dict[str, JsonValue] = {
         "value": spec.value,

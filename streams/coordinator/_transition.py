@@ -22,6 +22,7 @@ from streams.coordinator._state import RunState, StepPhase, StepState
 from streams.workflow import (
     DEFAULT_TIMEOUTS,
     AgentStep,
+    CustomStep,
     LlmStep,
     StepSpec,
     TransformStep,
@@ -29,6 +30,7 @@ from streams.workflow import (
     Workflow,
 )
 from topics import (
+    BUILTIN_KINDS,
     Budget,
     Event,
     PermanentError,
@@ -48,6 +50,9 @@ if TYPE_CHECKING:
     from streams.coordinator._decide import Context, Decision
 
 __all__ = ["Transition", "add_usage", "args_digest"]
+
+#: A built-in kind's wire value by name; any other kind travels as ``custom`` + its name.
+_BUILTIN_KINDS = {kind.value: kind for kind in BUILTIN_KINDS}
 
 _OUTCOMES = {
     StepPhase.succeeded: StepOutcome.succeeded,
@@ -319,12 +324,14 @@ class Transition:
         key = self.idempotency_key(name)
         if step.edited_args is not None and isinstance(params, dict):
             params = {**params, "args": step.edited_args}
+        builtin = _BUILTIN_KINDS.get(spec.kind)
         # Built from the run's valid state and rendered templates (JSON by construction):
         # not validated again. The processor that reads it validates what it received.
         return StepRequested.model_construct(
             run_id=self.old.run_id,
             step=name,
-            kind=StepKind(spec.kind),
+            kind=StepKind.custom if builtin is None else builtin,
+            custom_kind=spec.kind if builtin is None else None,
             attempt=attempt,
             idempotency_key=key,
             workflow=self.old.workflow,
@@ -365,6 +372,18 @@ class Transition:
         if self.hold is not None:
             self.hold_step(name)
             return
+        spec = self.spec(name)
+        catalog = self.context.catalog
+        if isinstance(spec, CustomStep) and catalog is not None:
+            if spec.kind not in catalog.custom_kinds:
+                installed = ", ".join(sorted(catalog.custom_kinds)) or "none"
+                self.fail_step(
+                    name,
+                    "UnknownStepKind",
+                    f"steps.{name}: step kind {spec.kind!r} is not installed on this "
+                    f"coordinator (custom kinds installed: {installed})",
+                )
+                return
         budget: Budget = self.old.budget
         dispatches: int = self.get("dispatches")
         if budget.max_steps is not None and dispatches >= budget.max_steps:

@@ -1,11 +1,14 @@
 """Workflows: the YAML format, loading and checking, and content-hash versions."""
 
+from streams.workflow._schema import editor_schema
 from streams.workflow._spec import (
+    CUSTOM_TIMEOUT,
     DEFAULT_TIMEOUTS,
     AgentStep,
     ApprovalStep,
     BackoffSpec,
     BudgetSpec,
+    CustomStep,
     Duration,
     EscalationLevel,
     LlmStep,
@@ -27,11 +30,13 @@ from streams.workflow._workflow import (
     ContextReads,
     Workflow,
     WorkflowError,
+    check_kinds,
     load_workflow,
     parse_workflow,
 )
 
 __all__ = [
+    "CUSTOM_TIMEOUT",
     "DEFAULT_TIMEOUTS",
     "ContextReads",
     "AgentStep",
@@ -41,6 +46,7 @@ __all__ = [
     "EscalationLevel",
     "BackoffSpec",
     "BudgetSpec",
+    "CustomStep",
     "Duration",
     "LlmStep",
     "Message",
@@ -55,6 +61,8 @@ __all__ = [
     "Workflow",
     "WorkflowError",
     "WorkflowSpec",
+    "check_kinds",
+    "editor_schema",
     "load_workflow",
     "parse_duration",
     "parse_workflow",

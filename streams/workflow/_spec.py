@@ -17,13 +17,17 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     JsonValue,
+    Tag,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+
+from topics import KIND_PATTERN, check_kind
 
 __all__ = [
     "AgentStep",
@@ -34,6 +38,8 @@ __all__ = [
     "EscalationLevel",
     "BackoffSpec",
     "BudgetSpec",
+    "CUSTOM_TIMEOUT",
+    "CustomStep",
     "Duration",
     "LlmStep",
     "Message",
@@ -117,6 +123,9 @@ DEFAULT_TIMEOUTS: dict[str, float] = {
     "validate": 30.0,
     "approval": 86400.0,  # people: a day per level unless the workflow says otherwise
 }
+
+#: How long an attempt of a custom kind may take unless its step says (``timeout:``).
+CUSTOM_TIMEOUT = 60.0
 
 
 class _Spec(BaseModel):
@@ -331,6 +340,34 @@ class ValidateStep(_StepBase):
         return self
 
 
+class CustomStep(_StepBase):
+    """A step of a kind a package adds (entry-point group ``baton.processors``).
+
+    ``params`` go to the kind's processor, template strings rendered. They are checked
+    against the kind's parameter model when the workflow is deployed; a field holding a
+    template is checked once rendered, by the processor.
+    """
+
+    kind: Annotated[
+        str,
+        AfterValidator(check_kind),
+        WithJsonSchema(
+            {
+                "type": "string",
+                "pattern": KIND_PATTERN,
+                "maxLength": 64,
+                "not": {"enum": sorted([*DEFAULT_TIMEOUTS, "custom"])},
+                "description": "A custom step kind, as installed (`baton.processors`).",
+            }
+        ),
+    ]
+    params: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        description="The kind's parameters, as its parameter model says; template strings "
+        "are rendered.",
+    )
+
+
 PRINCIPAL_PATTERN = r"^(user|group):[A-Za-z0-9_.@-]+$"
 Principal = Annotated[str, Field(pattern=PRINCIPAL_PATTERN)]
 
@@ -377,9 +414,24 @@ class ApprovalStep(_StepBase):
         return self
 
 
+def _step_tag(value: Any) -> str | None:
+    """Which model a step is: its kind when built in, ``custom`` for any other name."""
+    kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+    if kind is None:
+        return None
+    return kind if isinstance(kind, str) and kind in DEFAULT_TIMEOUTS else "custom"
+
+
 StepSpec = Annotated[
-    LlmStep | AgentStep | ToolStep | RetrieveStep | TransformStep | ValidateStep | ApprovalStep,
-    Field(discriminator="kind"),
+    Annotated[LlmStep, Tag("llm")]
+    | Annotated[AgentStep, Tag("agent")]
+    | Annotated[ToolStep, Tag("tool")]
+    | Annotated[RetrieveStep, Tag("retrieve")]
+    | Annotated[TransformStep, Tag("transform")]
+    | Annotated[ValidateStep, Tag("validate")]
+    | Annotated[ApprovalStep, Tag("approval")]
+    | Annotated[CustomStep, Tag("custom")],
+    Discriminator(_step_tag),
 ]
 
 

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from processors import (
     TEMPLATE_GLOBALS,
+    InstalledKind,
     TemplateError,
     compile_expression,
     compile_template,
@@ -30,9 +31,11 @@ from processors import (
 )
 from processors import references as template_references
 from streams.workflow._spec import (
+    CUSTOM_TIMEOUT,
     DEFAULT_TIMEOUTS,
     AgentStep,
     ApprovalStep,
+    CustomStep,
     LlmStep,
     RetrieveStep,
     StepSpec,
@@ -43,7 +46,14 @@ from streams.workflow._spec import (
 )
 from topics import ConfigurationError, YamlLimitExceeded, load_yaml
 
-__all__ = ["ContextReads", "Workflow", "WorkflowError", "load_workflow", "parse_workflow"]
+__all__ = [
+    "ContextReads",
+    "Workflow",
+    "WorkflowError",
+    "check_kinds",
+    "load_workflow",
+    "parse_workflow",
+]
 
 _CONTEXT_NAMES = frozenset({"input", "steps", "run"})
 
@@ -92,7 +102,9 @@ class Workflow:
     def timeout(self, name: str) -> float:
         """Seconds an attempt of a step may take."""
         step = self.spec.steps[name]
-        return step.timeout if step.timeout is not None else DEFAULT_TIMEOUTS[step.kind]
+        if step.timeout is not None:
+            return step.timeout
+        return DEFAULT_TIMEOUTS.get(step.kind, CUSTOM_TIMEOUT)
 
     def tool_call_step(self, agent: str, tool: str) -> ToolStep:
         """The ``tool`` step a call of ``agent``'s model to ``tool`` runs as (built once).
@@ -211,6 +223,59 @@ def parse_workflow(text: str, origin: str = "<workflow>") -> Workflow:
     )
 
 
+def check_kinds(workflow: Workflow, kinds: Mapping[str, InstalledKind], origin: str) -> None:
+    """Every custom step's kind must be installed, and its ``params`` fit the kind's model.
+
+    A field holding a template (or inside one) is left to the processor, which checks the
+    rendered value: ``threshold: "{{ input.threshold }}"`` is only a number at run time.
+
+    Args:
+        workflow: A parsed workflow.
+        kinds: The custom kinds installed (``processors.installed_kinds()``).
+        origin: Where it came from, for the messages (a file name).
+
+    Raises:
+        WorkflowError: Names every step whose kind is unknown or whose params are wrong.
+    """
+    problems = []
+    installed = ", ".join(sorted(kinds)) or "none"
+    for name, step in workflow.spec.steps.items():
+        if not isinstance(step, CustomStep):
+            continue
+        kind = kinds.get(step.kind)
+        if kind is None:
+            problems.append(
+                f"steps.{name}.kind: unknown step kind {step.kind!r} (built in: "
+                f"{', '.join(DEFAULT_TIMEOUTS)}; custom kinds installed: {installed})"
+            )
+            continue
+        try:
+            kind.processor.params_model.model_validate(step.params)
+        except ValidationError as exc:
+            for error in exc.errors():
+                loc = [str(part) for part in error["loc"]]
+                if not _under_template(step.params, error["loc"]):
+                    where = ".".join([f"steps.{name}.params", *loc])
+                    message = error["msg"].removeprefix("Value error, ")
+                    problems.append(f"{where}: {message} ({step.kind} params)")
+    if problems:
+        raise WorkflowError(origin, problems)
+
+
+def _under_template(value: Any, loc: tuple[int | str, ...]) -> bool:
+    """Whether the value at ``loc`` in ``value``, or one holding it, is a template string."""
+    for part in loc:
+        if isinstance(value, str):
+            break
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value):
+            value = value[part]
+        else:
+            return False
+    return isinstance(value, str) and is_template(value)
+
+
 def _yaml_problem(error: yaml.YAMLError) -> str:
     if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
         mark = error.problem_mark
@@ -221,14 +286,15 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
 def _describe(error: Any) -> str:
     loc = list(error["loc"])
     # A discriminated union puts the step's kind in the location: steps.draft.llm.model.
-    if len(loc) >= 3 and loc[0] == "steps" and loc[2] in DEFAULT_TIMEOUTS:
+    if len(loc) >= 3 and loc[0] == "steps" and (loc[2] in DEFAULT_TIMEOUTS or loc[2] == "custom"):
         del loc[2]
     where = ".".join(str(part) for part in loc) or "(workflow)"
     message = error["msg"].removeprefix("Value error, ")
+    kinds = f"use one of: {', '.join(DEFAULT_TIMEOUTS)}, or a custom kind"
     if error["type"] == "union_tag_invalid":
-        message = f"unknown kind; use one of: {', '.join(DEFAULT_TIMEOUTS)}"
+        message = f"unknown kind; {kinds}"
     elif error["type"] == "union_tag_not_found":
-        message = f"missing `kind`; use one of: {', '.join(DEFAULT_TIMEOUTS)}"
+        message = f"missing `kind`; {kinds}"
     return f"{where}: {message}"
 
 
@@ -372,6 +438,9 @@ def _templates_of(name: str, step: StepSpec) -> Iterator[tuple[str, str, bool, f
             yield where, text, False, frozenset()
         for index, rule in enumerate(step.rules):
             yield f"{base}.rules[{index}].check", rule.check, True, frozenset({"value"})
+    elif isinstance(step, CustomStep):
+        for where, text in _strings(step.params, f"{base}.params"):
+            yield where, text, False, frozenset()
     elif isinstance(step, ApprovalStep):
         yield f"{base}.reason", step.reason, False, frozenset()
         for where, text in _strings(step.show, f"{base}.show"):

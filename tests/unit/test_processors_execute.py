@@ -28,7 +28,7 @@ from processors import (
     execute,
 )
 from tests.fakes.steps import DISPATCHED_AT, step_request
-from topics import StepKind, StepRequested, StepResult, StepStatus, Usage
+from topics import BUILTIN_KINDS, StepKind, StepRequested, StepResult, StepStatus, Usage
 
 REQUEST = step_request(StepKind.transform, {"output": 1}, {}, step="shape", attempt=3)
 
@@ -170,7 +170,7 @@ async def test_build_processors_covers_every_step_kind_a_worker_runs() -> None:
     async with httpx.AsyncClient() as client:
         built = build_processors(ModelCatalog(routes={}), client, {})
 
-    assert set(built) == set(StepKind)
+    assert set(built) == set(BUILTIN_KINDS)
     assert isinstance(built[StepKind.llm], LlmProcessor)
     assert isinstance(built[StepKind.agent], processors.AgentProcessor)
     assert isinstance(built[StepKind.tool], processors.ToolProcessor)
@@ -189,11 +189,19 @@ def test_the_public_surface_is_pinned() -> None:
         "ChatMessage",
         "CircuitOpen",
         "Completion",
+        "CustomKindProcessor",
+        "CustomProcessor",
         "Expression",
         "HttpSourceSpec",
         "HttpToolSpec",
         "INTERNAL_ERROR",
+        "InstalledKind",
         "InvalidParams",
+        "KIND_ENTRY_POINT_GROUP",
+        "KindFailed",
+        "KindSetup",
+        "KindTimeout",
+        "KindUnavailable",
         "LlmParams",
         "LlmProcessor",
         "LocalSourceSpec",
@@ -264,7 +272,9 @@ def test_the_public_surface_is_pinned() -> None:
         "compile_template",
         "current_stream",
         "execute",
+        "installed_kinds",
         "is_template",
+        "load_kinds",
         "load_model_catalog",
         "load_tools",
         "references",

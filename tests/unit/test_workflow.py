@@ -64,13 +64,15 @@ def test_unknown_steps_and_kinds() -> None:
         "  a: {kind: transform, output: 1}\n"
         "  b: {kind: transform, output: 1, after: [a, polcy]}\n"
     ) == ["steps.b.after: unknown step 'polcy' (steps: a, b)"]
-    assert _problems("workflow: w\nversion: 1\nsteps:\n  a: {kind: sql}\n") == [
-        "steps.a: unknown kind; "
-        "use one of: llm, agent, tool, retrieve, transform, validate, approval"
+    # Any other name is a custom kind (whether it is installed is checked at deploy), but
+    # only a name a topic can carry.
+    assert _problems("workflow: w\nversion: 1\nsteps:\n  a: {kind: SQL}\n") == [
+        "steps.a.kind: 'SQL' is not a step kind name: use lower-case words of a-z 0-9 _ "
+        "joined by dots, each starting with a letter (sentiment, acme.score)"
     ]
     assert _problems("workflow: w\nversion: 1\nsteps:\n  a: {output: 1}\n") == [
         "steps.a: missing `kind`; "
-        "use one of: llm, agent, tool, retrieve, transform, validate, approval"
+        "use one of: llm, agent, tool, retrieve, transform, validate, approval, or a custom kind"
     ]
 
 
