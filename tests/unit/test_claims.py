@@ -51,9 +51,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
 def document(size: int) -> dict[str, object]:
     return {
         "query": "contract",
-        "documents": [
-            {"id": "c.md#0", "text": "x" * size, "metadata": {"title": "The contract"}}
-        ],
+        "documents": [{"id": "c.md#0", "text": "x" * size, "metadata": {"title": "The contract"}}],
     }
 
 
