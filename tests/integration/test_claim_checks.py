@@ -14,6 +14,7 @@ rejected saying so, and the worker goes on.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,14 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from processors import BlobReference, BlobStore, Claims, LocalBlobStore
 from processors._s3 import S3BlobStore
 from processors._sources import LocalCollection
 from streams._client import BatonClient
 from tests.fakes import ChatAnswer, FakeOpenAIServer, RecordedRequest
-from tests.integration.workers import Cluster, Workers, api_access, ops, read_topic
+from tests.integration.workers import Cluster, Workers, api_access, ops
 from tests.s3_server import CREDENTIALS, S3Server, s3_server
 from topics import RunStatus, TaskSubmitted
 
@@ -120,15 +122,32 @@ def setup(
 
 
 async def largest_record(cluster: Cluster) -> tuple[int, str]:
-    """The largest record value on any topic of the catalog, and its topic."""
-    largest = (0, "")
-    for topic in cluster.catalog:
-        values = await read_topic(
-            cluster.bootstrap, topic.name, topic.partitions, committed_only=False
-        )
-        for value in values:
-            largest = max(largest, (len(value), topic.name))
-    return largest
+    """The largest record value on any topic of the catalog (aborted ones too), and its topic.
+
+    One consumer reads every partition of every topic to its end offsets.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=cluster.bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        isolation_level="read_uncommitted",
+        max_partition_fetch_bytes=2 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t.name, p) for t in cluster.catalog for p in range(t.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        largest, deadline = (0, ""), time.monotonic() + 60
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            assert time.monotonic() < deadline, "could not read the topics to their ends"
+            for tp, records in (await consumer.getmany(timeout_ms=200)).items():
+                for record in records:
+                    largest = max(largest, (len(record.value or b""), tp.topic))
+        return largest
+    finally:
+        await consumer.stop()
 
 
 async def run_state(worker_api: str, run_id: str) -> dict[str, Any]:
