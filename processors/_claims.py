@@ -67,7 +67,8 @@ MAX_BLOB_BYTES = 256 * 1024 * 1024
 
 _MARKER = REFERENCE_KEY.encode()
 _HEX = re.compile(r"^[0-9a-f]{64}$")
-_RUN = re.compile(r"^[A-Za-z0-9._:@-]{1,256}$")
+#: A run id as ``topics.check_task_id`` allows it: never a path (``..``, ``/``).
+_RUN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
 
 
 class BlobMissing(PermanentError):
@@ -362,31 +363,43 @@ class Claims:
 
     # -- resolving --------------------------------------------------------------------------
 
-    async def resolve(self, value: JsonValue) -> JsonValue:
+    async def resolve(self, value: JsonValue, run: str | None = None) -> JsonValue:
         """``value`` with every reference replaced by the payload it names.
+
+        Args:
+            value: The value.
+            run: The run the value belongs to: a reference to another run's blob is refused
+                (a task could otherwise read any run's payloads, another tenant's too).
+                ``None`` (a downstream reader, ops) accepts any run.
 
         Raises:
             BlobMissing: A reference names a blob the store does not have.
-            BlobCorrupt: A blob does not match its reference, or a reference is malformed.
+            BlobCorrupt: A blob does not match its reference, a reference is malformed, or
+                it names another run.
             BlobStoreUnavailable: The store did not answer.
         """
         if not isinstance(value, dict | list) or _MARKER not in orjson.dumps(value):
             return value
-        resolved: JsonValue = await self._resolved(value, 0)
+        resolved: JsonValue = await self._resolved(value, run, 0)
         return resolved
 
-    async def _resolved(self, value: Any, depth: int) -> Any:
+    async def _resolved(self, value: Any, run: str | None, depth: int) -> Any:
         if depth > MAX_JSON_DEPTH:
             raise BlobCorrupt(f"blob references nest deeper than {MAX_JSON_DEPTH} levels")
         if isinstance(value, dict):
             reference = BlobReference.parse(value)
             if reference is not None:
-                return await self._resolved(await self.fetch(reference), depth + 1)
+                if run is not None and reference.run != run:
+                    raise BlobCorrupt(
+                        f"a reference to blob sha256:{reference.digest} of run "
+                        f"{reference.run} in run {run}: a run reads only its own blobs"
+                    )
+                return await self._resolved(await self.fetch(reference), run, depth + 1)
             keys = list(value)
-            values = await asyncio.gather(*(self._resolved(value[k], depth + 1) for k in keys))
+            values = await asyncio.gather(*(self._resolved(value[k], run, depth + 1) for k in keys))
             return dict(zip(keys, values, strict=True))
         if isinstance(value, list):
-            return list(await asyncio.gather(*(self._resolved(v, depth + 1) for v in value)))
+            return list(await asyncio.gather(*(self._resolved(v, run, depth + 1) for v in value)))
         return value
 
     async def fetch(self, reference: BlobReference) -> JsonValue:

@@ -445,8 +445,8 @@ class _Resolving:
         self._claims = claims
 
     async def run(self, request: StepRequested) -> StepOutput:
-        params = await self._claims.resolve(request.params)
-        context = await self._claims.resolve(request.context)
+        params = await self._claims.resolve(request.params, request.run_id)
+        context = await self._claims.resolve(request.context, request.run_id)
         if params is not request.params or context is not request.context:
             request = request.model_copy(update={"params": params, "context": context})
         return await self._inner.run(request)

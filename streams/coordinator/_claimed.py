@@ -59,16 +59,18 @@ async def resolve_state(claims: Claims, state: RunState | None) -> RunState | No
     for name in ("input", "output"):
         value = getattr(state, name)
         if holds_reference(value):
-            update[name] = await claims.resolve(value)
+            update[name] = await claims.resolve(value, state.run_id)
     steps: dict[str, StepState] = {}
     for name, step in state.steps.items():
         changes: dict[str, Any] = {}
         if holds_reference(step.output):
-            changes["output"] = await claims.resolve(step.output)
+            changes["output"] = await claims.resolve(step.output, state.run_id)
         if any(holds_reference(m) for m in step.conversation):
-            changes["conversation"] = [await claims.resolve(m) for m in step.conversation]
+            changes["conversation"] = [
+                await claims.resolve(m, state.run_id) for m in step.conversation
+            ]
         if step.approval is not None and holds_reference(step.approval.context):
-            context = await claims.resolve(step.approval.context)
+            context = await claims.resolve(step.approval.context, state.run_id)
             changes["approval"] = step.approval.model_copy(update={"context": context})
         if changes:
             steps[name] = step.model_copy(update=changes)
@@ -80,9 +82,9 @@ async def resolve_state(claims: Claims, state: RunState | None) -> RunState | No
 async def resolve_event(claims: Claims, event: Inbound) -> Inbound:
     """The inbound event with its payload (a task's input, a step's output) resolved."""
     if isinstance(event, TaskSubmitted) and holds_reference(event.input):
-        return event.model_copy(update={"input": await claims.resolve(event.input)})
+        return event.model_copy(update={"input": await claims.resolve(event.input, event.task_id)})
     if isinstance(event, StepResult) and holds_reference(event.output):
-        return event.model_copy(update={"output": await claims.resolve(event.output)})
+        return event.model_copy(update={"output": await claims.resolve(event.output, event.run_id)})
     return event
 
 

@@ -7,8 +7,8 @@ downstream consumer would read it), and no record on any topic of the catalog is
 claim threshold. Once with a local directory store, once with an S3 bucket on moto's S3
 server (the real S3 wire format, through boto3).
 
-Hostile: a task whose input names a missing blob, or a blob whose bytes were altered, is
-rejected saying so, and the worker goes on.
+Hostile: a task whose input names a missing blob, a blob whose bytes were altered, or another
+run's blob, is rejected saying so, and the worker goes on.
 """
 
 from __future__ import annotations
@@ -278,6 +278,10 @@ async def test_a_missing_or_altered_blob_rejects_the_task_saying_so_and_work_goe
         TaskSubmitted(
             task_id="altered-1", workflow="contract-review", input={"query": altered.to_json()}
         ),
+        # A task naming another run's blob: it would read that run's payload.
+        TaskSubmitted(
+            task_id="thief-1", workflow="contract-review", input={"query": altered.to_json()}
+        ),
         TaskSubmitted(task_id="fine-1", workflow="contract-review", input={"query": "clause"}),
     ]
     async with BatonClient(cluster.bootstrap, cluster.catalog) as client:
@@ -289,4 +293,7 @@ async def test_a_missing_or_altered_blob_rejects_the_task_saying_so_and_work_goe
     assert "is not in the local store" in lost.reason
     assert bad.status == RunStatus.rejected
     assert bad.reason is not None and "does not match its hash" in bad.reason, bad.reason
+    thief = results["thief-1"]
+    assert thief.status == RunStatus.rejected
+    assert thief.reason is not None and "reads only its own blobs" in thief.reason
     assert fine.status == RunStatus.completed, fine.reason

@@ -146,6 +146,14 @@ async def test_the_sweeper_deletes_runs_past_retention_and_keeps_the_rest(
     assert await sweeper.sweep() == 0
 
 
+async def test_a_run_reads_only_its_own_blobs(tmp_path: Path) -> None:
+    claims = Claims(LocalBlobStore(tmp_path), THRESHOLD)
+    claimed = await claims.claim("tenant-a-run", "secret " * 2000)
+    assert await claims.resolve(claimed, "tenant-a-run") == "secret " * 2000
+    with pytest.raises(BlobCorrupt, match="a run reads only its own blobs"):
+        await claims.resolve({"stolen": claimed}, "tenant-b-run")
+
+
 def test_the_blob_store_setting_names_a_directory_or_a_bucket(tmp_path: Path) -> None:
     assert isinstance(open_blob_store(str(tmp_path)), LocalBlobStore)
     assert isinstance(open_blob_store(f"file://{tmp_path}"), LocalBlobStore)
