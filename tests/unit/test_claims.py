@@ -21,13 +21,17 @@ from processors import (
     BlobStore,
     Claims,
     LocalBlobStore,
+    TransformProcessor,
+    execute,
 )
 from processors._claims import holds_reference
 from processors._s3 import S3BlobStore
 from streams._blobs import BlobSweeper, open_blob_store
 from streams._config import load_settings
+from streams._processing import _Resolving
+from tests.fakes.steps import DISPATCHED_AT, step_request
 from tests.s3_server import S3Server, s3_server
-from topics import ConfigurationError
+from topics import ConfigurationError, StepKind, StepStatus
 
 THRESHOLD = 4096
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
@@ -172,3 +176,27 @@ def test_the_blob_store_setting_names_a_directory_or_a_bucket(tmp_path: Path) ->
 def test_holds_reference_finds_a_nested_reference() -> None:
     assert not holds_reference({"a": ["b"]})
     assert holds_reference({"a": [BlobReference("0" * 64, 1, "r").to_json()]})
+
+
+async def test_a_processor_sees_the_payload_and_a_missing_one_fails_the_attempt(
+    tmp_path: Path,
+) -> None:
+    claims = Claims(LocalBlobStore(tmp_path), THRESHOLD)
+    text = "clause " * 2000
+    context = await claims.claim("run-1", {"steps": {"fetch": {"output": text}}})
+    request = step_request(
+        StepKind.transform, {"output": "{{ steps.fetch.output | length }}"}, context
+    )
+    transform = _Resolving(TransformProcessor(), Claims(LocalBlobStore(tmp_path), THRESHOLD))
+    result = await execute(transform, request, worker="w", now=lambda: DISPATCHED_AT)
+    assert result.status is StepStatus.ok and result.output == len(text)
+
+    lost = step_request(
+        StepKind.transform,
+        {"output": "{{ steps.fetch.output }}"},
+        {"steps": {"fetch": {"output": BlobReference("cd" * 32, 9, "run-1").to_json()}}},
+    )
+    result = await execute(transform, lost, worker="w", now=lambda: DISPATCHED_AT)
+    assert result.status is StepStatus.failed and result.error is not None
+    assert (result.error.error_class, result.error.retryable) == ("BlobMissing", False)
+    assert "runs/run-1/cdcd" in result.error.message
