@@ -272,7 +272,7 @@ async def test_a_missing_or_altered_blob_rejects_the_task_saying_so_and_work_goe
     text = orjson.dumps("q" * 4000)
     altered = BlobReference(hashlib.sha256(text).hexdigest(), len(text), "altered-1")
     await store.put(altered.key(), orjson.dumps("z" * 4000))
-    workers.start("w1")
+    worker = workers.start("w1")
     tasks = [
         TaskSubmitted(task_id="lost-1", workflow="contract-review", input={"query": missing}),
         TaskSubmitted(
@@ -282,11 +282,23 @@ async def test_a_missing_or_altered_blob_rejects_the_task_saying_so_and_work_goe
         TaskSubmitted(
             task_id="thief-1", workflow="contract-review", input={"query": altered.to_json()}
         ),
-        TaskSubmitted(task_id="fine-1", workflow="contract-review", input={"query": "clause"}),
     ]
+    # Through the API, a 600 KB input: stored before the task is published.
+    notes = "n" * 600_000
+    async with httpx.AsyncClient() as http:
+        posted = await http.post(
+            f"{worker.api}/v1/tasks",
+            json={
+                "task_id": "fine-1",
+                "workflow": "contract-review",
+                "input": {"query": "clause", "notes": notes},
+            },
+            headers=ops(),
+        )
+    assert posted.status_code == 202, posted.text
     async with BatonClient(cluster.bootstrap, cluster.catalog) as client:
         await client.send(tasks)
-        results = await client.wait([t.task_id for t in tasks], timeout_s=180)
+        results = await client.wait([t.task_id for t in tasks] + ["fine-1"], timeout_s=180)
     lost, bad, fine = results["lost-1"], results["altered-1"], results["fine-1"]
     assert lost.status == RunStatus.rejected
     assert lost.reason is not None and "runs/lost-1/abab" in lost.reason, lost.reason
@@ -297,3 +309,10 @@ async def test_a_missing_or_altered_blob_rejects_the_task_saying_so_and_work_goe
     assert thief.status == RunStatus.rejected
     assert thief.reason is not None and "reads only its own blobs" in thief.reason
     assert fine.status == RunStatus.completed, fine.reason
+    state = await run_state(worker.api, "fine-1")
+    assert await Claims(store, THRESHOLD).resolve(state["input"]) == {
+        "query": "clause",
+        "notes": notes,
+    }
+    size, topic = await largest_record(cluster)
+    assert size <= THRESHOLD, f"a {size}-byte record on {topic}"
