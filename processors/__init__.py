@@ -12,6 +12,16 @@ from processors._breaker import Breakers
 from processors._build import build_processors
 from processors._cache import MemoryResponseCache, ResponseCache, cache_key, cacheable
 from processors._catalog import ModelCatalog, RouteSpec, ScriptRule, load_model_catalog
+from processors._claims import (
+    DEFAULT_CLAIM_THRESHOLD,
+    BlobCorrupt,
+    BlobMissing,
+    BlobReference,
+    BlobStore,
+    BlobStoreUnavailable,
+    Claims,
+    LocalBlobStore,
+)
 from processors._errors import (
     CircuitOpen,
     InvalidParams,
@@ -110,10 +120,17 @@ __all__ = [
     "AgentParams",
     "AgentProcessor",
     "AnthropicProvider",
+    "BlobCorrupt",
+    "BlobMissing",
+    "BlobReference",
+    "BlobStore",
+    "BlobStoreUnavailable",
     "Breakers",
     "ChatMessage",
     "CircuitOpen",
+    "Claims",
     "Completion",
+    "DEFAULT_CLAIM_THRESHOLD",
     "Expression",
     "HttpSourceSpec",
     "HttpToolSpec",
@@ -130,6 +147,7 @@ __all__ = [
     "InvalidParams",
     "LlmParams",
     "LlmProcessor",
+    "LocalBlobStore",
     "LocalSourceSpec",
     "McpServerSpec",
     "McpToolSpec",

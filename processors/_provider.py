@@ -30,9 +30,10 @@ from processors._errors import (
     ProviderUnavailable,
 )
 from processors._http import read_at_most
-from topics import MAX_JSON_BYTES, ConfigurationError, JsonLimitExceeded, loads_json
+from topics import ConfigurationError, JsonLimitExceeded, loads_json
 
 __all__ = [
+    "MAX_ANSWER_BYTES",
     "ChatMessage",
     "Completion",
     "TextCallback",
@@ -62,6 +63,10 @@ __all__ = [
     "transport_errors",
 ]
 
+#: The largest (non-streamed) answer read from a model provider. Larger than ``MAX_JSON_BYTES``:
+#: a long answer is bounded by ``max_tokens``, and with claim checks on it travels by
+#: reference (docs/payloads.md); without them a result over the record limit still fails.
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
 _MAX_MESSAGE = 300
 _MAX_ERROR_BODY = 64 * 1024
 _WIRE_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
@@ -376,7 +381,7 @@ async def post_json(
 ) -> httpx.Response:
     """POST ``body`` as JSON; a transport failure becomes one of baton's errors.
 
-    The answer is read as it streams in, and no further than ``MAX_JSON_BYTES``: a larger
+    The answer is read as it streams in, and no further than ``MAX_ANSWER_BYTES``: a larger
     success is refused without holding it in memory (an error's body is kept cut short, it
     only gives a message).
 
@@ -384,7 +389,7 @@ async def post_json(
         ProviderTimeout: No answer within ``timeout`` (connect, write, read or pool).
         ProviderUnavailable: The connection failed, was reset or closed without an answer.
         ConfigurationError: The URL is unusable.
-        JsonLimitExceeded: A success answer larger than ``MAX_JSON_BYTES``.
+        JsonLimitExceeded: A success answer larger than ``MAX_ANSWER_BYTES``.
     """
     sent = {"Content-Type": "application/json", "Accept": "application/json", **headers}
     content = orjson.dumps(body)
@@ -392,10 +397,10 @@ async def post_json(
         async with client.stream(
             "POST", url, content=content, headers=sent, timeout=timeout
         ) as streamed:
-            answer, complete = await read_at_most(streamed, MAX_JSON_BYTES)
+            answer, complete = await read_at_most(streamed, MAX_ANSWER_BYTES)
     if not complete and 200 <= streamed.status_code < 300:
         raise JsonLimitExceeded(
-            f"{where}: the answer is over {MAX_JSON_BYTES} bytes, the JSON size limit"
+            f"{where}: the answer is over {MAX_ANSWER_BYTES} bytes, the answer size limit"
         )
     # The body as read (decoded): the headers that described it on the wire go.
     kept = [
@@ -454,7 +459,7 @@ def check_status(response: httpx.Response, where: str, key: str | None) -> None:
 
 
 def read_json(response: httpx.Response, where: str, key: str | None) -> object:
-    """A successful response's JSON body, within ``MAX_JSON_DEPTH`` and ``MAX_JSON_BYTES``.
+    """A successful response's JSON body, within ``MAX_JSON_DEPTH`` and ``MAX_ANSWER_BYTES``.
 
     Raises:
         ProviderUnavailable: The body is not JSON.
@@ -462,7 +467,7 @@ def read_json(response: httpx.Response, where: str, key: str | None) -> object:
             the same call would answer the same way).
     """
     try:
-        return loads_json(response.content, what=f"{where}: the answer")
+        return loads_json(response.content, what=f"{where}: the answer", max_bytes=MAX_ANSWER_BYTES)
     except orjson.JSONDecodeError:
         raise ProviderUnavailable(
             f"{where}: HTTP {response.status_code} with a body that is not JSON: "

@@ -675,9 +675,10 @@ class LocalSourceSpec(_Config):
     max_chunk_chars: int = Field(
         default=1200,
         ge=200,
-        le=20_000,
+        le=16_000_000,
         description="Largest chunk, in characters; documents are cut at headings, then "
-        "paragraphs, then sentences.",
+        "paragraphs, then sentences. Chunks past the record limit need claim checks "
+        "(`blob_store`, docs/payloads.md).",
     )
 
     @field_validator("path")

@@ -78,6 +78,7 @@ from streams.coordinator._approvals import answer_problem, approval_request
 from topics import (
     ApprovalRequested,
     ApprovalVerdict,
+    BatonError,
     TaskSubmitted,
     describe_validation_error,
     partition_for,
@@ -926,6 +927,13 @@ def install_api(
         async def post(self, request: Any) -> Any:
             caller = await api.identify(request)
             task = api.task(await request.read(), caller.identity)
+            claims = runtime.handler.claims
+            if claims is not None:  # a large input goes to the store, not into the record
+                try:
+                    claimed = await claims.claim(task.task_id, task.input)
+                except BatonError as exc:
+                    raise _Refused(503, f"the task's input could not be stored: {exc}") from None
+                task = task.model_copy(update={"input": claimed})
             catalog = runtime.catalog
             await runtime.plain.send_and_wait(
                 catalog.tasks.name,

@@ -31,6 +31,7 @@ from streams._deadletters import letter_for, too_large
 from streams._kafka import kafka_consumer, kafka_producer
 from streams._metrics import Metrics
 from topics import (
+    MAX_RECORD_BYTES,
     CacheEntry,
     Codec,
     ConfigurationError,
@@ -62,6 +63,9 @@ class KafkaResponseCache:
             the worker start anyway (the rest is read in the background).
         metrics: The worker's metrics (dead letters written).
         source: The ``ce_source`` of the entries it writes.
+        max_entry_bytes: The largest entry written to the topic; a larger one (a long
+            answer) is kept in this worker's memory only (``claim_threshold`` when claim
+            checks are on: no record passes it).
     """
 
     def __init__(
@@ -75,7 +79,9 @@ class KafkaResponseCache:
         load_timeout_s: float = 60.0,
         metrics: Metrics | None = None,
         source: str | None = None,
+        max_entry_bytes: int = MAX_RECORD_BYTES,
     ) -> None:
+        self._max_entry_bytes = max_entry_bytes
         self._source = source or client_source("workers")
         self.entries = MemoryResponseCache(ttl_s, clock)
         self._metrics = metrics
@@ -178,10 +184,11 @@ class KafkaResponseCache:
         self.entries.remember(entry)
         if self._producer is None:
             return
+        value = self._codec.encode(entry)
+        if len(value) > self._max_entry_bytes:
+            return
         try:
-            delivery = await self._producer.send(
-                self._topic.name, self._codec.encode(entry), key=entry.key.encode()
-            )
+            delivery = await self._producer.send(self._topic.name, value, key=entry.key.encode())
         except KafkaError as exc:
             self.write_failures += 1
             log.warning("could not write a response cache entry: %s", exc)

@@ -16,7 +16,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from processors import installed_kinds
+from processors import DEFAULT_CLAIM_THRESHOLD, Claims, installed_kinds
+from streams._blobs import open_blob_store
 from streams.workflow import parse_duration
 from topics import (
     DEFAULT_RUN_RETENTION_S,
@@ -96,6 +97,15 @@ class Settings(BaseModel):
             ``/apis/ccompat/v7``): baton registers its schemas under ``<topic>-value`` at
             start, writes the registry's ids and reads ids through it. Unset, the static ids
             of ``topics/schemas/registry.json`` are used. Credentials may be in the URL.
+        blob_store: Claim checks (docs/payloads.md): where payloads over
+            ``claim_threshold`` are kept, every worker naming the same store: a directory
+            (a path or ``file:///...``) or a bucket (``s3://bucket/prefix``; credentials from
+            the usual ``AWS_*`` variables). Unset, claim checks are off and a payload that
+            does not fit in a record fails its step or run.
+        blob_endpoint_url: The S3 API's address for an ``s3://`` store that is not AWS
+            (MinIO, Ceph, ...).
+        claim_threshold: Bytes of JSON above which a payload (task input, step output or
+            parameters, run state) travels as a reference to the blob store.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -132,6 +142,9 @@ class Settings(BaseModel):
     tracing: Literal["off", "otlp"] = "off"
     tracing_content: bool = False
     schema_registry_url: str | None = Field(default=None, pattern=r"^https?://[^/\s]+")
+    blob_store: str | None = Field(default=None, min_length=1)
+    blob_endpoint_url: str | None = Field(default=None, pattern=r"^https?://[^/\s]+")
+    claim_threshold: int = Field(default=DEFAULT_CLAIM_THRESHOLD, ge=1024, le=512 * 1024)
 
     @field_validator("retry_tiers")
     @classmethod
@@ -180,6 +193,17 @@ class Settings(BaseModel):
             client.close()
             raise ConfigurationError(f"schema_registry_url: {exc}") from None
         return Codec(remote=(client, ids))
+
+    def claims(self) -> Claims | None:
+        """The claim checks these settings describe; ``None`` when ``blob_store`` is unset.
+
+        Raises:
+            ConfigurationError: ``blob_store`` names no usable store.
+        """
+        if self.blob_store is None:
+            return None
+        store = open_blob_store(self.blob_store, endpoint_url=self.blob_endpoint_url)
+        return Claims(store, self.claim_threshold)
 
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}

@@ -10,7 +10,9 @@ request whose deadline has already passed is not run: the coordinator has dispat
 next attempt (or will, once it is back).
 
 A record that is not a step request goes to the dead-letter topic, and the service goes on.
-A result too large for a record is replaced by a failed result saying so.
+A result too large for a record is replaced by a failed result saying so. With claim checks
+on (``claims``), a request's blob references are resolved before its processor sees it, and
+a result's output over the threshold is stored and sent as a reference (``processors._claims``).
 
 An llm or agent attempt whose route streams writes its text to the ``stream`` topic as it
 arrives (``streams._chunks``), a preview outside the exactly-once result; its last chunk is
@@ -41,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import TopicPartition
 
-from processors import STEP_TRACE, Processor, execute, streaming_to
+from processors import STEP_TRACE, Claims, Processor, StepOutput, execute, streaming_to
 from streams._chunks import STREAMED_KINDS, AttemptStream
 from streams._deadletters import letter_for, too_large
 from streams._kafka import kafka_consumer, kafka_producer
@@ -49,8 +51,10 @@ from streams._metrics import Metrics, consumer_lag
 from topics import (
     BATCH_BYTES,
     MAX_RECORD_BYTES,
+    BatonError,
     Codec,
     DecodeError,
+    RetryableError,
     StepError,
     StepKind,
     StepRequested,
@@ -96,6 +100,7 @@ class ProcessorService:
         metrics: The worker's metrics (step durations, dead letters, lag).
         clock: The time.
         tracing: Traces the requests that carry a trace (``None``: tracing is off).
+        claims: Claim checks for large payloads (``None``: off).
     """
 
     def __init__(
@@ -114,8 +119,10 @@ class ProcessorService:
         metrics: Metrics | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         tracing: Tracing | None = None,
+        claims: Claims | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.claims = claims
         self.tracing = tracing
         self.metrics = metrics if metrics is not None else Metrics()
         self.metrics.lag_of("processors", self._lag)
@@ -274,6 +281,8 @@ class ProcessorService:
         if request.kind in STREAMED_KINDS:
             stream = AttemptStream(self._producer, self.catalog, self.codec, request, self.clock)
         try:
+            if self.claims is not None:
+                processor = _Resolving(processor, self.claims)
             with streaming_to(stream):
                 result = await execute(processor, request, worker=self.worker, now=self.clock)
             if stream is not None:
@@ -323,6 +332,8 @@ class ProcessorService:
             spans.end()
 
     async def _report(self, result: StepResult, headers: Headers | None = None) -> None:
+        if self.claims is not None and result.output is not None:
+            result = await self._claimed(result, self.claims)
         value = self.codec.encode(result)
         if len(value) > MAX_RECORD_BYTES:
             result = _failed(
@@ -341,6 +352,23 @@ class ProcessorService:
             partition=partition_for(result.run_id, topic.partitions),
             headers=headers,
         )
+
+    async def _claimed(self, result: StepResult, claims: Claims) -> StepResult:
+        """The result with its large output stored, a reference in its place."""
+        try:
+            output = await claims.claim(result.run_id, result.output)
+            claimed = result.model_copy(update={"output": output})
+            if len(self.codec.encode(claimed)) > claims.threshold:
+                output = await claims.claim_whole(result.run_id, result.output)
+                claimed = result.model_copy(update={"output": output})
+        except BatonError as exc:
+            return _failed(
+                result,
+                type(exc).__name__,
+                f"the step's output could not be stored: {exc}",
+                retryable=isinstance(exc, RetryableError),
+            )
+        return claimed
 
     async def _hand_back(self, request: StepRequested) -> None:
         now = self.clock()
@@ -402,6 +430,26 @@ def _failed(result: StepResult, error_class: str, message: str, *, retryable: bo
         finished_at=result.finished_at,
         worker=result.worker,
     )
+
+
+class _Resolving:
+    """A processor that sees a request's payloads instead of their blob references.
+
+    A reference that cannot be read fails the attempt like any other error of the step:
+    ``BlobMissing`` and ``BlobCorrupt`` are permanent, ``BlobStoreUnavailable`` retryable.
+    """
+
+    def __init__(self, inner: Processor, claims: Claims) -> None:
+        self.kind = inner.kind
+        self._inner = inner
+        self._claims = claims
+
+    async def run(self, request: StepRequested) -> StepOutput:
+        params = await self._claims.resolve(request.params, request.run_id)
+        context = await self._claims.resolve(request.context, request.run_id)
+        if params is not request.params or context is not request.context:
+            request = request.model_copy(update={"params": params, "context": context})
+        return await self._inner.run(request)
 
 
 def _trace_fields(headers: Any) -> dict[str, str]:

@@ -44,6 +44,7 @@ from processors import (
 from streams import _faust_fixes
 from streams._access import load_access
 from streams._api import install_api, install_processor_api
+from streams._blobs import BlobSweeper
 from streams._cache import KafkaResponseCache
 from streams._config import Settings
 from streams._metrics import Metrics
@@ -52,7 +53,7 @@ from streams._processing import ProcessorService
 from streams._relay import RetryRelay
 from streams._workflows import WorkflowBook, WorkflowFeed
 from streams.coordinator import CoordinatorRuntime
-from topics import ConfigurationError, StepKind, TopicCatalog, worker_source
+from topics import MAX_RECORD_BYTES, ConfigurationError, StepKind, TopicCatalog, worker_source
 
 if TYPE_CHECKING:
     from streams._tracing import Tracing
@@ -92,8 +93,10 @@ class _Resources(mode.Service):
         cache: KafkaResponseCache | None = None,
         tracing: Tracing | None = None,
         tools: ToolRegistry | None = None,
+        sweeper: BlobSweeper | None = None,
     ) -> None:
         super().__init__()
+        self.sweeper = sweeper
         self.tracing = tracing
         self.tools = tools
         self._listing: asyncio.Task[None] | None = None
@@ -120,8 +123,12 @@ class _Resources(mode.Service):
             await self.relay.start()
         if self.processors is not None:
             await self.processors.start()
+        if self.sweeper is not None:
+            await self.sweeper.start()
 
     async def on_stop(self) -> None:
+        if self.sweeper is not None:
+            await self.sweeper.stop()
         # Processors first: the steps in flight finish and report while the coordinator
         # still takes their results.
         if self.processors is not None:
@@ -218,6 +225,7 @@ def build_worker(
         tracing = _configured_tracing(settings, env)
     catalog: TopicCatalog = settings.catalog()
     codec = settings.codec()
+    claims = settings.claims()
     metrics = Metrics()
     book = WorkflowBook()
     feed = WorkflowFeed(bootstrap, catalog, codec, book)
@@ -270,6 +278,7 @@ def build_worker(
             metrics=metrics,
             tracing=tracing,
             codec=codec,
+            claims=claims,
         )
     processors = None
     cache = None
@@ -285,6 +294,7 @@ def build_worker(
                 ttl_s=settings.cache_ttl,
                 metrics=metrics,
                 source=worker_source(settings.worker_id),
+                max_entry_bytes=claims.threshold if claims is not None else MAX_RECORD_BYTES,
             )
         custom = {k: v for k, v in installed_kinds().items() if k in chosen}
         built = build_processors(models, http, env, tools, cache=cache, custom=custom)
@@ -302,6 +312,7 @@ def build_worker(
             session_timeout=settings.session_timeout,
             metrics=metrics,
             tracing=tracing,
+            claims=claims,
         )
     if runtime is not None:
         install_api(app, runtime, http, processors.topics if processors else list, metrics)
@@ -322,7 +333,14 @@ def build_worker(
         if coordinator
         else None
     )
-    app.add_dependency(_Resources(feed, http, runtime, relay, processors, cache, tracing, tools))
+    sweeper = (
+        BlobSweeper(claims.store, settings.run_retention)
+        if claims is not None and runtime is not None
+        else None
+    )
+    app.add_dependency(
+        _Resources(feed, http, runtime, relay, processors, cache, tracing, tools, sweeper)
+    )
     return Worker(
         app=app,
         runtime=runtime,

@@ -33,13 +33,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
 
-from processors import ModelCatalog, ToolRegistry, template_budget
+from processors import Claims, ModelCatalog, ToolRegistry, template_budget
 from streams._access import Access
 from streams._deadletters import letter_for
 from streams._deadletters import too_large as record_too_large
 from streams._policies import Policies
 from streams._workflows import WorkflowBook, WorkflowFeed
 from streams.coordinator._batch import Batch
+from streams.coordinator._claimed import claim_decision, payload_lost, resolve_event, resolve_state
 from streams.coordinator._control import ControlBook, usd
 from streams.coordinator._decide import Context, Decision, Inbound, decide, too_large
 from streams.coordinator._ledger import SpendLedger
@@ -55,6 +56,7 @@ from topics import (
     DeadLetter,
     DecodeError,
     Event,
+    PermanentError,
     RetryableError,
     RunEvent,
     RunResult,
@@ -110,6 +112,8 @@ class Handler:
         clock: The time.
         tracing: Traces runs (``None``: tracing is off).
         control: The operators' pauses in force.
+        claims: Claim checks: payloads over the threshold are saved and emitted as blob
+            references, and resolved before ``decide`` (``None``: off).
     """
 
     def __init__(
@@ -127,9 +131,11 @@ class Handler:
         clock: Callable[[], datetime],
         tracing: Tracing | None = None,
         control: ControlBook | None = None,
+        claims: Claims | None = None,
     ) -> None:
         self.catalog = catalog
         self.control = control
+        self.claims = claims
         self.tracing = tracing
         self.codec = codec
         self.feed = feed
@@ -302,9 +308,12 @@ class Handler:
             try:
                 workflow = await self._workflow_for(state, inbound)
                 context = self._context(now, workflow, trace)
-                # Every template this event renders shares one budget (docs/decisions/0004).
-                with template_budget():
-                    decision = decide(state, inbound, context)
+                if self.claims is None:
+                    # Every template this event renders shares one budget (decisions/0004).
+                    with template_budget():
+                        decision = decide(state, inbound, context)
+                else:
+                    decision = await self._decide_claimed(run_id, state, inbound, context)
                 effects = self._encode(decision)
                 if effects is None:
                     effects = self._encode(too_large(state, inbound, context, self._limit))
@@ -324,6 +333,22 @@ class Handler:
                 )
         assert error is not None
         return error
+
+    async def _decide_claimed(
+        self, run_id: str, state: RunState | None, inbound: Inbound, context: Context
+    ) -> Decision:
+        """``decide`` over the run's real payloads; its state and events claimed after."""
+        assert self.claims is not None
+        try:
+            seen = await resolve_state(self.claims, state)
+            event = await resolve_event(self.claims, inbound)
+        except PermanentError as exc:  # missing or altered: reading again cannot help
+            log.warning("run %s: a payload cannot be read: %s", run_id, exc)
+            decision = payload_lost(state, inbound, context, str(exc))
+        else:
+            with template_budget():
+                decision = decide(seen, event, context)
+        return await claim_decision(self.claims, self.codec, run_id, decision)
 
     @property
     def _limit(self) -> int:

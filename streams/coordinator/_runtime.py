@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer
 
-from processors import ModelCatalog, ToolRegistry
+from processors import Claims, ModelCatalog, ToolRegistry
 from streams._access import Access
 from streams._deadletters import letter_for
 from streams._kafka import kafka_producer
@@ -84,6 +84,7 @@ class CoordinatorRuntime:
         clock: The time.
         tracing: Traces runs (``None``: tracing is off).
         codec: The worker's codec (default: the static schema ids).
+        claims: Claim checks for large payloads (``None``: off).
     """
 
     def __init__(
@@ -107,6 +108,7 @@ class CoordinatorRuntime:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         tracing: Tracing | None = None,
         codec: Codec | None = None,
+        claims: Claims | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.worker_id = worker_id
@@ -141,6 +143,7 @@ class CoordinatorRuntime:
             clock=clock,
             tracing=tracing,
             control=self.control,
+            claims=claims,
         )
         self.loop = CoordinatorLoop(
             bootstrap=bootstrap,
