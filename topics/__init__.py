@@ -5,6 +5,19 @@
 
 from topics._admin import TopicState, create_topics, describe_topics
 from topics._avro import avro_schema
+from topics._audit import (
+    ChainBreak,
+    ChainLink,
+    ChainReport,
+    anchor_runs,
+    check_anchors,
+    event_hash,
+    run_genesis,
+    sign_anchor,
+    task_digest,
+    verify_anchor,
+    verify_chain,
+)
 from topics._catalog import (
     DEFAULT_RETRY_TIERS,
     DEFAULT_RUN_RETENTION_S,
@@ -26,7 +39,9 @@ from topics._events import (
     ApprovalDecision,
     ApprovalRequested,
     ApprovalVerdict,
+    AnchoredRun,
     AttemptRecord,
+    AuditAnchor,
     Budget,
     CachedToolCall,
     CacheEntry,
@@ -85,6 +100,19 @@ from topics._yaml import (
 )
 
 __all__ = [
+    "AnchoredRun",
+    "AuditAnchor",
+    "ChainBreak",
+    "ChainLink",
+    "ChainReport",
+    "anchor_runs",
+    "check_anchors",
+    "event_hash",
+    "run_genesis",
+    "sign_anchor",
+    "task_digest",
+    "verify_anchor",
+    "verify_chain",
     "DECISION_FORM",
     "DECISION_FORM_V3",
     "ID_CHARACTERS",

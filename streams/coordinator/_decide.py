@@ -47,6 +47,7 @@ from topics import (
     TaskSubmitted,
     TimerFired,
     TopicCatalog,
+    task_digest,
 )
 
 __all__ = ["Context", "Decision", "Inbound", "decide", "too_large"]
@@ -164,6 +165,7 @@ def _on_task(state: RunState | None, task: TaskSubmitted, context: Context) -> D
         # StepState is frozen: every pending step can share one.
         steps=dict.fromkeys(workflow.order, _PENDING),
         started_at=context.now,
+        audit_head=task_digest(task),
     )
     if context.trace is not None:
         state = state.model_copy(update={"trace": context.trace})
@@ -316,7 +318,7 @@ def too_large(state: RunState | None, event: Inbound, context: Context, limit: i
         if not isinstance(event, TaskSubmitted):
             return Decision(dead_letter=f"{type(event).__name__}: {what}")
         task = event.model_copy(update={"input": None})
-        return _reject(task, context, f"the task is too large: {what}")
+        return _reject(task, context, f"the task is too large: {what}", digest=task_digest(event))
     if state.finished:
         return Decision()
     t = Transition(state, context.workflow, context)
@@ -326,8 +328,14 @@ def too_large(state: RunState | None, event: Inbound, context: Context, limit: i
 
 
 def _reject(
-    task: TaskSubmitted, context: Context, reason: str, workflow: Workflow | None = None
+    task: TaskSubmitted,
+    context: Context,
+    reason: str,
+    workflow: Workflow | None = None,
+    *,
+    digest: str | None = None,
 ) -> Decision:
+    """A run that ends before it starts (``digest``: of the task as received, if not this)."""
     state = RunState(
         run_id=task.task_id,
         workflow=task.workflow,
@@ -336,6 +344,7 @@ def _reject(
         labels=task.labels,
         input=task.input,
         started_at=context.now,
+        audit_head=digest or task_digest(task),
     )
     if context.trace is not None:
         state = state.model_copy(update={"trace": context.trace})
