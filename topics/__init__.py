@@ -3,8 +3,7 @@
 ``topics`` imports nothing from ``processors`` or ``streams``.
 """
 
-from topics._admin import TopicState, create_topics, describe_topics
-from topics._avro import avro_schema
+from topics._admin import TopicState, create_topics, describe_topics, partition_counts
 from topics._audit import (
     ChainBreak,
     ChainLink,
@@ -18,6 +17,7 @@ from topics._audit import (
     verify_anchor,
     verify_chain,
 )
+from topics._avro import avro_schema
 from topics._catalog import (
     DEFAULT_RETRY_TIERS,
     DEFAULT_RUN_RETENTION_S,
@@ -36,10 +36,10 @@ from topics._errors import (
     RetryableError,
 )
 from topics._events import (
+    AnchoredRun,
     ApprovalDecision,
     ApprovalRequested,
     ApprovalVerdict,
-    AnchoredRun,
     AttemptRecord,
     AuditAnchor,
     Budget,
@@ -188,6 +188,7 @@ __all__ = [
     "decision_message",
     "describe_topics",
     "describe_validation_error",
+    "partition_counts",
     "partition_for",
     "request_digest",
     "run_id_of",

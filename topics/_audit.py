@@ -1,9 +1,9 @@
-"""The audit chain: each run's events hash-chained, and the anchors that pin the chains' heads.
+r"""The audit chain: each run's events hash-chained, and the anchors that pin the chains' heads.
 
 **The chain.** Every ``RunEvent`` carries ``prev_hash``: the hash of the run's previous
 event, and for the run's first event the digest of its task. An event's hash is
 
-    blake2b(b"baton.run-event.v1\\x00" + body, digest_size=32), in lowercase hex,
+    blake2b(b"baton.run-event.v1\x00" + body, digest_size=32), in lowercase hex,
 
 where ``body`` is the event's Avro binary body exactly as written on ``run-events`` (an
 item of a ``RunEventBatch``: no magic byte, no schema id), ``prev_hash`` included. So
@@ -12,11 +12,11 @@ its successor recorded; removing an event breaks its successor's link; and ``seq
 the hash covers) puts them in order.
 
 **The first link.** A run started by a task links to the task's digest
-(``task_digest``): ``blake2b(b"baton.task.v1\\x00" + json, digest_size=32)`` of the task
+(``task_digest``): ``blake2b(b"baton.task.v1\x00" + json, digest_size=32)`` of the task
 as the coordinator read it, as compact JSON with sorted keys (``model_dump(mode="json")``
 written by orjson). A run that has no task (cancelled before its task came) or that began
 before the chain existed links to ``run_genesis(run_id)``:
-``blake2b(b"baton.run.v1\\x00" + run id, digest_size=32)``.
+``blake2b(b"baton.run.v1\x00" + run id, digest_size=32)``.
 
 **Anchors.** ``AuditAnchor`` records list runs' heads (the seq and hash of their last
 event); ``anchor_message`` is the unambiguous form a signed anchor's HMAC-SHA256 covers.
@@ -303,7 +303,9 @@ def _link_problem(
         nxt = next((other for other in later if other.event.seq == event.seq + 1), None)
         if previous is None or (nxt is not None and nxt.event.prev_hash != link.hash):
             return _break(
-                link, "altered: its link to the previous event was rewritten", report.head,
+                link,
+                "altered: its link to the previous event was rewritten",
+                report.head,
                 event.prev_hash,
             )
         # Its link is what was written and the previous event is not: that one changed.
@@ -325,9 +327,7 @@ def _break(link: ChainLink, problem: str, expected: str, found: str) -> ChainBre
     return ChainBreak(link.event.seq, link.event.type, link.where, problem, expected, found)
 
 
-def check_anchors(
-    reports: Mapping[str, ChainReport], anchors: Iterable[AuditAnchor]
-) -> list[str]:
+def check_anchors(reports: Mapping[str, ChainReport], anchors: Iterable[AuditAnchor]) -> list[str]:
     """What the anchors say is missing or different: one line per problem.
 
     Every run an anchor names must have events, up to the anchored seq, whose hash at that

@@ -14,8 +14,8 @@ from typing import Literal
 from topics._errors import ConfigurationError
 from topics._events import (
     ApprovalDecision,
-    AuditAnchor,
     ApprovalRequested,
+    AuditAnchor,
     CacheEntry,
     ControlCommand,
     DeadLetter,

@@ -34,9 +34,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -217,9 +217,7 @@ class Batch:
             AnchoredRun.model_construct(run_id=run_id, seq=seq, head=head)
             for run_id, (seq, head) in sorted(heads.items())
         ]
-        anchors = anchor_runs(
-            self.partition, datetime.now(UTC), runs, ANCHOR_RUNS_PER_RECORD
-        )
+        anchors = anchor_runs(self.partition, datetime.now(UTC), runs, ANCHOR_RUNS_PER_RECORD)
         if self.anchor_key is not None:
             anchors = [sign_anchor(a, ANCHOR_KEY_ID, self.anchor_key) for a in anchors]
         return [self.codec.encode(anchor) for anchor in anchors]
