@@ -67,7 +67,9 @@ class Context:
             latest deployed), or ``None`` when it is not deployed.
         tiers: The delayed-retry tiers, shortest first.
         catalog: The topics (named in dead letters); ``None`` leaves dead letters out.
-        codec: Encodes the request a dead letter keeps; ``None`` leaves dead letters out.
+        codec: Encodes the request a dead letter keeps, and the run events (whose bytes the
+            audit chain hashes, ``Transition.note``); ``None`` leaves dead letters and the
+            audit chain out.
         policies: The organisation's policies (approval gates, ...).
         access: Reviewers' groups and the keys decisions are signed with.
         models: The model catalog (prices, output caps) budget estimates use; ``None``
@@ -103,11 +105,14 @@ class Decision:
         emit: Events to publish, in order.
         dead_letter: When set, the input event cannot be processed at all; the reason. The
             shell sends its bytes to the dead-letter topic.
+        bodies: The Avro bodies of the ``RunEvent``s of ``emit``, in order, as chained
+            (empty when the context has no codec).
     """
 
     state: RunState | None = None
     emit: tuple[Any, ...] = ()
     dead_letter: str | None = None
+    bodies: tuple[bytes, ...] = ()
 
 
 def decide(state: RunState | None, event: Inbound, context: Context) -> Decision:

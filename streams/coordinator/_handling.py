@@ -65,9 +65,7 @@ from topics import (
     TimerFired,
     Topic,
     TopicCatalog,
-    event_hash,
     partition_for,
-    run_genesis,
     run_id_of,
 )
 
@@ -334,21 +332,22 @@ class Handler:
     def _encode(self, decision: Decision) -> _Effects | None:
         """Encode what a decision emits and saves; ``None`` when a record would be too big.
 
-        Run events are chained here, where their bytes are made (``topics._audit``): each
-        links to the hash of the one before, and the last one's hash becomes the run's
-        ``audit_head``, saved with the state (so a takeover goes on from it, as from ``seq``).
+        Run events come encoded (and chained) by ``decide`` already: those bytes are the
+        ones the audit chain hashed, and the ones written.
         """
         effects = _Effects(
             state=decision.state, dead_letter=decision.dead_letter, emitted=decision.emit
         )
-        state = decision.state
-        head = (state.audit_head or run_genesis(state.run_id)) if state is not None else ""
+        if decision.state is not None:
+            effects.body = decision.state.to_bytes()
+            if len(effects.body) > MAX_RECORD_BYTES:
+                return None
+        bodies = iter(decision.bodies)
         for event in decision.emit:
             if isinstance(event, RunEvent):
-                item = self.codec.encode_item(event.model_copy(update={"prev_hash": head}))
+                item = next(bodies, None) or self.codec.encode_item(event)
                 if len(item) > MAX_RECORD_BYTES:
                     return None
-                head = event_hash(item)
                 effects.events.append(item)
                 continue
             value = self.codec.encode(event)
@@ -357,12 +356,6 @@ class Handler:
             effects.outputs.append(self._destination(event, value))
             if isinstance(event, ApprovalRequested):
                 effects.approvals.append(event)
-        if state is not None:
-            if effects.events:
-                state = effects.state = state.model_copy(update={"audit_head": head})
-            effects.body = state.to_bytes()
-            if len(effects.body) > MAX_RECORD_BYTES:
-                return None
         return effects
 
     def _destination(self, event: Event, value: bytes) -> tuple[str, bytes | None, bytes, int]:

@@ -1,8 +1,8 @@
 """The audit chain: how the coordinator links run events, and how a chain is verified.
 
-Chains here are made by the coordinator's own shell (``Handler._encode``, where run events
-become bytes) from real ``decide`` decisions, then cut out of a real ``RunEventBatch``
-record, as ``baton audit verify`` reads them.
+Chains here are made by real ``decide`` decisions (which chain each event as it is noted)
+through the coordinator's shell (``Handler._encode``, which makes the records' bytes), then
+cut out of a real ``RunEventBatch`` record, as ``baton audit verify`` reads them.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def run(run_id: str = "r1") -> tuple[RunState, list[bytes], TaskSubmitted]:
                 started_at=now,
                 finished_at=now,
             )
-        effects = shell._encode(decide(state, event, Context(now=now, workflow=CHAIN)))
+        effects = shell._encode(decide(state, event, Context(now=now, workflow=CHAIN, codec=CODEC)))
         assert effects is not None and effects.state is not None
         state = effects.state
         bodies += effects.events
@@ -111,6 +111,13 @@ def links(bodies: list[bytes]) -> list[ChainLink]:
         ChainLink(event, event_hash(body), f"item {n}")
         for n, (event, body) in enumerate(CODEC.run_event_bodies(record))
     ]
+
+
+def test_without_a_codec_decide_leaves_the_chain_out() -> None:
+    task = TaskSubmitted(task_id="r1", workflow="chain", input={})
+    decision = decide(None, task, Context(now=T0, workflow=CHAIN))
+    assert decision.bodies == ()
+    assert {e.prev_hash for e in decision.emit if isinstance(e, RunEvent)} == {""}
 
 
 def test_each_event_links_to_the_one_before_and_the_first_to_the_task() -> None:
@@ -216,7 +223,7 @@ def test_a_run_that_began_before_the_chain_verifies_from_its_first_chained_event
             issued_at=T0,
             issued_by="ops",
         ),
-        Context(now=T0, workflow=CHAIN),
+        Context(now=T0, workflow=CHAIN, codec=CODEC),
     )
     effects = shell._encode(stopped)
     assert effects is not None and effects.events
