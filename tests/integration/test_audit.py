@@ -4,7 +4,8 @@ Runs complete on a real ``baton worker`` (exactly-once, anchors signed with the 
 Their run-events records are then re-published with aiokafka to copy topics, each with one
 change: an event removed, two reordered, one altered, a whole run removed. ``baton audit
 verify --topic <copy>`` must find each, naming the event; the untouched topic verifies; the
-whole run's removal is found only through the anchors.
+whole run's removal is found only through the anchors. A worker killed mid-batch leaves
+every chain whole (exactly-once: the head is restored with the run, as ``seq`` is).
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import asyncio
 import json
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from streams._client import BatonClient
 from tests.integration.inprocess import publish_steady, steady_cluster
 from tests.integration.workers import (
     CODEC,
@@ -27,7 +30,14 @@ from tests.integration.workers import (
     poll_decoded,
     read_topic,
 )
-from topics import AuditAnchor, RunEvent, RunEventBatch, RunResult, event_hash
+from topics import (
+    AuditAnchor,
+    RunEvent,
+    RunEventBatch,
+    RunResult,
+    TaskSubmitted,
+    event_hash,
+)
 
 RUNS = 4
 #: One record's run events: each event with its Avro body as written.
@@ -182,3 +192,69 @@ async def test_a_whole_run_removed_is_found_through_the_anchors(
     code, out = verify(cluster, "--all", "--topic", topic)
     assert code == 1
     assert "ANCHOR run steady-0: anchored at seq" in out and "no chained events" in out, out
+
+
+SLOW_MODELS = """
+routes:
+  slow:
+    provider: scripted
+    model: scripted-slow
+    latency_ms: 200
+    script:
+      - reply: "an answer to {{ prompt }}"
+"""
+
+TWO_CALLS = """
+workflow: twice
+version: 1
+steps:
+  ask: {kind: llm, model: slow, prompt: "question {{ input.n }}", timeout: 4s}
+  again: {kind: llm, after: [ask], model: slow, prompt: "again {{ input.n }}", timeout: 4s}
+output: "{{ steps.again.output }}"
+"""
+
+
+async def test_chains_go_on_unbroken_across_a_worker_killed_mid_batch(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """The head is restored with the run (as seq is): a takeover's events link on to it."""
+    models = tmp_path / "models.yaml"
+    models.write_text(SLOW_MODELS)
+    crashy = Cluster(
+        kafka_bootstrap,
+        topic_prefix,
+        tmp_path / "home",
+        models_file=models,
+        extra_env={"BATON_PROCESSOR_CONCURRENCY": "16", **api_access(tmp_path / "access")},
+    )
+    crashy.deploy(twice=TWO_CALLS)
+    workers = Workers(crashy)
+    try:
+        await _crash(crashy, workers)
+    finally:
+        workers.stop_all()
+    done = crashy.baton("audit", "verify", "--all", "--require-signed", "--json")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+    report = json.loads(done.stdout)
+    assert len(report["runs"]) == CRASH_RUNS
+    assert all(r["first_link"] and r["events"] >= 6 for r in report["runs"].values())
+
+
+CRASH_RUNS = 120
+
+
+async def _crash(crashy: Cluster, workers: Workers) -> None:
+    """Runs of ``twice``, their worker killed mid-batch and started again; all complete."""
+    worker = workers.start("w1")
+    tasks = [
+        TaskSubmitted(task_id=f"k-{i}", workflow="twice", input={"n": i}) for i in range(CRASH_RUNS)
+    ]
+    ids = [t.task_id for t in tasks]
+    async with BatonClient(crashy.bootstrap, crashy.catalog) as client:
+        await client.send(tasks)
+        before = await client.wait(ids, timeout_s=60, stop_after=len(ids) // 4)
+        assert len(before) < len(ids), "runs should be in flight when the worker dies"
+        worker.kill()
+        workers.start("w1")
+        rest = await client.wait([i for i in ids if i not in before], timeout_s=120)
+    assert len(before) + len(rest) == len(ids)
