@@ -101,6 +101,12 @@ def _print(findings: AuditFindings, *, checked_signatures: bool) -> None:
             )
         elif report.events == 0:
             console.print(f"[yellow]no events[/] run {escape(run_id)}", highlight=False)
+        elif not report.hashes:
+            console.print(
+                f"[yellow]unchained[/] run {escape(run_id)}: {report.events} events carry no "
+                "chain link (written before the chain, or a scope's control events)",
+                highlight=False,
+            )
         else:
             extra = f", {report.duplicates} exact duplicates skipped" if report.duplicates else ""
             if report.unchained:
