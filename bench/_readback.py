@@ -86,6 +86,7 @@ def _other_run_topics(catalog: TopicCatalog) -> list[tuple[str, Topic]]:
     # The coordinator's own topics are written in batches for many runs; the worker counts
     # them (``/healthz`` ``written``), and the journal is deleted after each flush.
     read |= {catalog.run_events.name, catalog.run_state.name, catalog.run_journal.name}
+    read.add(catalog.audit_anchors.name)
     prefix = f"{catalog.prefix}."
     return [
         (topic.name.removeprefix(prefix), topic)

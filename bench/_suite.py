@@ -472,6 +472,7 @@ async def _open_phase(
             catalog.run_journal.name: "run journal",
             catalog.run_events.name: "run events",
             catalog.run_state.name: "run state",
+            catalog.audit_anchors.name: "audit anchors",
         }
         for run in (*runs[subject.key], *t6_runs[subject.key]):
             for topic, role in roles.items():

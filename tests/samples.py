@@ -6,10 +6,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from topics import (
+    AnchoredRun,
     ApprovalDecision,
     ApprovalRequested,
     ApprovalVerdict,
     AttemptRecord,
+    AuditAnchor,
     Budget,
     CachedToolCall,
     CacheEntry,
@@ -244,8 +246,18 @@ def full_events() -> list[Event]:
                     step="draft",
                     attempt=2,
                     detail={"route": "fast"},
+                    prev_hash="ab" * 32,
                 ),
             ]
+        ),
+        AuditAnchor(
+            partition=3,
+            anchored_at=T1,
+            part=1,
+            parts=2,
+            runs=[AnchoredRun(run_id="ticket-1043", seq=3, head="cd" * 32)],
+            key_id="workers",
+            signature="ef" * 32,
         ),
         RunJournal(
             entries=[
@@ -337,5 +349,6 @@ def minimal_events() -> list[Event]:
         ),
         RunEventBatch(events=[]),
         RunJournal(entries=[]),
+        AuditAnchor(partition=0, anchored_at=T0, runs=[]),
         StreamChunk(run_id="r", step="s", attempt=1, seq=0, text="", at=T0),
     ]

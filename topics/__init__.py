@@ -3,7 +3,20 @@
 ``topics`` imports nothing from ``processors`` or ``streams``.
 """
 
-from topics._admin import TopicState, create_topics, describe_topics
+from topics._admin import TopicState, create_topics, describe_topics, partition_counts
+from topics._audit import (
+    ChainBreak,
+    ChainLink,
+    ChainReport,
+    anchor_runs,
+    check_anchors,
+    event_hash,
+    run_genesis,
+    sign_anchor,
+    task_digest,
+    verify_anchor,
+    verify_chain,
+)
 from topics._avro import avro_schema
 from topics._catalog import (
     DEFAULT_RETRY_TIERS,
@@ -24,10 +37,12 @@ from topics._errors import (
 )
 from topics._events import (
     BUILTIN_KINDS,
+    AnchoredRun,
     ApprovalDecision,
     ApprovalRequested,
     ApprovalVerdict,
     AttemptRecord,
+    AuditAnchor,
     Budget,
     CachedToolCall,
     CacheEntry,
@@ -93,6 +108,19 @@ from topics._yaml import (
 )
 
 __all__ = [
+    "AnchoredRun",
+    "AuditAnchor",
+    "ChainBreak",
+    "ChainLink",
+    "ChainReport",
+    "anchor_runs",
+    "check_anchors",
+    "event_hash",
+    "run_genesis",
+    "sign_anchor",
+    "task_digest",
+    "verify_anchor",
+    "verify_chain",
     "DECISION_FORM",
     "DECISION_FORM_V3",
     "ID_CHARACTERS",
@@ -172,6 +200,7 @@ __all__ = [
     "decision_message",
     "describe_topics",
     "describe_validation_error",
+    "partition_counts",
     "partition_for",
     "request_digest",
     "run_id_of",

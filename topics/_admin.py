@@ -19,7 +19,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from topics._catalog import Topic, TopicCatalog
 from topics._errors import ConfigurationError, RetryableError
 
-__all__ = ["TopicState", "create_topics", "describe_topics"]
+__all__ = ["TopicState", "create_topics", "describe_topics", "partition_counts"]
 
 _UNKNOWN_TOPIC = 3
 _TOPIC_ALREADY_EXISTS = 36
@@ -85,6 +85,16 @@ async def _metadata(
         if time.monotonic() > deadline:
             raise RetryableError(f"no metadata for topics after {timeout_s}s: {settling}")
         await asyncio.sleep(0.1)
+
+
+async def partition_counts(bootstrap: str, names: list[str]) -> dict[str, int]:
+    """How many partitions each of these topics has, for those that exist (any topic)."""
+    client = await _admin(bootstrap)
+    try:
+        found = await _metadata(client, names)
+    finally:
+        await client.close()
+    return {name: len(meta["partitions"]) for name, meta in found.items()}
 
 
 async def describe_topics(bootstrap: str, catalog: TopicCatalog) -> list[TopicState]:

@@ -23,6 +23,7 @@ from topics._events import (
     BUILTIN_KINDS,
     ApprovalDecision,
     ApprovalRequested,
+    AuditAnchor,
     CacheEntry,
     ControlCommand,
     DeadLetter,
@@ -264,6 +265,21 @@ class TopicCatalog:
         )
 
     @cached_property
+    def audit_anchors(self) -> Topic:
+        """The audit chains' heads: per partition, now and then, the heads of its runs.
+
+        One ``AuditAnchor`` per flush of a partition's runs, on the same partition number,
+        in the flush's commit (docs/audit.md). Kept as long as ``run-events``: export it
+        somewhere an attacker cannot rewrite to prove more than the broker's word.
+        """
+        return self._run_topic(
+            "audit-anchors",
+            (AuditAnchor,),
+            30 * _DAY_MS,
+            "coordinator -> auditors, `baton audit verify` (key: null)",
+        )
+
+    @cached_property
     def stream(self) -> Topic:
         """Model calls' text as it streams (``StreamChunk``), for ``GET /v1/runs/{id}/stream``.
 
@@ -427,6 +443,7 @@ class TopicCatalog:
         yield self.approvals_decided
         yield self.results
         yield self.run_events
+        yield self.audit_anchors
         yield self.workflows
         yield self.control
         yield self.timers

@@ -93,6 +93,8 @@ class Codec:
         }
         self._readers: dict[int, tuple[type[Event], Any, Any]] = {}
         self._older: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+        #: The item schemas of ``RunEventBatch`` versions, by id (``run_event_bodies``).
+        self._items: dict[int, Any] = {}
         #: Compiled readers (``_avro_reader``) for the newest schema of each type.
         self._compiled_readers: dict[int, Reader] = {}
         types_by_name = {full_name(t): t for t in EVENT_TYPES}
@@ -311,6 +313,51 @@ class Codec:
         event = self.decode(data, (RunEventBatch, RunEvent))
         return event.events if isinstance(event, RunEventBatch) else [event]  # type: ignore[list-item]
 
+    def run_event_bodies(self, data: bytes | None) -> list[tuple[RunEvent, bytes]]:
+        """The run events in a ``run-events`` record, each with its Avro body as written.
+
+        The audit chain hashes each event's body byte for byte (``topics._audit``): the
+        bodies are cut out of the record, never encoded again (an event an older schema
+        wrote would encode to other bytes under the newest one).
+
+        Raises:
+            DecodeError: The value is neither a batch nor one event.
+        """
+        events = self.run_events(data)
+        assert data is not None, "run_events refuses an empty value"
+        schema_id = _HEADER.unpack_from(data)[1]
+        if self._readers[schema_id][0] is RunEvent:
+            return [(events[0], bytes(data[_HEADER.size :]))]
+        items = self._batch_items(schema_id)
+        buffer = io.BytesIO(data)
+        buffer.seek(_HEADER.size)
+        bodies: list[bytes] = []
+        while count := _read_long(buffer):
+            if count < 0:  # a block with its size in bytes
+                count = -count
+                _read_long(buffer)
+            for _ in range(count):
+                start = buffer.tell()
+                fastavro.schemaless_reader(buffer, items, None)
+                bodies.append(bytes(data[start : buffer.tell()]))
+        return list(zip(events, bodies, strict=True))
+
+    def _batch_items(self, schema_id: int) -> Any:
+        """The item schema (parsed) of the ``RunEventBatch`` schema a record was written with."""
+        cached = self._items.get(schema_id)
+        if cached is not None:
+            return cached
+        entry = self._registry.by_id(schema_id) if self._remote is None else None
+        if entry is not None:
+            writer = entry.schema
+        elif schema_id in self._older:
+            writer = self._older[schema_id][1]
+        else:
+            writer = self._registry.latest(full_name(RunEventBatch)).schema
+        items = fastavro.parse_schema(writer["fields"][0]["type"]["items"])
+        self._items[schema_id] = items
+        return items
+
     def decode_for(self, topic: Topic, data: bytes | None, key: bytes | None = None) -> Event:
         """Decode a record value from a catalog topic (JSON too, where the topic accepts it).
 
@@ -433,3 +480,16 @@ def _convert_default(raw: Any, schema: Any, names: dict[str, Any]) -> Any:
             for f in schema["fields"]
         }
     return raw
+
+
+def _read_long(buffer: io.BytesIO) -> int:
+    """One zig-zag varint (an Avro ``long``) read from a buffer."""
+    shift = value = 0
+    while True:
+        byte = buffer.read(1)
+        if not byte:
+            raise DecodeError("a truncated Avro long", buffer.getvalue())
+        value |= (byte[0] & 0x7F) << shift
+        if not byte[0] & 0x80:
+            return (value >> 1) ^ -(value & 1)
+        shift += 7

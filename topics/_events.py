@@ -28,7 +28,9 @@ __all__ = [
     "ApprovalDecision",
     "ApprovalRequested",
     "ApprovalVerdict",
+    "AnchoredRun",
     "AttemptRecord",
+    "AuditAnchor",
     "BUILTIN_KINDS",
     "Budget",
     "CacheEntry",
@@ -329,6 +331,11 @@ class RunEvent(Event):
     total_cost_usd: Money = Field(default=Decimal(0), description="Run cost so far.")
     total_tokens: int = Field(default=0, ge=0, description="Run tokens so far.")
     detail: JsonValue = Field(default=None, description="Type-specific detail.")
+    prev_hash: str = Field(
+        default="",
+        description="The audit chain's link: the hash of the run's previous event, or for its "
+        "first event the task's digest (topics._audit); empty when written before the chain.",
+    )
 
 
 class RunEventBatch(Event):
@@ -360,6 +367,31 @@ class RunJournal(Event):
     """
 
     entries: list[JournalEntry] = Field(description="The runs' new states.")
+
+
+class AnchoredRun(Record):
+    """One run's audit chain head, as an anchor records it."""
+
+    run_id: str = Field(description="The run.")
+    seq: int = Field(ge=-1, description="The seq of its last event (-1: none yet).")
+    head: str = Field(description="The hash of its last event (topics._audit.event_hash).")
+
+
+class AuditAnchor(Event):
+    """The audit chain heads of one partition's runs, published now and then. Key: null.
+
+    Written in the same commit as each flush of the partition's runs to ``run-state``, for
+    every run changed since the previous flush, so that removing a whole run's events (or
+    its last ones) from ``run-events`` shows: the anchor names the run and its head.
+    """
+
+    partition: int = Field(ge=0, description="The partition whose runs these are.")
+    anchored_at: Timestamp = Field(description="When the anchor was made.")
+    part: int = Field(default=0, ge=0, description="Which of the anchor's records this is.")
+    parts: int = Field(default=1, ge=1, description="How many records the anchor has.")
+    runs: list[AnchoredRun] = Field(description="The runs' heads, by run id.")
+    key_id: str = Field(default="", description="The key that signed it; empty: unsigned.")
+    signature: str = Field(default="", description="HMAC-SHA256 (hex) of the anchor's form.")
 
 
 class AttemptRecord(Record):

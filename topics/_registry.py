@@ -34,6 +34,7 @@ from topics._errors import ConfigurationError
 from topics._events import (
     ApprovalDecision,
     ApprovalRequested,
+    AuditAnchor,
     CacheEntry,
     ControlCommand,
     DeadLetter,
@@ -74,6 +75,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     RunEventBatch,
     RunJournal,
     StreamChunk,
+    AuditAnchor,
 )
 
 

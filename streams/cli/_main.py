@@ -42,6 +42,7 @@ def _register() -> None:
     # Imported here so that each group module can import ``main`` helpers from this one.
     from streams.cli import (
         _approvals,
+        _audit,
         _bench,
         _control,
         _demo,
@@ -69,6 +70,7 @@ def _register() -> None:
     main.add_command(_bench.bench)
     main.add_command(_approvals.approvals_group)
     main.add_command(_control.control_group)
+    main.add_command(_audit.audit_group)
 
 
 _register()

@@ -25,7 +25,8 @@ the stored form (``_store.pack``) with a version one above the last committed on
 Each commit writes one ``RunJournal`` and one ``RunEventBatch`` record (more only when they
 pass the record size), not one per run; now and then (``flush``) it also writes the runs
 changed since the last flush to the compacted ``run-state`` topic, after which the journal
-before it is no longer needed.
+before it is no longer needed, and an ``AuditAnchor`` with those runs' audit chain heads
+(signed with the worker key, when there is one: docs/audit.md).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -44,17 +46,25 @@ from streams.coordinator._state import RunState
 from streams.coordinator._store import PartitionStore, summary_record
 from topics import (
     MAX_RECORD_BYTES,
+    AnchoredRun,
     ApprovalRequested,
     Codec,
     RunEventBatch,
     RunJournal,
     TopicCatalog,
+    anchor_runs,
+    sign_anchor,
 )
 
 if TYPE_CHECKING:
     from streams._tracing import Headers, PendingSpan
 
-__all__ = ["AtLeastOnceBatch", "Batch", "ExactlyOnceBatch", "Prepared"]
+__all__ = ["ANCHOR_KEY_ID", "AtLeastOnceBatch", "Batch", "ExactlyOnceBatch", "Prepared"]
+
+#: Runs per ``AuditAnchor`` record (a run id, a seq and a hash each: well under the limit).
+ANCHOR_RUNS_PER_RECORD = 2000
+#: The key id anchors signed with the worker key carry.
+ANCHOR_KEY_ID = "worker"
 
 
 @dataclass
@@ -67,12 +77,14 @@ class Prepared:
         journal: The journal records' values.
         events: The run-event batch records' values.
         snapshots: The records flushed to ``run-state``, by run (empty: not a flush).
+        anchors: The audit anchor's records (a flush only).
     """
 
     installs: list[tuple[str, int, RunState, bytes]] = field(default_factory=list)
     journal: list[bytes] = field(default_factory=list)
     events: list[bytes] = field(default_factory=list)
     snapshots: dict[str, bytes] = field(default_factory=dict)
+    anchors: list[bytes] = field(default_factory=list)
 
 
 class Batch:
@@ -110,8 +122,10 @@ class Batch:
         self.tally = Tally()
         #: The spans of the traced runs' events (emitted once committed; tracing on only).
         self.spans: list[PendingSpan] = []
-        #: Whether this commit also flushes the store to ``run-state``.
+        #: Whether this commit also flushes the store to ``run-state`` (and anchors).
         self.flush = False
+        #: The worker key anchors are signed with (``None``: unsigned).
+        self.anchor_key: bytes | None = None
         #: Records and timers handled.
         self.handled = 0
         #: The journal's next offset after the commit (known once its records are sent).
@@ -188,7 +202,25 @@ class Batch:
             snapshots = dict(self.store.dirty)
             snapshots.update((run_id, record) for run_id, _, _, record in prepared.installs)
             prepared.snapshots = snapshots
+            prepared.anchors = self._anchors(prepared)
         return prepared
+
+    def _anchors(self, prepared: Prepared) -> list[bytes]:
+        """The anchor of this flush: the heads of the runs changed since the last one."""
+        heads = dict(self.store.heads)
+        for run_id, _, state, _ in prepared.installs:
+            if state.audit_head and state.seq:
+                heads[run_id] = (state.seq - 1, state.audit_head)
+        if not heads:
+            return []
+        runs = [
+            AnchoredRun.model_construct(run_id=run_id, seq=seq, head=head)
+            for run_id, (seq, head) in sorted(heads.items())
+        ]
+        anchors = anchor_runs(self.partition, datetime.now(UTC), runs, ANCHOR_RUNS_PER_RECORD)
+        if self.anchor_key is not None:
+            anchors = [sign_anchor(a, ANCHOR_KEY_ID, self.anchor_key) for a in anchors]
+        return [self.codec.encode(anchor) for anchor in anchors]
 
     async def _write(self, prepared: Prepared) -> tuple[list[Awaitable[Any]], list[Awaitable[Any]]]:
         """Send the journal, the run events and the snapshots; their delivery futures.
@@ -209,6 +241,9 @@ class Batch:
         for run_id, record in prepared.snapshots.items():
             others.append(await self.send(catalog.run_state.name, run_id.encode(), record, p))
             self._count(catalog.run_state.name, record)
+        for value in prepared.anchors:
+            others.append(await self.send(catalog.audit_anchors.name, None, value, p))
+            self._count(catalog.audit_anchors.name, value)
         return journal, others
 
     def _count(self, topic: str, value: bytes) -> None:

@@ -47,6 +47,7 @@ from topics import (
     TaskSubmitted,
     TimerFired,
     TopicCatalog,
+    task_digest,
 )
 
 __all__ = ["Context", "Decision", "Inbound", "decide", "too_large"]
@@ -67,7 +68,9 @@ class Context:
         tiers: The delayed-retry tiers, shortest first.
         catalog: The topics (named in dead letters; its custom kinds are those a step may
             be dispatched to); ``None`` leaves dead letters out and checks no kind.
-        codec: Encodes the request a dead letter keeps; ``None`` leaves dead letters out.
+        codec: Encodes the request a dead letter keeps, and the run events (whose bytes the
+            audit chain hashes, ``Transition.note``); ``None`` leaves dead letters and the
+            audit chain out.
         policies: The organisation's policies (approval gates, ...).
         access: Reviewers' groups and the keys decisions are signed with.
         models: The model catalog (prices, output caps) budget estimates use; ``None``
@@ -103,11 +106,14 @@ class Decision:
         emit: Events to publish, in order.
         dead_letter: When set, the input event cannot be processed at all; the reason. The
             shell sends its bytes to the dead-letter topic.
+        bodies: The Avro bodies of the ``RunEvent``s of ``emit``, in order, as chained
+            (empty when the context has no codec).
     """
 
     state: RunState | None = None
     emit: tuple[Any, ...] = ()
     dead_letter: str | None = None
+    bodies: tuple[bytes, ...] = ()
 
 
 def decide(state: RunState | None, event: Inbound, context: Context) -> Decision:
@@ -165,6 +171,7 @@ def _on_task(state: RunState | None, task: TaskSubmitted, context: Context) -> D
         # StepState is frozen: every pending step can share one.
         steps=dict.fromkeys(workflow.order, _PENDING),
         started_at=context.now,
+        audit_head=task_digest(task),
     )
     if context.trace is not None:
         state = state.model_copy(update={"trace": context.trace})
@@ -317,7 +324,7 @@ def too_large(state: RunState | None, event: Inbound, context: Context, limit: i
         if not isinstance(event, TaskSubmitted):
             return Decision(dead_letter=f"{type(event).__name__}: {what}")
         task = event.model_copy(update={"input": None})
-        return _reject(task, context, f"the task is too large: {what}")
+        return _reject(task, context, f"the task is too large: {what}", digest=task_digest(event))
     if state.finished:
         return Decision()
     t = Transition(state, context.workflow, context)
@@ -327,8 +334,14 @@ def too_large(state: RunState | None, event: Inbound, context: Context, limit: i
 
 
 def _reject(
-    task: TaskSubmitted, context: Context, reason: str, workflow: Workflow | None = None
+    task: TaskSubmitted,
+    context: Context,
+    reason: str,
+    workflow: Workflow | None = None,
+    *,
+    digest: str | None = None,
 ) -> Decision:
+    """A run that ends before it starts (``digest``: of the task as received, if not this)."""
     state = RunState(
         run_id=task.task_id,
         workflow=task.workflow,
@@ -337,6 +350,7 @@ def _reject(
         labels=task.labels,
         input=task.input,
         started_at=context.now,
+        audit_head=digest or task_digest(task),
     )
     if context.trace is not None:
         state = state.model_copy(update={"trace": context.trace})

@@ -355,7 +355,11 @@ class Handler:
         return MAX_RECORD_BYTES
 
     def _encode(self, decision: Decision) -> _Effects | None:
-        """Encode what a decision emits and saves; ``None`` when a record would be too big."""
+        """Encode what a decision emits and saves; ``None`` when a record would be too big.
+
+        Run events come encoded (and chained) by ``decide`` already: those bytes are the
+        ones the audit chain hashed, and the ones written.
+        """
         effects = _Effects(
             state=decision.state, dead_letter=decision.dead_letter, emitted=decision.emit
         )
@@ -363,9 +367,10 @@ class Handler:
             effects.body = decision.state.to_bytes()
             if len(effects.body) > MAX_RECORD_BYTES:
                 return None
+        bodies = iter(decision.bodies)
         for event in decision.emit:
             if isinstance(event, RunEvent):
-                item = self.codec.encode_item(event)
+                item = next(bodies, None) or self.codec.encode_item(event)
                 if len(item) > MAX_RECORD_BYTES:
                     return None
                 effects.events.append(item)

@@ -578,6 +578,7 @@ class CoordinatorLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
             return None
         if committing is not None:
             batch.parent = committing[0]
+        batch.anchor_key = self.handler.access.worker_key
         last = self._last_flush.get(partition, 0.0)
         if (
             time.monotonic() - last >= self.settings.flush_interval

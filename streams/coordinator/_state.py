@@ -268,6 +268,10 @@ class RunState(BaseModel):
         reason: Why it did not complete.
         steps: Every step's state, in workflow order.
         seq: Sequence number of the next run event.
+        audit_head: The audit chain's head: the hash of the run's last event, or before its
+            first the task's digest (``topics._audit``); the next event links to it. Empty
+            for a run that began before the chain (its next event links to
+            ``run_genesis``).
         dispatches: Step attempts dispatched so far (for ``max_steps``).
         approvals_asked: Approval requests opened so far, in the run's whole life (numbers
             their ids; it survives validation re-runs and re-drives, which rebuild steps).
@@ -298,6 +302,7 @@ class RunState(BaseModel):
     reason: str | None = None
     steps: dict[str, StepState] = Field(default_factory=dict)
     seq: int = 0
+    audit_head: str = ""
     dispatches: int = 0
     approvals_asked: int = 0
     usage: Usage = Field(default_factory=Usage)

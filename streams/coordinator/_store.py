@@ -27,6 +27,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import orjson
+
 from streams.coordinator._state import RunState
 from topics import RunStatus
 
@@ -130,6 +132,7 @@ def summary(state: RunState) -> RunState:
         status=state.status,
         reason=reason,
         seq=state.seq,
+        audit_head=state.audit_head,
         dispatches=state.dispatches,
         usage=state.usage,
         started_at=state.started_at,
@@ -164,6 +167,9 @@ class PartitionStore:
         self._snapshot_at: dict[str, float] = {}
         #: Stored records changed since the last flush to ``run-state``, by run.
         self.dirty: dict[str, bytes] = {}
+        #: The audit chain heads (seq of the last event, its hash) of the runs changed since
+        #: the last flush: the flush's anchor lists them (rebuilt from the journal on takeover).
+        self.heads: dict[str, tuple[int, str]] = {}
         # The size of each run in flight's stored record, and of every finished one's.
         self._active_bytes: dict[str, int] = {}
         self._finished_bytes = 0
@@ -245,6 +251,8 @@ class PartitionStore:
         """
         self._versions[run_id] = version
         self.dirty[run_id] = record
+        if state.audit_head and state.seq:
+            self.heads[run_id] = (state.seq - 1, state.audit_head)
         if state.finished:
             self._active.pop(run_id, None)
             self._active_bytes.pop(run_id, None)
@@ -281,6 +289,9 @@ class PartitionStore:
         self._versions[run_id] = stored.version
         if journal:
             self.dirty[run_id] = record
+            chain = orjson.loads(stored.body)
+            if chain.get("audit_head") and chain.get("seq"):
+                self.heads[run_id] = (chain["seq"] - 1, chain["audit_head"])
         if stored.finished:
             self._active.pop(run_id, None)
             self._active_bytes.pop(run_id, None)
@@ -311,6 +322,7 @@ class PartitionStore:
             self._versions.pop(run_id, None)
             self._recent.pop(run_id, None)
             self.dirty.pop(run_id, None)
+            self.heads.pop(run_id, None)
             gone += 1
         return gone
 
@@ -332,6 +344,7 @@ class PartitionStore:
     def flushed(self, now: float) -> dict[str, bytes]:
         """Take the records changed since the last flush (they are now in ``run-state``)."""
         records, self.dirty = self.dirty, {}
+        self.heads = {}
         for run_id in records:
             if run_id in self._active:
                 self._snapshot_at[run_id] = now

@@ -3,6 +3,10 @@
 ``decide`` creates one ``Transition`` per event; the policy modules (``_failures``, ...)
 move it forward; ``decision()`` turns it into the new state and the events to emit. The
 state it was made from is never modified.
+
+Each run event is chained as it is noted (``topics._audit``): it links to the run's
+``audit_head``, is encoded once (the shell writes those very bytes) and its hash becomes
+the new head, kept in the state beside ``seq``.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from topics import (
     StepRequested,
     StepSummary,
     Usage,
+    event_hash,
+    run_genesis,
 )
 
 if TYPE_CHECKING:
@@ -91,6 +97,7 @@ class Transition:
     steps: dict[str, StepState] = field(init=False)
     changes: dict[str, Any] = field(init=False, default_factory=dict)
     emit: list[Event] = field(init=False, default_factory=list)
+    bodies: list[bytes] = field(init=False, default_factory=list)
 
     hold: Hold | None = field(init=False, default=None)
 
@@ -176,7 +183,11 @@ class Transition:
             self._pause_or_resume()
         if not self.changes and not self.emit:
             return Decision()
-        return Decision(state=self.old.model_copy(update=self.changes), emit=tuple(self.emit))
+        return Decision(
+            state=self.old.model_copy(update=self.changes),
+            emit=tuple(self.emit),
+            bodies=tuple(self.bodies),
+        )
 
     def _pause_or_resume(self) -> None:
         """Note when the run came to wait, or goes on.
@@ -239,27 +250,36 @@ class Transition:
         duration_ms: float | None = None,
         usage: Usage | None = None,
     ) -> None:
-        """Record a run event."""
+        """Record a run event, chained to the run's previous one (with a codec)."""
         seq = self.get("seq")
         total: Usage = self.get("usage")
-        self.emit.append(
-            RunEvent(
-                run_id=self.old.run_id,
-                seq=seq,
-                type=type_,
-                at=self.now,
-                workflow=self.old.workflow,
-                tenant=self.old.tenant,
-                step=step,
-                attempt=attempt,
-                duration_ms=duration_ms,
-                usage=usage,
-                total_cost_usd=total.cost_usd,
-                total_tokens=total.input_tokens + total.output_tokens,
-                detail=detail,
-            )
+        codec = self.context.codec
+        head = ""
+        if codec is not None:
+            head = self.get("audit_head") or run_genesis(self.old.run_id)
+        event = RunEvent(
+            run_id=self.old.run_id,
+            seq=seq,
+            type=type_,
+            at=self.now,
+            workflow=self.old.workflow,
+            tenant=self.old.tenant,
+            step=step,
+            attempt=attempt,
+            duration_ms=duration_ms,
+            usage=usage,
+            total_cost_usd=total.cost_usd,
+            total_tokens=total.input_tokens + total.output_tokens,
+            detail=detail,
+            prev_hash=head,
         )
-        self.set(seq=seq + 1)
+        self.emit.append(event)
+        if codec is None:
+            self.set(seq=seq + 1)
+            return
+        body = codec.encode_item(event)
+        self.bodies.append(body)
+        self.set(seq=seq + 1, audit_head=event_hash(body))
 
     # -- the template context ----------------------------------------------------------------
 

@@ -31,6 +31,7 @@ def test_every_topic_of_the_design_is_in_the_catalog() -> None:
         "baton.approvals.decided",
         "baton.results",
         "baton.run-events",
+        "baton.audit-anchors",
         "baton.workflows",
         "baton.control",
         "baton.timers",
