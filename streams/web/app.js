@@ -656,9 +656,10 @@
     return item;
   }
 
-  // Fields every event has, shown in their own places; any other field (an event type this
-  // page does not know may bring some) is shown with the detail.
-  const SHOWN = new Set(["run_id", "seq", "type", "at", "workflow", "tenant", "step", "attempt", "duration_ms", "usage", "total_cost_usd", "total_tokens", "detail"]);
+  // Fields every event has, shown in their own places (the audit chain's link, prev_hash,
+  // is for `baton audit verify`, not for reading); any other field (an event type this page
+  // does not know may bring some) is shown with the detail.
+  const SHOWN = new Set(["run_id", "seq", "type", "at", "workflow", "tenant", "step", "attempt", "duration_ms", "usage", "total_cost_usd", "total_tokens", "detail", "prev_hash"]);
 
   function eventItem(event) {
     const item = $("event-template").content.firstElementChild.cloneNode(true);
